@@ -1,0 +1,6 @@
+"""Backbones: CIFAR ResNets registered in timm, heads, and the (features, logits) view."""
+
+from .cifar_resnet import CIFAR_MEAN, CIFAR_STD, CifarResNet
+from .heads import FeaturesAndLogits, NormedLinear, linear_head_params
+
+__all__ = ["CIFAR_MEAN", "CIFAR_STD", "CifarResNet", "FeaturesAndLogits", "NormedLinear", "linear_head_params"]
