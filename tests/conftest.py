@@ -1,0 +1,44 @@
+"""Shared fixtures. Real data is found through one setting: CCSAM_DATA (default ../shared/data)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("HF_EVALUATE_OFFLINE", "1")
+
+REPO = Path(__file__).resolve().parents[1]
+DATA_DIR = Path(os.environ.get("CCSAM_DATA", REPO.parent / "shared" / "data")).resolve()
+
+
+def _require(path: Path) -> Path:
+    if not path.exists():
+        pytest.skip(f"real data not found at {path}: set CCSAM_DATA to the folder holding cifar10/ and tinyimagenet_ood/")
+    return path
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    return _require(DATA_DIR)
+
+
+@pytest.fixture(scope="session")
+def cifar10_dir() -> Path:
+    return _require(DATA_DIR / "cifar10")
+
+
+@pytest.fixture(scope="session")
+def ood_dir() -> Path:
+    return _require(DATA_DIR / "tinyimagenet_ood")
+
+
+@pytest.fixture(autouse=True)
+def _isolated_caches(tmp_path_factory, monkeypatch):
+    """Caches go to a per-session temporary folder, never beside the (read-only) data."""
+    cache = tmp_path_factory.getbasetemp() / "cache"
+    monkeypatch.setenv("CCSAM_CACHE", str(cache))
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(cache / "datasets"))
