@@ -41,20 +41,28 @@ class _ShortcutA(nn.Module):
         return F.pad(x, (0, 0, 0, 0, self.pad // 2, self.pad - self.pad // 2))
 
 
+def _norm(kind: str, chs: int) -> nn.Module:
+    if kind == "batchnorm":
+        return nn.BatchNorm2d(chs)
+    if kind == "groupnorm":  # batch-independent: used to compare 1- and 2-process runs exactly
+        return nn.GroupNorm(min(8, chs), chs)
+    raise ValueError(f"norm must be 'batchnorm' or 'groupnorm', got {kind!r}")
+
+
 class _BasicBlock(nn.Module):
-    def __init__(self, in_chs: int, out_chs: int, stride: int = 1, shortcut: str = "A") -> None:
+    def __init__(self, in_chs: int, out_chs: int, stride: int = 1, shortcut: str = "A", norm: str = "batchnorm") -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(in_chs, out_chs, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(out_chs)
+        self.bn1 = _norm(norm, out_chs)
         self.conv2 = nn.Conv2d(out_chs, out_chs, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(out_chs)
+        self.bn2 = _norm(norm, out_chs)
         if stride == 1 and in_chs == out_chs:
             self.shortcut: nn.Module = nn.Identity()
         elif shortcut == "A":
             self.shortcut = _ShortcutA(in_chs, out_chs, stride)
         else:
             self.shortcut = nn.Sequential(
-                nn.Conv2d(in_chs, out_chs, 1, stride, bias=False), nn.BatchNorm2d(out_chs)
+                nn.Conv2d(in_chs, out_chs, 1, stride, bias=False), _norm(norm, out_chs)
             )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -75,6 +83,7 @@ class CifarResNet(nn.Module):
         shortcut: "A" (zero-pad, the paper's CIFAR choice) or "B" (1x1 projection).
         head: "linear" or "cosine" (``NormedLinear``: scaled cosine similarity).
         drop_rate: dropout before the classifier.
+        norm: "batchnorm" (standard) or "groupnorm" (batch-independent).
     """
 
     def __init__(
@@ -87,6 +96,7 @@ class CifarResNet(nn.Module):
         shortcut: str = "A",
         head: str = "linear",
         drop_rate: float = 0.0,
+        norm: str = "batchnorm",
     ) -> None:
         super().__init__()
         if (depth - 2) % 6 != 0:
@@ -99,13 +109,15 @@ class CifarResNet(nn.Module):
         self.head_type = head
         self.grad_checkpointing = False
         self.conv1 = nn.Conv2d(in_chans, widths[0], 3, 1, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(widths[0])
+        self.bn1 = _norm(norm, widths[0])
         self.act1 = nn.ReLU(inplace=True)
         self.feature_info = [dict(num_chs=widths[0], reduction=1, module="act1")]
         in_chs = widths[0]
         for i, w in enumerate(widths):
             stride = 1 if i == 0 else 2
-            blocks = [_BasicBlock(in_chs if j == 0 else w, w, stride if j == 0 else 1, shortcut) for j in range(n)]
+            blocks = [
+                _BasicBlock(in_chs if j == 0 else w, w, stride if j == 0 else 1, shortcut, norm) for j in range(n)
+            ]
             self.add_module(f"layer{i + 1}", nn.Sequential(*blocks))
             in_chs = w
             self.feature_info.append(dict(num_chs=w, reduction=2**i, module=f"layer{i + 1}"))

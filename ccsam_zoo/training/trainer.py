@@ -1,0 +1,394 @@
+"""Two-stage training on Accelerate: stage 1 (CC-SAM or a baseline), then stage 2 (classifier re-training).
+
+One code path for one CPU, one GPU and many GPUs/nodes. A reader sees one step of each stage in
+``_train_epoch``; the algorithm lives in ``ccsam_zoo.ccsam`` (methods with ``forward_backward``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import timm
+import torch
+import torch.nn as nn
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from tqdm.auto import tqdm
+
+from ..ccsam import build_stage1, build_stage2
+from ..data import build_benchmark
+from ..models import FeaturesAndLogits
+from .checkpointing import latest_checkpoint, read_trainer_state, save_training_state
+from .config import save_recipe, stage_methods
+from .evaluation import evaluate, penultimate_features
+from .run_log import RunLog
+
+__all__ = ["train"]
+
+
+def train(recipe: dict[str, Any], output_dir: str | Path, *, resume: bool = False) -> dict[str, Any]:
+    """Run both stages of ``recipe`` into ``output_dir``; returns the metrics written to ``metrics.json``.
+
+    With ``resume`` the run continues from the latest complete checkpoint in ``output_dir``.
+    """
+    output_dir = Path(output_dir)
+    tcfg = recipe["train"]
+    accelerator = Accelerator(
+        mixed_precision=tcfg["mixed_precision"],
+        gradient_accumulation_steps=tcfg["grad_accum"],
+        log_with=tcfg["tracker"] or None,
+        project_dir=str(output_dir),
+    )
+    set_seed(recipe["seed"])
+    log = RunLog(output_dir, accelerator)
+    state: dict[str, Any] = {"metrics": {}, "history": []}
+    checkpoint = latest_checkpoint(output_dir) if resume else None
+    if resume and checkpoint is None:
+        log.info(f"--resume: no checkpoint in {output_dir / 'checkpoints'}; starting from scratch")
+    if checkpoint is not None:
+        state = read_trainer_state(checkpoint)
+        log.info(f"resuming from {checkpoint.name}")
+    if accelerator.is_main_process:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        save_recipe(recipe, output_dir / "recipe.yaml")
+    if tcfg["tracker"]:
+        accelerator.init_trackers(recipe["name"], config=_flat(recipe))
+
+    bench = _build_data(recipe)
+    log.info(
+        f"data {bench.name}: {len(bench.train)} train images, {bench.num_classes} classes, counts "
+        f"{bench.class_counts[:3]}...{bench.class_counts[-3:]}, fingerprint {bench.fingerprint[:12]}"
+    )
+    model = _create_model(recipe["model"], bench.num_classes)
+    s1_cfg, s2_cfg = stage_methods(recipe)
+    ctx = _Context(recipe, output_dir, accelerator, log, bench, state)
+
+    stage2_init = recipe["stage2"]["init"]
+    if stage2_init:
+        _load_stage1(model, Path(stage2_init))
+        log.info(f"stage 1 skipped: weights from {stage2_init}")
+    elif recipe["stage1"]["epochs"] > 0 and not state.get("stage1_done"):
+        resume_from = checkpoint if checkpoint is not None and state.get("stage") == "stage1" else None
+        _run_stage1(ctx, model, s1_cfg, resume_from)
+    elif state.get("stage1_done"):
+        _load_stage1(model, output_dir / "stage1")
+
+    if recipe["stage2"]["epochs"] > 0 and s2_cfg["name"] != "none":
+        resume_from = checkpoint if checkpoint is not None and state.get("stage") == "stage2" else None
+        _run_stage2(ctx, model, s2_cfg, resume_from)
+
+    if accelerator.is_main_process:
+        from .plots import plot_run
+
+        (output_dir / "metrics.json").write_text(json.dumps(state["metrics"], indent=1))
+        plot_run(output_dir, state["metrics"], bench.class_counts, _read_jsonl(output_dir / "log.jsonl"))
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return state["metrics"]
+
+
+class _Context:
+    """What both stages share: the recipe, the accelerator, the log, the data and the trainer state."""
+
+    def __init__(self, recipe, output_dir, accelerator, log, bench, state) -> None:
+        self.recipe, self.output_dir, self.accelerator = recipe, output_dir, accelerator
+        self.log, self.bench, self.state = log, bench, state
+        self.device = accelerator.device
+        self.channels_last = recipe["model"]["channels_last"]
+
+
+# ----------------------------------------------------------------------------------------------- stages
+
+
+def _run_stage1(ctx: _Context, model: nn.Module, method_cfg: dict[str, Any], resume_from: Path | None) -> None:
+    cfg, acc = ctx.recipe["stage1"], ctx.accelerator
+    method = build_stage1(method_cfg, ctx.bench.class_counts)
+    net = FeaturesAndLogits(model)
+    if ctx.channels_last:
+        net = net.to(memory_format=torch.channels_last)
+    optimizer = _optimizer(net, cfg, decay_bias_and_bn=cfg["decay_bias_and_bn"])
+    loader = ctx.bench.loader("train", cfg["batch_size"], sampler="shuffle", seed=ctx.recipe["seed"], drop_last=False)
+    net, optimizer, loader = acc.prepare(net, optimizer, loader)
+    if ctx.recipe["model"]["compile"]:
+        net = torch.compile(net)
+    start = 0
+    if resume_from is not None:
+        acc.load_state(str(resume_from))
+        start = ctx.state["epoch"] + 1
+    ctx.log.info(f"stage 1: {method.name} {json.dumps(method_cfg)}, {cfg['epochs']} epochs from epoch {start}")
+    _fit(ctx, "stage1", net, method, optimizer, loader, cfg, start)
+    _finish_stage(ctx, "stage1", net, method_cfg)
+    ctx.state["stage1_done"] = True
+
+
+def _run_stage2(ctx: _Context, model: nn.Module, method_cfg: dict[str, Any], resume_from: Path | None) -> None:
+    cfg, acc = ctx.recipe["stage2"], ctx.accelerator
+    acc.free_memory()  # forget stage-1 objects: stage 2 re-wraps the model after freezing the backbone
+    method = build_stage2(method_cfg, ctx.bench.class_counts)
+    head_name = model.get_classifier(name_only=True) if hasattr(model, "get_classifier") else "fc"
+    for name, p in model.named_parameters():
+        p.requires_grad_(name.startswith(head_name + "."))
+    net = FeaturesAndLogits(model)
+    if cfg["bn"] == "frozen":
+        _freeze_bn(model)
+    optimizer = _optimizer(net.head, cfg, decay_bias_and_bn=True)
+    loader = ctx.bench.loader(
+        "train", cfg["batch_size"], sampler=cfg["sampler"], seed=ctx.recipe["seed"] + 1, drop_last=False
+    )
+    net, optimizer, loader = acc.prepare(net, optimizer, loader)
+    start = 0
+    if resume_from is not None:
+        acc.load_state(str(resume_from))
+        start = ctx.state["epoch"] + 1
+    ctx.log.info(f"stage 2: {method.name} {json.dumps(method_cfg)}, {cfg['epochs']} epochs, BN {cfg['bn']}")
+    _fit(ctx, "stage2", net, method, optimizer, loader, cfg, start)
+    _finish_stage(ctx, "stage2", net, method_cfg)
+
+
+def _fit(ctx: _Context, stage: str, net, method, optimizer, loader, cfg: dict[str, Any], start: int) -> None:
+    """Epoch loop: schedule, train, evaluate every N epochs, checkpoint every N epochs."""
+    tcfg, every = ctx.recipe["train"], ctx.recipe["eval"]["every"]
+    schedule = _lr_schedule(cfg)
+    for epoch in range(start, cfg["epochs"]):
+        for group in optimizer.param_groups:
+            group["lr"] = schedule(epoch)
+        stats = _train_epoch(ctx, stage, net, method, optimizer, loader, epoch, cfg["epochs"])
+        record = {"stage": stage, "epoch": epoch, "lr": schedule(epoch), **stats}
+        if every and ((epoch + 1) % every == 0) and epoch + 1 < cfg["epochs"]:
+            metrics = evaluate(net, ctx.bench, "test", ctx.accelerator, ctx.recipe["eval"]["batch_size"])
+            record.update(test_top1=metrics["top1"])
+        ctx.log.record(**record)
+        ctx.log.info(
+            f"{stage} epoch {epoch + 1}/{cfg['epochs']} loss {stats['loss']:.4f} lr {record['lr']:.4g} "
+            f"{stats['img_per_s']:.0f} img/s" + (f" test top-1 {record['test_top1']:.2f}" if "test_top1" in record else "")
+        )
+        ctx.state["history"].append(record)
+        n = tcfg["checkpoint_every"]
+        if n and (epoch + 1) % n == 0 and epoch + 1 < cfg["epochs"]:
+            save_training_state(ctx.accelerator, ctx.output_dir, stage, epoch, ctx.state, tcfg["keep_checkpoints"])
+
+
+def _train_epoch(ctx: _Context, stage: str, net, method, optimizer, loader, epoch: int, epochs: int) -> dict:
+    """One epoch. One step = augment the batch, ``method.forward_backward`` (all passes), optimizer step."""
+    acc = ctx.accelerator
+    torch.manual_seed(_epoch_seed(ctx.recipe["seed"], stage, epoch))  # augmentation/mixup: resumable exactly
+    loader.set_epoch(epoch)
+    method.set_epoch(epoch, epochs)
+    augment = ctx.bench.batch_transform(train=ctx.recipe["data"]["augment"])
+    net.train()
+    if stage == "stage2" and ctx.recipe["stage2"]["bn"] == "frozen":
+        _freeze_bn(acc.unwrap_model(net).model)
+    total, count, t0 = torch.zeros((), device=acc.device), 0, time.perf_counter()
+    bar = tqdm(loader, desc=f"{stage} {epoch + 1}/{epochs}", disable=not acc.is_local_main_process, leave=False)
+    for images, labels in bar:
+        images = augment(images)
+        if ctx.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        with acc.accumulate(net), acc.autocast():
+            out = method.forward_backward(net, images, labels, acc)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        total += out["loss"].detach().float() * labels.shape[0]
+        count += labels.shape[0]
+    seconds = time.perf_counter() - t0
+    loss = acc.reduce(total, "sum").item() / max(acc.reduce(torch.tensor(count, device=acc.device), "sum").item(), 1)
+    if not math.isfinite(loss):
+        raise FloatingPointError(
+            f"{stage} epoch {epoch + 1}: the loss is {loss}; lower the learning rate or the perturbation scale"
+        )
+    return {"loss": loss, "img_per_s": count * acc.num_processes / max(seconds, 1e-9), "seconds": seconds}
+
+
+def _finish_stage(ctx: _Context, stage: str, net, method_cfg: dict[str, Any]) -> None:
+    """Evaluate on the test split (last epoch), fit prototypes, save the Hub-ready folder, checkpoint."""
+    acc, bench = ctx.accelerator, ctx.bench
+    batch = ctx.recipe["eval"]["batch_size"]
+    metrics = evaluate(net, bench, "test", acc, batch)
+    metrics.update(split="test", epoch=ctx.recipe[stage]["epochs"], selection=ctx.recipe["eval"]["select_on"])
+    ctx.state["metrics"][stage] = metrics
+    ctx.log.info(
+        f"{stage} test: top-1 {metrics['top1']:.2f} many {_fmt(metrics['many'])} medium {_fmt(metrics['medium'])} "
+        f"few {_fmt(metrics['few'])}"
+    )
+    prototypes, open_set = None, None
+    if ctx.recipe["train"]["prototypes"]:
+        prototypes, open_set = _prototypes_and_threshold(ctx, net)
+    model = acc.unwrap_model(net).model
+    if acc.is_main_process:
+        from ..hub import save_pretrained
+
+        save_pretrained(
+            model,
+            ctx.output_dir / stage,
+            info=dict(
+                class_names=bench.class_names,
+                class_counts=bench.class_counts,
+                shot_thresholds=list(bench.shot_thresholds),
+                shot_rule=ctx.recipe["data"]["shot_rule"],
+                stage=stage,
+                method=method_cfg,
+                recipe=ctx.recipe,
+                metrics=metrics,
+                dataset=_dataset_id(ctx.recipe),
+                data_fingerprint=bench.fingerprint,
+                prototypes=prototypes,
+                open_set=open_set,
+            ),
+        )
+    ctx.state["epoch"] = ctx.recipe[stage]["epochs"] - 1
+    save_training_state(acc, ctx.output_dir, stage, ctx.state["epoch"], {**ctx.state, f"{stage}_done": True})
+
+
+def _prototypes_and_threshold(ctx: _Context, net) -> tuple[torch.Tensor, dict[str, Any] | None]:
+    """Class prototypes over the training set (no augmentation); threshold on held-out known images."""
+    from ..inference import calibrate_threshold, compute_prototypes, open_set_score
+
+    acc, bench = ctx.accelerator, ctx.bench
+    batch = ctx.recipe["eval"]["batch_size"]
+    feats, labels, _ = penultimate_features(net, bench, "train", acc, batch)
+    prototypes = compute_prototypes(feats, labels, bench.num_classes)
+    if bench.val is None:
+        return prototypes, None
+    vfeats, _, vlogits = penultimate_features(net, bench, "val", acc, batch)
+    tpr = ctx.recipe["train"]["calibrate_tpr"]
+    scores = open_set_score("cosine", vfeats, vlogits, prototypes)
+    return prototypes, {"score": "cosine", "threshold": calibrate_threshold(scores, tpr), "tpr": tpr}
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+
+
+def _build_data(recipe: dict[str, Any]):
+    d = recipe["data"]
+    return build_benchmark(
+        d["name"],
+        source=_resolve_source(d["source"]),
+        imbalance_ratio=d["imbalance_ratio"],
+        selection=d["selection"],
+        seed=d["seed"],
+        shot_thresholds=tuple(d["shot_thresholds"]),
+        shot_rule=d["shot_rule"],
+        val_per_class=d["val_per_class"],
+        image_size=d["image_size"],
+        max_count=d["max_count"],
+        profile=d["profile"],
+        autoaugment=d["autoaugment"],
+        cutout=d["cutout"],
+        num_workers=d["num_workers"],
+    )
+
+
+def _resolve_source(source: Any) -> Any:
+    """Local paths may be relative to the working directory or to the repository root; else unchanged."""
+    if not isinstance(source, str):
+        return source  # None (the benchmark's default) or a dict of paths
+    path = Path(os.path.expandvars(source)).expanduser()
+    if path.exists():
+        return str(path)
+    in_repo = Path(__file__).resolve().parents[2] / path
+    return str(in_repo) if not path.is_absolute() and in_repo.exists() else source
+
+
+def _create_model(cfg: dict[str, Any], num_classes: int) -> nn.Module:
+    kwargs: dict[str, Any] = {"drop_rate": cfg["drop_rate"]}
+    if cfg["arch"].endswith("_cifar"):
+        kwargs.update(head=cfg["head"], norm=cfg.get("norm", "batchnorm"))
+    if cfg["pretrained_file"]:
+        path = Path(cfg["pretrained_file"])
+        if not path.exists() or path.suffix != ".safetensors":
+            raise FileNotFoundError(f"model.pretrained_file={path}: expected an existing .safetensors file")
+        model = timm.create_model(cfg["arch"], pretrained=True, pretrained_cfg_overlay=dict(file=str(path)), **kwargs)
+        model.reset_classifier(num_classes)
+        return model
+    try:
+        model = timm.create_model(cfg["arch"], pretrained=cfg["pretrained"], **kwargs)
+    except RuntimeError as err:  # timm's "Unknown model"
+        raise ValueError(f"model.arch={cfg['arch']!r}: {err}") from None
+    except OSError as err:  # offline and not cached
+        raise FileNotFoundError(
+            f"pretrained weights for {cfg['arch']} are not in the Hugging Face cache and the Hub is unreachable "
+            f"({err}); download them once, or pass model.pretrained_file=PATH.safetensors"
+        ) from None
+    model.reset_classifier(num_classes)
+    return model
+
+
+def _load_stage1(model: nn.Module, folder: Path) -> None:
+    from safetensors.torch import load_file
+
+    file = folder / "model.safetensors"
+    if not file.exists():
+        raise FileNotFoundError(f"stage2.init={folder}: no model.safetensors there; give a stage-1 checkpoint folder")
+    try:
+        model.load_state_dict(load_file(str(file)), strict=True)
+    except RuntimeError as err:
+        raise ValueError(f"stage2.init={folder}: weights do not match model {type(model).__name__}: {err}") from None
+
+
+def _optimizer(module: nn.Module, cfg: dict[str, Any], decay_bias_and_bn: bool) -> torch.optim.Optimizer:
+    from timm.optim import create_optimizer_v2
+
+    params = [p for p in module.parameters() if p.requires_grad]
+    if decay_bias_and_bn:
+        return create_optimizer_v2(params, cfg["optimizer"], lr=cfg["lr"], weight_decay=cfg["weight_decay"],
+                                   momentum=cfg["momentum"])
+    return create_optimizer_v2(module, cfg["optimizer"], lr=cfg["lr"], weight_decay=cfg["weight_decay"],
+                               momentum=cfg["momentum"], filter_bias_and_bn=True)
+
+
+def _lr_schedule(cfg: dict[str, Any]):
+    """Per-epoch learning rate: linear warm-up, then step decay, cosine or constant (timm's schedulers)."""
+    from timm.scheduler import CosineLRScheduler, MultiStepLRScheduler
+
+    dummy = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=cfg["lr"])
+    warm = dict(warmup_t=cfg["warmup_epochs"], warmup_lr_init=cfg["lr"] / max(cfg["warmup_epochs"], 1))
+    if cfg["schedule"] == "step":
+        sched = MultiStepLRScheduler(dummy, decay_t=list(cfg["milestones"]), decay_rate=cfg["gamma"], **warm)
+    elif cfg["schedule"] == "cosine":
+        sched = CosineLRScheduler(dummy, t_initial=cfg["epochs"], lr_min=cfg["lr"] * 1e-3, **warm)
+    elif cfg["schedule"] == "constant":
+        sched = MultiStepLRScheduler(dummy, decay_t=[], decay_rate=1.0, **warm)
+    else:
+        raise ValueError(f"schedule must be 'step', 'cosine' or 'constant', got {cfg['schedule']!r}")
+    return lambda epoch: sched._get_lr(epoch)[0]
+
+
+def _freeze_bn(model: nn.Module) -> None:
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.eval()
+
+
+def _epoch_seed(seed: int, stage: str, epoch: int) -> int:
+    return seed * 100_003 + (50_000 if stage == "stage2" else 0) + epoch
+
+
+def _dataset_id(recipe: dict[str, Any]) -> str:
+    d = recipe["data"]
+    return f"{d['name']}" + (f" IR{d['imbalance_ratio']}" if d["imbalance_ratio"] else "")
+
+
+def _fmt(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.2f}"
+
+
+def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v if isinstance(v, (int, float, str, bool)) else str(v)
+    return out
+
+
+def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
