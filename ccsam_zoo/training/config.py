@@ -27,8 +27,9 @@ RECIPE_DIR = Path(os.environ.get("CCSAM_RECIPES", Path(__file__).resolve().paren
 METHODS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "ccsam": ({"name": "ccsam", "preset": "official"}, {"name": "ccsam_adv", "preset": "official"}),
     "ccsam_paper": ({"name": "ccsam", "preset": "paper"}, {"name": "ccsam_adv", "preset": "paper"}),
-    "ccsam_dir": ({"name": "ccsam", "preset": "official", "ablation": "direction"}, {"name": "crt"}),
-    "ccsam_mag": ({"name": "ccsam", "preset": "official", "ablation": "magnitude"}, {"name": "crt"}),
+    # paper Table 2 ablations: recommended direction with unit magnitude / Eq. 8 magnitude, random direction
+    "ccsam_dir": ({"name": "ccsam", "preset": "official", "perturbation": "direction"}, {"name": "crt"}),
+    "ccsam_mag": ({"name": "ccsam", "preset": "official", "perturbation": "magnitude"}, {"name": "crt"}),
     "ce": ({"name": "ce"}, {"name": "crt"}),
     "sam": ({"name": "sam"}, {"name": "crt"}),
     "balanced_softmax": ({"name": "balanced_softmax"}, {"name": "crt"}),
@@ -94,7 +95,6 @@ DEFAULTS: dict[str, Any] = {
         "warmup_epochs": 0,
         "milestones": [],
         "gamma": 0.1,
-        "bn": "train",
         "init": None,
         "sampler": "class_balanced",
         "method": {},
@@ -106,6 +106,7 @@ DEFAULTS: dict[str, Any] = {
         "checkpoint_every": 1,
         "keep_checkpoints": 1,
         "log_every": 20,
+        "drop_last": False,
         "tracker": None,
         "prototypes": True,
         "calibrate_tpr": 0.95,
@@ -183,7 +184,13 @@ def load_recipe(name_or_path: str | Path) -> dict[str, Any]:
 
 
 def _parse_value(text: str) -> Any:
-    return yaml.safe_load(text) if text != "" else ""
+    value = yaml.safe_load(text) if text != "" else ""
+    if isinstance(value, str):  # PyYAML reads 1e-2 (no dot) as a string
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
 
 
 def apply_overrides(recipe: dict[str, Any], overrides: list[str]) -> dict[str, Any]:

@@ -59,7 +59,12 @@ def train(recipe: dict[str, Any], output_dir: str | Path, *, resume: bool = Fals
     if tcfg["tracker"]:
         accelerator.init_trackers(recipe["name"], config=_flat(recipe))
 
-    bench = _build_data(recipe)
+    log.info(
+        f"accelerate: {accelerator.num_processes} process(es), device {accelerator.device}, "
+        f"mixed precision {accelerator.mixed_precision}, seed {recipe['seed']}"
+    )
+    with accelerator.main_process_first():  # rank 0 decodes into the cache, the others read it
+        bench = _build_data(recipe)
     log.info(
         f"data {bench.name}: {len(bench.train)} train images, {bench.num_classes} classes, counts "
         f"{bench.class_counts[:3]}...{bench.class_counts[-3:]}, fingerprint {bench.fingerprint[:12]}"
@@ -112,7 +117,10 @@ def _run_stage1(ctx: _Context, model: nn.Module, method_cfg: dict[str, Any], res
     if ctx.channels_last:
         net = net.to(memory_format=torch.channels_last)
     optimizer = _optimizer(net, cfg, decay_bias_and_bn=cfg["decay_bias_and_bn"])
-    loader = ctx.bench.loader("train", cfg["batch_size"], sampler="shuffle", seed=ctx.recipe["seed"], drop_last=False)
+    loader = ctx.bench.loader(
+        "train", cfg["batch_size"], sampler="shuffle", seed=ctx.recipe["seed"], drop_last=ctx.recipe["train"]["drop_last"],
+        num_workers=ctx.recipe["data"]["num_workers"],
+    )
     net, optimizer, loader = acc.prepare(net, optimizer, loader)
     if ctx.recipe["model"]["compile"]:
         net = torch.compile(net)
@@ -134,18 +142,17 @@ def _run_stage2(ctx: _Context, model: nn.Module, method_cfg: dict[str, Any], res
     for name, p in model.named_parameters():
         p.requires_grad_(name.startswith(head_name + "."))
     net = FeaturesAndLogits(model)
-    if cfg["bn"] == "frozen":
-        _freeze_bn(model)
     optimizer = _optimizer(net.head, cfg, decay_bias_and_bn=True)
     loader = ctx.bench.loader(
-        "train", cfg["batch_size"], sampler=cfg["sampler"], seed=ctx.recipe["seed"] + 1, drop_last=False
+        "train", cfg["batch_size"], sampler=cfg["sampler"], seed=ctx.recipe["seed"] + 1,
+        drop_last=ctx.recipe["train"]["drop_last"], num_workers=ctx.recipe["data"]["num_workers"],
     )
     net, optimizer, loader = acc.prepare(net, optimizer, loader)
     start = 0
     if resume_from is not None:
         acc.load_state(str(resume_from))
         start = ctx.state["epoch"] + 1
-    ctx.log.info(f"stage 2: {method.name} {json.dumps(method_cfg)}, {cfg['epochs']} epochs, BN {cfg['bn']}")
+    ctx.log.info(f"stage 2: {method.name} {json.dumps(method_cfg)}, {cfg['epochs']} epochs")
     _fit(ctx, "stage2", net, method, optimizer, loader, cfg, start)
     _finish_stage(ctx, "stage2", net, method_cfg)
 
@@ -179,10 +186,9 @@ def _train_epoch(ctx: _Context, stage: str, net, method, optimizer, loader, epoc
     torch.manual_seed(_epoch_seed(ctx.recipe["seed"], stage, epoch))  # augmentation/mixup: resumable exactly
     loader.set_epoch(epoch)
     method.set_epoch(epoch, epochs)
-    augment = ctx.bench.batch_transform(train=ctx.recipe["data"]["augment"])
-    net.train()
-    if stage == "stage2" and ctx.recipe["stage2"]["bn"] == "frozen":
-        _freeze_bn(acc.unwrap_model(net).model)
+    d = ctx.recipe["data"]
+    augment = ctx.bench.batch_transform(train=d["augment"], autoaugment=d["autoaugment"], cutout=d["cutout"])
+    net.train()  # stage-2 methods put BatchNorm in eval mode themselves when their cfg says bn=eval
     total, count, t0 = torch.zeros((), device=acc.device), 0, time.perf_counter()
     bar = tqdm(loader, desc=f"{stage} {epoch + 1}/{epochs}", disable=not acc.is_local_main_process, leave=False)
     for images, labels in bar:
@@ -246,7 +252,7 @@ def _finish_stage(ctx: _Context, stage: str, net, method_cfg: dict[str, Any]) ->
 
 def _prototypes_and_threshold(ctx: _Context, net) -> tuple[torch.Tensor, dict[str, Any] | None]:
     """Class prototypes over the training set (no augmentation); threshold on held-out known images."""
-    from ..inference import calibrate_threshold, compute_prototypes, open_set_score
+    from ..inference import compute_prototypes, open_set_score, threshold_at_tpr
 
     acc, bench = ctx.accelerator, ctx.bench
     batch = ctx.recipe["eval"]["batch_size"]
@@ -256,8 +262,8 @@ def _prototypes_and_threshold(ctx: _Context, net) -> tuple[torch.Tensor, dict[st
         return prototypes, None
     vfeats, _, vlogits = penultimate_features(net, bench, "val", acc, batch)
     tpr = ctx.recipe["train"]["calibrate_tpr"]
-    scores = open_set_score("cosine", vfeats, vlogits, prototypes)
-    return prototypes, {"score": "cosine", "threshold": calibrate_threshold(scores, tpr), "tpr": tpr}
+    scores = open_set_score("cosine", features=vfeats, logits=vlogits, prototypes=prototypes)
+    return prototypes, {"score": "cosine", "threshold": threshold_at_tpr(scores, tpr), "tpr": tpr}
 
 
 # ---------------------------------------------------------------------------------------------- helpers
@@ -277,9 +283,6 @@ def _build_data(recipe: dict[str, Any]):
         image_size=d["image_size"],
         max_count=d["max_count"],
         profile=d["profile"],
-        autoaugment=d["autoaugment"],
-        cutout=d["cutout"],
-        num_workers=d["num_workers"],
     )
 
 
@@ -356,12 +359,6 @@ def _lr_schedule(cfg: dict[str, Any]):
     else:
         raise ValueError(f"schedule must be 'step', 'cosine' or 'constant', got {cfg['schedule']!r}")
     return lambda epoch: sched._get_lr(epoch)[0]
-
-
-def _freeze_bn(model: nn.Module) -> None:
-    for m in model.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            m.eval()
 
 
 def _epoch_seed(seed: int, stage: str, epoch: int) -> int:

@@ -1,0 +1,68 @@
+"""Plots of the sharpness diagnostics (matplotlib's object API: no pyplot state, no display needed)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from matplotlib.figure import Figure
+
+__all__ = ["plot_curves", "plot_landscape_2d"]
+
+_COLORS = {"overall": "black", "many": "tab:blue", "medium": "tab:orange", "few": "tab:red"}
+_TITLES = {"global": "global", "local": "local (perturbative)"}
+
+
+def plot_curves(result: Mapping[str, Any], path: str | Path, *, dpi: int = 120) -> Path:
+    """One panel per range, one curve per group (mean over directions, +-1 std band); returns ``path``."""
+    curves = result["curves"]
+    fig = Figure(figsize=(5.0 * len(curves), 4.0), layout="constrained")
+    axes = fig.subplots(1, len(curves), squeeze=False)[0]
+    cfg = result.get("config", {})
+    for ax, (name, curve) in zip(axes, curves.items()):
+        x = curve["relative_norms"]
+        for g, mean in curve["mean"].items():
+            std = curve["std"][g]
+            color = _COLORS.get(g)
+            ax.plot(x, mean, marker="o", ms=3, color=color, label=g, lw=2.0 if g == "overall" else 1.5)
+            lo = [m - s for m, s in zip(mean, std)]
+            hi = [m + s for m, s in zip(mean, std)]
+            ax.fill_between(x, lo, hi, color=color, alpha=0.15, lw=0)
+        ax.set_xlabel(r"$\|\epsilon\|_2 \,/\, \|\theta\|_2$")
+        ax.set_ylabel("loss")
+        ax.set_title(f"{_TITLES.get(name, name)} ({cfg.get('num_directions', '?')} directions)")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle(f"loss vs. relative noise norm, params={cfg.get('params', '?')}")
+    path = Path(path)
+    fig.savefig(path, dpi=dpi)
+    return path
+
+
+def plot_landscape_2d(result: Mapping[str, Any], path: str | Path, *, dpi: int = 120) -> Path:
+    """One heat map (with contour lines) per group over the (alpha, beta) grid; returns ``path``."""
+    alphas, betas, losses = result["alphas"], result["betas"], result["losses"]
+    n = len(losses)
+    cols = min(n, 2)
+    rows = math.ceil(n / cols)
+    fig = Figure(figsize=(5.0 * cols, 4.2 * rows), layout="constrained")
+    axes = fig.subplots(rows, cols, squeeze=False).ravel()
+    for ax, (g, grid) in zip(axes, losses.items()):
+        values = [[v if v is not None and math.isfinite(v) else float("nan") for v in row] for row in grid]
+        im = ax.pcolormesh(alphas, betas, values, shading="nearest", cmap="viridis")
+        if len(alphas) > 1 and len(betas) > 1:
+            ax.contour(alphas, betas, values, levels=10, colors="white", linewidths=0.6)
+        ax.plot([0], [0], marker="*", color="red", ms=9)
+        ax.set_title(g)
+        ax.set_xlabel(r"$\alpha$ (direction 1)")
+        ax.set_ylabel(r"$\beta$ (direction 2)")
+        fig.colorbar(im, ax=ax, label="loss")
+    for ax in axes[n:]:
+        ax.set_visible(False)
+    cfg = result.get("config", {})
+    fig.suptitle(f"2D loss landscape, params={cfg.get('params', '?')}")
+    path = Path(path)
+    fig.savefig(path, dpi=dpi)
+    return path

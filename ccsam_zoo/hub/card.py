@@ -1,0 +1,415 @@
+"""Model cards: Hub metadata (model-index), usage, recipe, results beside the paper, plot, limits, citation.
+
+The card is rendered with ``huggingface_hub.ModelCard.from_template`` from the Jinja template shipped in the
+package (``ccsam_zoo/hub/model_card_template.md``, the single source; ``model_cards/README.md`` documents it).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+__all__ = ["render_model_card", "paper_result_for", "plot_per_class_accuracy", "TEMPLATE_PATH", "default_repo_id"]
+
+TEMPLATE_PATH = Path(__file__).resolve().parent / "model_card_template.md"
+DEFAULT_ORG = "ccsam-zoo"
+
+CITATION = """@inproceedings{zhou2023ccsam,
+  title     = {Class-Conditional Sharpness-Aware Minimization for Deep Long-Tailed Recognition},
+  author    = {Zhou, Zhipeng and Li, Lanqing and Zhao, Peilin and Heng, Pheng-Ann and Gong, Wei},
+  booktitle = {Proceedings of the IEEE/CVF Conference on Computer Vision and Pattern Recognition (CVPR)},
+  year      = {2023}
+}"""
+
+PAPER_SOURCE = "Zhou et al., Class-Conditional Sharpness-Aware Minimization for Deep Long-Tailed Recognition, CVPR 2023"
+
+_PRETTY = {
+    "cifar10_lt": "CIFAR-10-LT",
+    "cifar100_lt": "CIFAR-100-LT",
+    "imagenet_lt": "ImageNet-LT",
+    "places_lt": "Places-LT",
+    "inat2018": "iNaturalist 2018",
+}
+# Hub dataset ids for the YAML `datasets` / model-index (the LT subsets are drawn from these).
+_HF_DATASETS = {"cifar10_lt": "uoft-cs/cifar10", "cifar100_lt": "uoft-cs/cifar100", "imagenet_lt": "ILSVRC/imagenet-1k"}
+
+# Published top-1 (%) of the paper (ALGORITHM.md). CIFAR: ResNet-32, keyed by (dataset, IR) then method.
+_PAPER_CIFAR: dict[tuple[str, int], dict[str, float]] = {
+    ("cifar10_lt", 200): {"CE": 65.68, "CE + mixup + cRT": 73.06, "CC-SAM": 80.94},
+    ("cifar10_lt", 100): {"CE": 70.70, "CE + mixup + cRT": 79.15, "CC-SAM": 83.92},
+    ("cifar10_lt", 50): {"CE": 74.81, "CE + mixup + cRT": 84.21, "CC-SAM": 86.22},
+    ("cifar100_lt", 200): {"CE": 34.84, "CE + mixup + cRT": 41.73, "CC-SAM": 45.66},
+    ("cifar100_lt", 100): {"CE": 38.43, "CE + mixup + cRT": 45.12, "CC-SAM": 50.83},
+    ("cifar100_lt", 50): {"CE": 43.90, "CE + mixup + cRT": 50.86, "CC-SAM": 53.91},
+}
+# Large-scale CC-SAM results: (dataset, backbone key, backbone name) -> (top1, many, medium, few).
+_PAPER_LARGE: list[tuple[str, str, str, tuple[float, float | None, float | None, float | None]]] = [
+    ("imagenet_lt", "resnext50", "ResNeXt-50", (55.4, 63.1, 53.4, 41.1)),
+    ("imagenet_lt", "resnet50", "ResNet-50", (52.4, None, None, None)),
+    ("places_lt", "resnet152", "ResNet-152", (40.6, 41.2, 42.1, 36.4)),
+    ("inat2018", "resnet50", "ResNet-50", (70.9, 65.4, 70.9, 72.2)),
+]
+_GROUPS = (("top1", "Overall"), ("many", "Many-shot"), ("medium", "Medium-shot"), ("few", "Few-shot"))
+_METRIC_TYPES = {"top1": "accuracy", "many": "many_shot_accuracy", "medium": "medium_shot_accuracy",
+                 "few": "few_shot_accuracy"}
+
+
+# ------------------------------------------------------------------------------------------------ helpers
+
+
+def pretty_dataset(name: str | None) -> str:
+    return _PRETTY.get(name or "", name or "unknown dataset")
+
+
+def _pretty_arch(arch: str | None) -> str:
+    if not arch:
+        return "unknown architecture"
+    base = arch.removesuffix("_cifar")
+    for prefix, label in (("resnext", "ResNeXt-"), ("resnet", "ResNet-")):
+        if base.startswith(prefix) and base[len(prefix):].split("_")[0].isdigit():
+            return label + base[len(prefix):]
+    return arch
+
+
+def _ir_int(extras: dict[str, Any]) -> int | None:
+    ir = extras.get("imbalance_ratio")
+    try:
+        return int(round(float(ir))) if ir is not None else None
+    except (TypeError, ValueError):
+        return None
+
+
+def method_names(extras: dict[str, Any]) -> tuple[str | None, str | None]:
+    """(recipe method flag, this stage's method name), e.g. ("ccsam", "ccsam_adv")."""
+    recipe = extras.get("recipe") or {}
+    top = recipe.get("method") if isinstance(recipe, dict) else None
+    method = extras.get("method")
+    current = method.get("name") if isinstance(method, dict) else method
+    return (str(top) if top else None), (str(current) if current else None)
+
+
+def _method_label(extras: dict[str, Any]) -> str:
+    top, current = method_names(extras)
+    method = extras.get("method")
+    preset = method.get("preset") if isinstance(method, dict) else None
+    label = top or current or "unknown method"
+    if current and current != top:
+        label += f" / {current}"
+    return label + (f" ({preset} preset)" if preset else "")
+
+
+def metrics_percent(metrics: dict[str, Any]) -> dict[str, Any]:
+    """Metrics in percent: lt_accuracy gives fractions in [0, 1]; values already in percent stay."""
+    keys = [k for k, _ in _GROUPS]
+    values = [metrics.get(k) for k in keys] + list(metrics.get("per_class") or [])
+    numbers = [float(v) for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    scale = 100.0 if numbers and max(numbers) <= 1.0 else 1.0
+
+    def conv(v: Any) -> float | None:
+        if not isinstance(v, (int, float)) or isinstance(v, bool) or math.isnan(float(v)):
+            return None
+        return float(v) * scale
+
+    out = {k: conv(metrics.get(k)) for k in keys}
+    out["per_class"] = [conv(v) for v in metrics.get("per_class") or []]
+    return out
+
+
+def _fmt(v: float | None, signed: bool = False) -> str:
+    if v is None:
+        return "–"
+    return f"{v:+.2f}" if signed else f"{v:.2f}"
+
+
+def default_repo_id(extras: dict[str, Any], org: str = DEFAULT_ORG) -> str:
+    """``ccsam-zoo/<method>-<dataset>[-ir<IR>]-<arch>``, e.g. ``ccsam-zoo/ccsam-cifar10-lt-ir100-resnet32``."""
+    top, current = method_names(extras)
+    method = (top or current or "model").replace("_", "-")
+    dataset = (extras.get("dataset_name") or "data").replace("_", "-")
+    ir = _ir_int(extras)
+    arch = (extras.get("architecture") or "model").removesuffix("_cifar").replace("_", "-")
+    parts = [method, dataset] + ([f"ir{ir}"] if ir and dataset.startswith("cifar") else []) + [arch]
+    return f"{org}/{'-'.join(parts)}"
+
+
+# ------------------------------------------------------------------------------------------ paper lookup
+
+
+def paper_result_for(extras: dict[str, Any]) -> dict[str, Any] | None:
+    """The paper's published result for the same setting, or None when the paper has no such number."""
+    dataset = extras.get("dataset_name")
+    arch = (extras.get("architecture") or "").lower()
+    stage = extras.get("stage")
+    top, current = method_names(extras)
+    names = {n for n in (top, current) if n}
+    if any(n.startswith("ccsam") for n in names) and not ({"ccsam_dir", "ccsam_mag"} & names):
+        family = "CC-SAM"
+    elif top == "mixup_crt" and stage == 2:
+        family = "CE + mixup + cRT"
+    elif stage == 1 and current == "ce":
+        family = "CE"
+    else:
+        return None
+    note = None
+    if family == "CC-SAM" and stage == 1:
+        note = "the paper's number is after both stages; this is the stage-1 model"
+    key = (dataset, _ir_int(extras))
+    if key in _PAPER_CIFAR:
+        arch_note = None if arch.startswith("resnet32") else "the paper used ResNet-32"
+        note = "; ".join(n for n in (note, arch_note) if n) or None
+        if key == ("cifar10_lt", 100) and family == "CC-SAM":
+            extra = "a public run of the authors' code on CIFAR-10-LT IR 100 reported 74.0"
+            note = f"{note}; {extra}" if note else extra
+        return {
+            "setting": f"{family}, {pretty_dataset(dataset)} IR {key[1]}, ResNet-32",
+            "method": family,
+            "top1": _PAPER_CIFAR[key][family],
+            "many": None,
+            "medium": None,
+            "few": None,
+            "source": PAPER_SOURCE,
+            "note": note,
+        }
+    if family != "CC-SAM":
+        return None
+    for ds, backbone, label, (top1, many, medium, few) in _PAPER_LARGE:
+        if ds == dataset and arch.startswith(backbone):
+            return {
+                "setting": f"CC-SAM, {pretty_dataset(dataset)}, {label}",
+                "method": family,
+                "top1": top1,
+                "many": many,
+                "medium": medium,
+                "few": few,
+                "source": PAPER_SOURCE,
+                "note": note,
+            }
+    return None
+
+
+# ------------------------------------------------------------------------------------------------- plot
+
+
+def plot_per_class_accuracy(folder: str | os.PathLike, extras: dict[str, Any]) -> Path | None:
+    """Write ``per_class_accuracy.png`` (accuracy per class, head to tail, with training counts)."""
+    metrics = metrics_percent(extras.get("metrics") or {})
+    acc = metrics["per_class"]
+    counts = extras.get("class_counts")
+    if not acc or not counts or len(acc) != len(counts):
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups = extras.get("shot_groups") or ["many"] * len(counts)
+    colors = {"many": "tab:blue", "medium": "tab:orange", "few": "tab:red"}
+    order = sorted(range(len(counts)), key=lambda c: -counts[c])
+    fig, ax = plt.subplots(figsize=(8, 3.6))
+    if len(order) <= 100:
+        x = list(range(len(order)))
+        ax.bar(x, [acc[c] or 0.0 for c in order], color=[colors.get(groups[c], "gray") for c in order])
+        if len(order) <= 20:
+            names = extras.get("class_names") or [str(c) for c in order]
+            ax.set_xticks(x, [names[c] for c in order], rotation=45, ha="right", fontsize=8)
+        ax.set_xlabel("classes by training count (head to tail)")
+        twin = ax.twinx()
+        twin.plot(x, [counts[c] for c in order], "k.-", lw=1, label="training images")
+        twin.set_yscale("log")
+        twin.set_ylabel("training images (log)")
+    else:
+        ax.scatter([counts[c] for c in order], [acc[c] or 0.0 for c in order], s=4,
+                   c=[colors.get(groups[c], "gray") for c in order])
+        ax.set_xscale("log")
+        ax.set_xlabel("training images of the class (log)")
+    for name, color in colors.items():
+        if name in groups:
+            ax.bar([0], [0], color=color, label=f"{name}-shot")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_ylim(0, 100)
+    ax.legend(loc="lower left", fontsize=8)
+    title = f"{_pretty_arch(extras.get('architecture'))} on {pretty_dataset(extras.get('dataset_name'))}"
+    ax.set_title(f"Per-class test accuracy: {title}, stage {extras.get('stage') or '?'}", fontsize=10)
+    fig.tight_layout()
+    path = Path(folder) / "per_class_accuracy.png"
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+# ------------------------------------------------------------------------------------------------- card
+
+
+def _flatten(d: Any, prefix: str = "") -> list[tuple[str, str]]:
+    rows: list[tuple[str, str]] = []
+    if isinstance(d, dict):
+        if not d and prefix:
+            rows.append((prefix, "{}"))
+        for k, v in d.items():
+            rows.extend(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+    else:
+        value = ", ".join(map(str, d)) if isinstance(d, list) else str(d)
+        rows.append((prefix, value.replace("|", "\\|").replace("\n", " ")))
+    return rows
+
+
+def _limitations(extras: dict[str, Any], results: list[dict[str, Any]], paper: dict[str, Any] | None) -> list[str]:
+    out = [str(x) for x in extras.get("limitations") or []]
+    recipe = extras.get("recipe") or {}
+    dataset = extras.get("dataset_name") or ""
+    if dataset.startswith("cifar") and isinstance(recipe, dict):
+        for stage, paper_epochs in (("stage1", 200), ("stage2", 30)):
+            epochs = (recipe.get(stage) or {}).get("epochs")
+            if isinstance(epochs, int) and epochs < paper_epochs:
+                out.append(f"Shortened schedule: {stage} ran {epochs} epochs (the authors' recipe: {paper_epochs}).")
+    source = extras.get("data_source")
+    if source is None and isinstance(recipe, dict):
+        source = (recipe.get("data") or {}).get("source")
+    fp = extras.get("data_fingerprint")
+    data_line = "Trained and evaluated on the data copy " + (f"`{source}`" if source else "recorded in the recipe")
+    data_line += f" (fingerprint `{fp}`)" if fp else ""
+    data_line += "; a different copy (e.g. the JPEG-compressed CIFAR mirror, lossy versus the original pixels) "
+    data_line += "shifts accuracies slightly."
+    out.append(data_line)
+    if any(r["key"] == "few" and r["ours"] is None for r in results):
+        out.append("No class falls in the few-shot group under the chosen thresholds: the few-shot accuracy is empty.")
+    selection = (extras.get("metrics") or {}).get("selection")
+    if selection == "last":
+        out.append("Reported numbers are from the last epoch: no model selection, and none on the test split.")
+    elif selection:
+        out.append(f"The reported model was selected on the `{selection}` split, never on the test split.")
+    if paper is None:
+        out.append("The paper reports no number for this exact setting: no comparison is made.")
+    return out
+
+
+def _card_context(folder: Path, extras: dict[str, Any], config: dict[str, Any], repo_id: str, revision: str | None):
+    from huggingface_hub import EvalResult, ModelCardData
+
+    metrics = metrics_percent(extras.get("metrics") or {})
+    paper = extras.get("paper_results")
+    if paper is None:
+        paper = paper_result_for(extras)
+    dataset = extras.get("dataset_name")
+    ir = _ir_int(extras)
+    ds_label = pretty_dataset(dataset) + (f" (IR {ir})" if ir and (dataset or "").startswith("cifar") else "")
+    arch = extras.get("architecture") or config.get("architecture")
+    stage = extras.get("stage")
+    title = f"CC-SAM zoo: {_pretty_arch(arch)} on {ds_label}, {_method_label(extras)}" + (
+        f", stage {stage}" if stage else ""
+    )
+    results = []
+    for key, label in _GROUPS:
+        ours = metrics.get(key)
+        ref = paper.get(key) if paper else None
+        gap = ours - ref if ours is not None and ref is not None else None
+        results.append({"key": key, "group": label, "ours": _fmt(ours), "paper": _fmt(ref), "gap": _fmt(gap, True)})
+    for row in results:  # keep None for the limitation check, strings for the template
+        row["ours_value"] = metrics.get(row["key"])
+    split = (extras.get("metrics") or {}).get("split", "test")
+    hf_dataset = _HF_DATASETS.get(dataset or "")
+    eval_results = [
+        EvalResult(
+            task_type="image-classification",
+            task_name="Long-tailed image classification",
+            dataset_type=hf_dataset or (dataset or "unknown"),
+            dataset_name=ds_label,
+            dataset_config=f"lt-ir{ir}" if ir else None,
+            dataset_split=split,
+            metric_type=_METRIC_TYPES[key],
+            metric_name=f"{label} top-1 accuracy",
+            metric_value=round(metrics[key], 2),
+        )
+        for key, label in _GROUPS
+        if metrics.get(key) is not None
+    ]
+    recipe = extras.get("recipe") or {}
+    base_model = extras.get("base_model")
+    if base_model is None and isinstance(recipe, dict):
+        pretrained = (recipe.get("model") or {}).get("pretrained")
+        if isinstance(pretrained, str) and "/" in pretrained:
+            base_model = pretrained
+    card_data = ModelCardData(
+        license=extras.get("license") or (config.get("pretrained_cfg") or {}).get("license") or "apache-2.0",
+        library_name="timm",
+        pipeline_tag="image-classification",
+        tags=["image-classification", "long-tailed", "cc-sam", "timm", "ccsam_zoo"],
+        datasets=[hf_dataset] if hf_dataset else None,
+        base_model=base_model,
+        metrics=["accuracy"],
+        model_name=repo_id.split("/")[-1],
+        eval_results=eval_results or None,
+    )
+    names = extras.get("class_names") or config.get("label_names") or []
+    counts = extras.get("class_counts") or []
+    groups = extras.get("shot_groups") or []
+    per_class = metrics["per_class"]
+    classes = []
+    if names and len(names) <= 20:
+        for c, name in enumerate(names):
+            classes.append({
+                "index": c,
+                "name": name,
+                "count": counts[c] if c < len(counts) else "–",
+                "group": groups[c] if c < len(groups) else "–",
+                "acc": _fmt(per_class[c] if c < len(per_class) else None),
+            })
+    pcfg = config.get("pretrained_cfg") or {}
+    rev = None if revision in (None, "main") else revision
+    pretrained = (recipe.get("model") or {}).get("pretrained") if isinstance(recipe, dict) else None
+    return card_data, {
+        "title": title,
+        "repo_id": repo_id,
+        "revision": rev,
+        "arch": arch,
+        "arch_pretty": _pretty_arch(arch),
+        "num_classes": config.get("num_classes"),
+        "model_args": config.get("model_args") or {},
+        "stage": stage,
+        "method_label": _method_label(extras),
+        "dataset_label": ds_label,
+        "split": split,
+        "counts_total": f"{sum(counts):,}" if counts else None,
+        "max_count": max(counts) if counts else None,
+        "min_count": min(counts) if counts else None,
+        "shot_thresholds": extras.get("shot_thresholds"),
+        "shot_rule": extras.get("shot_rule"),
+        "input_size": "x".join(str(v) for v in pcfg.get("input_size", [])),
+        "mean": pcfg.get("mean"),
+        "std": pcfg.get("std"),
+        "pretrained_backbone": pretrained,
+        "recipe_rows": _flatten(recipe),
+        "results": results,
+        "paper": paper,
+        "classes": classes,
+        "has_plot": (folder / "per_class_accuracy.png").exists(),
+        "open_set": extras.get("open_set"),
+        "prototypes": bool(extras.get("prototypes")),
+        "fingerprint": extras.get("data_fingerprint"),
+        "limitations": _limitations(extras, [{"key": r["key"], "ours": r["ours_value"]} for r in results], paper),
+        "citation": CITATION,
+    }
+
+
+def render_model_card(folder: str | os.PathLike, repo_id: str | None = None, revision: str | None = None) -> str:
+    """Render the model card (README.md text) of a checkpoint folder from its config and extras.
+
+    ``repo_id`` / ``revision`` go into the usage lines (default: the zoo's naming, e.g.
+    ``ccsam-zoo/ccsam-cifar10-lt-ir100-resnet32``, revision main).
+    """
+    from huggingface_hub import ModelCard
+
+    from .checkpoint import CONFIG_NAME, _read_json, read_extras
+
+    folder = Path(folder)
+    config = _read_json(folder / CONFIG_NAME, "timm config")
+    extras = read_extras(folder)
+    extras.setdefault("architecture", config.get("architecture"))
+    repo_id = repo_id or default_repo_id(extras)
+    if revision is None and extras.get("stage") == 1:
+        revision = "stage1"  # push_to_hub puts stage 1 on the "stage1" branch
+    card_data, context = _card_context(folder, extras, config, repo_id, revision)
+    card = ModelCard.from_template(card_data, template_path=str(TEMPLATE_PATH), **context)
+    return str(card)

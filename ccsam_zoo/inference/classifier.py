@@ -1,0 +1,426 @@
+"""``Classifier``: a timm model plus everything needed to use it (class names, preprocessing, prototypes)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+from PIL import Image
+from timm.data import create_transform, resolve_data_config
+from torch.utils.data import DataLoader, Dataset
+
+from . import _images
+from .open_set import (
+    OLTR_MSP_THRESHOLD,
+    PROTOTYPE_SCORES,
+    SCORES,
+    class_feature_sums,
+    open_set_score,
+    prototypes_from_sums,
+    threshold_at_tpr,
+)
+
+__all__ = ["Classifier"]
+
+log = logging.getLogger(__name__)
+UNKNOWN = "unknown"
+
+
+class Classifier(nn.Module):
+    """An image classifier ready for inference (always in eval mode).
+
+    Args:
+        model: a timm model (``forward_features`` / ``forward_head(pre_logits=True)`` / ``get_classifier``).
+        class_names: one name per output (``None``: "0", "1", ...).
+        class_counts: training images per class (shot groups in ``evaluate_model``).
+        pretrained_cfg: timm data config (input_size, mean, std, interpolation, crop_pct); missing keys come
+            from ``model.pretrained_cfg``. Defines the eval transform (``timm.data.create_transform``).
+        prototypes: ``[C, D]`` unit class prototypes (``fit_prototypes``) or None.
+        open_set: ``{"score", "threshold", "tpr"}`` from ``calibrate`` or None.
+        meta: free-form extras (recipe, method, metrics, ...).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        class_names: Sequence[str] | None,
+        class_counts: Sequence[int] | None = None,
+        pretrained_cfg: dict[str, Any] | None,
+        prototypes: torch.Tensor | None = None,
+        open_set: dict[str, Any] | None = None,
+        meta: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        self.model = model
+        num_classes = getattr(model, "num_classes", None)
+        if not num_classes:
+            raise ValueError("the model has no classifier (num_classes == 0): a Classifier needs class logits")
+        self.class_names = (
+            [str(c) for c in class_names] if class_names is not None else [str(i) for i in range(num_classes)]
+        )
+        if len(self.class_names) != num_classes:
+            raise ValueError(f"{len(self.class_names)} class names for a model with {num_classes} outputs")
+        self.class_counts = [int(c) for c in class_counts] if class_counts is not None else None
+        if self.class_counts is not None and len(self.class_counts) != num_classes:
+            raise ValueError(f"{len(self.class_counts)} class counts for a model with {num_classes} classes")
+        cfg = dict(getattr(model, "pretrained_cfg", None) or {})
+        cfg.update({k: v for k, v in (pretrained_cfg or {}).items() if v is not None})
+        self.pretrained_cfg = cfg
+        self.data_config = resolve_data_config(pretrained_cfg=cfg)
+        self.transform = create_transform(**self.data_config, is_training=False)
+        self.register_buffer("prototypes", None)
+        if prototypes is not None:
+            self.set_prototypes(prototypes)
+        self.open_set = dict(open_set) if open_set else None
+        self.meta = dict(meta or {})
+        self.eval()
+
+    # ------------------------------------------------------------------ basics
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def extra_repr(self) -> str:
+        return f"num_classes={self.num_classes}, prototypes={self.prototypes is not None}, open_set={self.open_set}"
+
+    def train(self, mode: bool = True) -> Classifier:
+        """Inference wrapper: stays in eval mode (BatchNorm statistics are never updated)."""
+        return super().train(False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits ``[B, C]`` of a normalised batch."""
+        return self.model(x)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Penultimate features ``[B, D]`` (not L2-normalised) of a normalised batch."""
+        return self.model.forward_head(self.model.forward_features(x), pre_logits=True)
+
+    def _features_logits(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        z = self.features(x)
+        return z, self.model.get_classifier()(z)
+
+    def set_prototypes(self, prototypes: torch.Tensor | None) -> None:
+        """Set (or clear) the ``[C, D]`` prototypes."""
+        if prototypes is None:
+            self.prototypes = None
+            return
+        p = torch.as_tensor(prototypes).detach().float()
+        if p.ndim != 2 or p.shape[0] != self.num_classes:
+            raise ValueError(f"prototypes must be [{self.num_classes}, D], got {tuple(p.shape)}")
+        self.prototypes = p.to(self.device)
+
+    def open_set_scores(self, x: torch.Tensor, score: str = "cosine") -> torch.Tensor:
+        """Open-set score ``[B]`` (higher = more likely known) of a normalised batch."""
+        with torch.inference_mode():
+            z, logits = self._features_logits(x.to(self.device))
+            return self._score(score, z, logits)
+
+    def _score(self, score: str, z: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        if score in PROTOTYPE_SCORES and self.prototypes is None:
+            raise ValueError(
+                f"open-set score {score!r} needs class prototypes and this model has none: fit them once with "
+                "clf.fit_prototypes(train_dataset) (training images, no augmentation), or use score='msp'"
+            )
+        return open_set_score(score, features=z, logits=logits, prototypes=self.prototypes)
+
+    # ------------------------------------------------------------ preprocessing
+    def preprocess(self, images: torch.Tensor) -> torch.Tensor:
+        """Raw image batch (uint8 or float in [0, 1], BCHW) to the normalised model input (eval transform)."""
+        x = images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
+        return self.transform(x)
+
+    def _short_side(self) -> int:
+        """Shorter side the eval transform resizes to (large files are decoded at about twice this)."""
+        size = max(self.data_config["input_size"][1:])
+        return max(1, int(size / float(self.data_config.get("crop_pct") or 1.0)))
+
+    def _load(self, item: _images.Item) -> Image.Image | torch.Tensor:
+        p = item.payload
+        if isinstance(p, (str, Path)):
+            return _images.open_image(Path(p), self._short_side())
+        if isinstance(p, Image.Image):
+            return _images.pil_to_rgb(p)
+        if isinstance(p, np.ndarray):
+            return _images.array_to_input(p, item.source)
+        return _images.tensor_to_input(p, item.source)
+
+    def _prepare_chunk(self, chunk: list[_images.Item], skip_bad: bool) -> tuple[list[tuple[int, torch.Tensor]], list]:
+        """Load and transform one chunk: ([(position, model input)], [(position, error message)])."""
+        loaded: list[tuple[int, Image.Image | torch.Tensor]] = []
+        failures: list[tuple[int, str]] = []
+        for pos, item in enumerate(chunk):
+            try:
+                loaded.append((pos, self._load(item)))
+            except (ValueError, FileNotFoundError) as e:
+                if not skip_bad:
+                    raise
+                failures.append((pos, str(e)))
+        out: dict[int, torch.Tensor] = {}
+        groups: dict[tuple, list[tuple[int, torch.Tensor]]] = {}  # same-shape tensors: one batched transform
+        for pos, img in loaded:
+            if isinstance(img, torch.Tensor):
+                groups.setdefault(tuple(img.shape), []).append((pos, img))
+            else:
+                out[pos] = self.transform(img)
+        for members in groups.values():
+            batch = self.transform(torch.stack([t for _, t in members]))
+            out.update((pos, batch[j]) for j, (pos, _) in enumerate(members))
+        return sorted(out.items()), failures
+
+    # ------------------------------------------------------------------ predict
+    def _resolve_open_set(self, score: str | None, threshold: float | None) -> tuple[str, float]:
+        cal = self.open_set or {}
+        score = score or cal.get("score") or "cosine"
+        if score not in SCORES:
+            raise ValueError(f"unknown open-set score {score!r}; choose one of {', '.join(SCORES)}")
+        if score in PROTOTYPE_SCORES and self.prototypes is None:
+            raise ValueError(
+                f"open-set prediction with score {score!r} needs class prototypes and this model has none: fit "
+                "them once with clf.fit_prototypes(train_dataset), then clf.calibrate(held_out_known_images), "
+                "or use score='msp' (OLTR's fixed threshold 0.1)"
+            )
+        if threshold is None:
+            if cal.get("score") == score and cal.get("threshold") is not None:
+                threshold = float(cal["threshold"])
+            elif score == "msp":
+                threshold = OLTR_MSP_THRESHOLD
+            else:
+                raise ValueError(
+                    f"no open-set threshold for score {score!r}: calibrate one with "
+                    f"clf.calibrate(held_out_known_images, score={score!r}, tpr=0.95) or pass threshold="
+                )
+        return score, float(threshold)
+
+    @torch.inference_mode()
+    def predict(
+        self,
+        images: Any,
+        top_k: int = 5,
+        open_set: bool = False,
+        batch_size: int = 64,
+        score: str | None = None,
+        skip_bad: bool = False,
+        threshold: float | None = None,
+    ) -> list[dict[str, Any]]:
+        """Classify images: file paths, a folder, PIL images, numpy arrays (HWC), tensors (CHW / BCHW).
+
+        Integer images are taken as 8-bit (16-bit as 16-bit), float images as [0, 1]; every image becomes
+        RGB (grayscale replicated, alpha dropped) and goes through the checkpoint's eval transform.
+
+        Returns one dict per image, in input order: ``source`` (path or index), ``label`` (top-1 class name, or
+        "unknown" when open-set rejects it), ``class_index`` (closed-set top-1), ``probability`` (its
+        softmax probability), ``top_k`` (list of (class name, probability)); with ``open_set``: ``score``,
+        ``open_set_score`` (higher = more likely known) and ``known`` (``open_set_score >= threshold``).
+        With ``skip_bad=True`` an unreadable image gives ``{"source", "error"}`` instead of raising.
+        """
+        if top_k < 1:
+            raise ValueError(f"top_k must be >= 1, got {top_k}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        score_name, thr = self._resolve_open_set(score, threshold) if open_set else (None, None)
+        items = _images.expand_inputs(images)
+        k = min(top_k, self.num_classes)
+        results: list[dict[str, Any]] = []
+        device = self.device
+        dtype = next(self.model.parameters()).dtype
+        for chunk in _images.iter_chunks(items, batch_size):
+            ready, failures = self._prepare_chunk(chunk, skip_bad)
+            chunk_results: dict[int, dict[str, Any]] = {}
+            if ready:
+                x = torch.stack([t for _, t in ready]).to(device=device, dtype=dtype, non_blocking=True)
+                z, logits = self._features_logits(x)
+                top_p, top_i = logits.float().softmax(dim=1).topk(k, dim=1)
+                scores = self._score(score_name, z, logits).float().cpu().tolist() if open_set else None
+                top_p, top_i = top_p.cpu().tolist(), top_i.cpu().tolist()
+                for j, (pos, _) in enumerate(ready):
+                    r: dict[str, Any] = {
+                        "source": chunk[pos].source,
+                        "label": self.class_names[top_i[j][0]],
+                        "class_index": top_i[j][0],
+                        "probability": top_p[j][0],
+                        "top_k": [(self.class_names[c], p) for c, p in zip(top_i[j], top_p[j])],
+                    }
+                    if open_set:
+                        r.update(score=score_name, open_set_score=scores[j], known=scores[j] >= thr)
+                        if not r["known"]:
+                            r["label"] = UNKNOWN
+                    chunk_results[pos] = r
+            for pos, msg in failures:
+                chunk_results[pos] = {"source": chunk[pos].source, "error": msg}
+            results.extend(chunk_results[pos] for pos in sorted(chunk_results))
+        return results
+
+    # --------------------------------------------------------------- data sets
+    def _batches(
+        self, data: Any, batch_size: int, transform: nn.Module | None = None
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Normalised model-input batches on the model's device plus labels, from any supported data form.
+
+        uint8 batches go through ``preprocess`` (this checkpoint's eval transform); float batches are taken as
+        already normalised unless ``transform`` (e.g. ``benchmark.batch_transform(train=False)``) is given.
+        """
+        device = self.device
+        dtype = next(self.model.parameters()).dtype
+
+        def finish(x: torch.Tensor, y: Any) -> tuple[torch.Tensor, torch.Tensor]:
+            x = x.to(device, non_blocking=True)
+            if transform is not None:
+                x = transform(x)
+            elif x.dtype == torch.uint8:
+                x = self.preprocess(x)
+            return x.to(dtype), torch.as_tensor(y).long().reshape(-1).cpu()
+
+        if (
+            isinstance(data, (tuple, list))
+            and len(data) == 2
+            and isinstance(data[0], torch.Tensor)
+            and data[0].ndim == 4
+        ):
+            images, labels = data
+            labels = torch.as_tensor(labels)
+            if len(images) != len(labels):
+                raise ValueError(f"{len(images)} images but {len(labels)} labels")
+            for i in range(0, len(images), batch_size):
+                yield finish(images[i : i + batch_size], labels[i : i + batch_size])
+            return
+        images = getattr(data, "images", None)
+        if isinstance(images, torch.Tensor) and images.ndim == 4 and hasattr(data, "labels"):
+            labels = torch.as_tensor(data.labels)
+            for i in range(0, len(images), batch_size):
+                yield finish(images[i : i + batch_size], labels[i : i + batch_size])
+            return
+        if isinstance(data, Dataset) or (
+            hasattr(data, "__getitem__") and hasattr(data, "__len__") and not isinstance(data, (str, bytes))
+        ):
+            loader: Iterable = DataLoader(data, batch_size=batch_size, shuffle=False, collate_fn=self._collate)
+        elif isinstance(data, Iterable):
+            loader = data
+        else:
+            raise ValueError(
+                f"unsupported data of type {type(data).__name__}: pass a Dataset yielding (image, label), a "
+                "DataLoader, a dataset with .images (uint8 N,3,H,W) and .labels, or an (images, labels) tuple"
+            )
+        for batch in loader:
+            if not isinstance(batch, (tuple, list)) or len(batch) < 2:
+                raise ValueError("data batches must be (images, labels) pairs")
+            yield finish(batch[0], batch[1])
+
+    def _collate(self, items: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        if isinstance(items, tuple) and len(items) == 2 and isinstance(items[0], torch.Tensor) and items[0].ndim == 4:
+            return items  # a dataset's __getitems__ already returned (images, labels)
+        try:
+            imgs, labels = zip(*[(it[0], it[1]) for it in items])
+        except (TypeError, IndexError, KeyError):
+            raise ValueError("dataset items must be (image, label) pairs") from None
+        labels_t = torch.as_tensor([int(y) for y in labels])
+        if all(isinstance(i, torch.Tensor) for i in imgs) and len({(i.shape, i.dtype) for i in imgs}) == 1:
+            return torch.stack(imgs), labels_t
+        out = []
+        for n, img in enumerate(imgs):
+            if isinstance(img, Image.Image):
+                out.append(self.transform(_images.pil_to_rgb(img)))
+            elif isinstance(img, np.ndarray):
+                a = _images.array_to_input(img, n)
+                out.append(self.transform(a))
+            elif isinstance(img, torch.Tensor) and img.dtype == torch.uint8:
+                out.append(self.preprocess(img[None])[0])
+            else:
+                out.append(torch.as_tensor(img).float())
+        return torch.stack(out), labels_t
+
+    @torch.inference_mode()
+    def fit_prototypes(self, dataset: Any, batch_size: int = 256, transform: nn.Module | None = None) -> torch.Tensor:
+        """Fit class prototypes (mean L2-normalised penultimate feature per class, re-normalised) and keep them.
+
+        ``dataset``: training data WITHOUT augmentation: a Dataset yielding (normalised image tensor, label), a
+        dataset with ``.images`` (uint8, N,3,H,W) and ``.labels``, an ``(images, labels)`` tuple, or a
+        DataLoader. Returns the ``[C, D]`` prototypes.
+        """
+        sums = counts = None
+        for x, y in self._batches(dataset, batch_size, transform):
+            s, c = class_feature_sums(self.features(x), y.to(x.device), self.num_classes)
+            sums, counts = (s, c) if sums is None else (sums + s, counts + c)
+        if sums is None:
+            raise ValueError("fit_prototypes: the dataset is empty")
+        self.set_prototypes(prototypes_from_sums(sums, counts))
+        return self.prototypes
+
+    @torch.inference_mode()
+    def _collect(
+        self, data: Any, batch_size: int, transform: nn.Module | None, scores: Sequence[str]
+    ) -> dict[str, torch.Tensor]:
+        """Run the model over ``data``: predictions, labels and each requested score (CPU tensors)."""
+        out: dict[str, list[torch.Tensor]] = {"predictions": [], "references": [], **{s: [] for s in scores}}
+        for x, y in self._batches(data, batch_size, transform):
+            z, logits = self._features_logits(x)
+            out["predictions"].append(logits.argmax(dim=1).cpu())
+            out["references"].append(y)
+            for s in scores:
+                out[s].append(self._score(s, z, logits).float().cpu())
+        if not out["predictions"]:
+            raise ValueError("the dataset is empty")
+        return {k: torch.cat(v) for k, v in out.items()}
+
+    def _scores_of(self, data: Any, score: str, batch_size: int) -> torch.Tensor:
+        """Scores of known-class data given as images (predict inputs) or as a dataset."""
+        is_dataset = (
+            isinstance(data, (Dataset, DataLoader))
+            or hasattr(data, "images")
+            or (
+                isinstance(data, tuple)
+                and len(data) == 2
+                and isinstance(data[0], torch.Tensor)
+                and data[0].ndim == 4
+                and torch.as_tensor(data[1]).ndim == 1
+                and not torch.as_tensor(data[1]).is_floating_point()
+            )
+        )
+        if is_dataset:
+            return self._collect(data, batch_size, None, [score])[score]
+        res = self.predict(data, top_k=1, open_set=True, batch_size=batch_size, score=score, threshold=0.0)
+        return torch.tensor([r["open_set_score"] for r in res])
+
+    def calibrate(
+        self,
+        known: Any = None,
+        score: str = "cosine",
+        tpr: float = 0.95,
+        threshold: float | None = None,
+        batch_size: int = 64,
+    ) -> dict[str, Any]:
+        """Set the open-set threshold and store ``{"score", "threshold", "tpr"}`` in ``.open_set``.
+
+        ``known``: HELD-OUT known-class images (anything ``predict`` accepts) or a dataset (as
+        ``fit_prototypes``); the threshold keeps a fraction ``tpr`` of them (``score >= threshold``). With an
+        explicit ``threshold`` (e.g. OLTR: ``score="msp", threshold=0.1``) no data is needed and ``tpr``
+        becomes the measured rate on ``known`` if given, else None.
+        """
+        if score not in SCORES:
+            raise ValueError(f"unknown open-set score {score!r}; choose one of {', '.join(SCORES)}")
+        if score in PROTOTYPE_SCORES and self.prototypes is None:
+            raise ValueError(
+                f"calibrating score {score!r} needs class prototypes: run clf.fit_prototypes(train_dataset) first"
+            )
+        if threshold is None:
+            if known is None:
+                raise ValueError("calibrate needs held-out known-class images, or an explicit threshold=")
+            s = self._scores_of(known, score, batch_size)
+            threshold, rate = threshold_at_tpr(s, tpr), float(tpr)
+        else:
+            rate = (
+                float((self._scores_of(known, score, batch_size) >= threshold).float().mean())
+                if known is not None
+                else None
+            )
+        self.open_set = {"score": score, "threshold": float(threshold), "tpr": rate}
+        return dict(self.open_set)

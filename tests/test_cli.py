@@ -1,0 +1,234 @@
+"""The ``ccsam-zoo`` command: exit codes, JSON output, one-line errors, subcommand wiring."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import timm
+import torch
+from PIL import Image
+
+import ccsam_zoo  # noqa: F401
+from ccsam_zoo.cli import main
+from ccsam_zoo.data.sources import EMBEDDED_DIR
+
+CLASS_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+COUNTS = [500, 299, 179, 107, 64, 38, 23, 13, 8, 5]
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    """A run folder whose stage2/ is a saved checkpoint (random resnet20_cifar with prototypes + calibration)."""
+    from ccsam_zoo.hub import save_pretrained
+    from ccsam_zoo.inference import Classifier
+
+    torch.manual_seed(0)
+    model = timm.create_model("resnet20_cifar", num_classes=10).eval()
+    with torch.no_grad():
+        model.fc.weight.mul_(0.05)
+    clf = Classifier(model, class_names=CLASS_NAMES, class_counts=COUNTS, pretrained_cfg=dict(model.pretrained_cfg))
+    g = torch.Generator().manual_seed(0)
+    imgs = torch.randint(0, 256, (40, 3, 32, 32), dtype=torch.uint8, generator=g)
+    clf.fit_prototypes((imgs, torch.arange(40) % 10))
+    clf.calibrate((imgs, torch.arange(40) % 10), score="cosine", tpr=0.95)
+    run = tmp_path_factory.mktemp("run")
+    info = dict(
+        class_names=CLASS_NAMES,
+        class_counts=COUNTS,
+        shot_thresholds=[100, 20],
+        shot_rule="paper",
+        stage="stage2",
+        method={"name": "ce"},
+        recipe={"method": "ce", "data": {"name": "cifar10_lt", "imbalance_ratio": 100}},
+        metrics={},
+        dataset="cifar10_lt",
+        prototypes=clf.prototypes,
+        open_set=clf.open_set,
+    )
+    save_pretrained(model, run / "stage2", info=info)
+    return run
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    d = tmp_path_factory.mktemp("imgs")
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(3):
+        p = d / f"img{i}.png"
+        Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(p)
+        paths.append(str(p))
+    (d / "broken.jpg").write_text("not an image")
+    return paths, str(d / "broken.jpg")
+
+
+def _run(capsys, *argv):
+    rc = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def _one_line_error(err: str, *needles: str) -> None:
+    lines = [ln for ln in err.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:"), err
+    assert "Traceback" not in err
+    for n in needles:
+        assert n in lines[0], (n, lines[0])
+
+
+def test_predict_json_matches_classifier(capsys, run_dir, images):
+    from ccsam_zoo.hub import from_pretrained
+
+    paths, _ = images
+    rc, out, err = _run(capsys, "predict", "--model", run_dir / "stage2", *paths, "--top-k", "3", "--json")
+    assert rc == 0, err
+    res = json.loads(out)
+    assert [r["source"] for r in res] == paths
+    clf = from_pretrained(run_dir / "stage2")
+    want = clf.predict(paths, top_k=3)
+    for r, w in zip(res, want):
+        assert r["label"] == w["label"] and len(r["top_k"]) == 3
+        assert [p for _, p in r["top_k"]] == pytest.approx([p for _, p in w["top_k"]], abs=1e-6)
+
+
+def test_predict_table_and_open_set(capsys, run_dir, images):
+    paths, _ = images
+    rc, out, _ = _run(capsys, "predict", "--model", run_dir / "stage2", paths[0], "--open-set")
+    assert rc == 0
+    assert "img0.png" in out and "known" in out and "cosine" in out
+    rc, out, _ = _run(capsys, "predict", "--model", run_dir / "stage2", paths[0], "--open-set", "--json",
+                      "--score", "msp", "--threshold", "1.5")  # fmt: skip
+    r = json.loads(out)[0]
+    assert rc == 0 and r["label"] == "unknown" and r["known"] is False and r["score"] == "msp"
+
+
+def test_predict_bad_inputs(capsys, run_dir, images):
+    paths, broken = images
+    rc, out, err = _run(capsys, "predict", "--model", run_dir / "stage2", paths[0], broken)
+    assert rc == 1 and out == ""
+    _one_line_error(err, "broken.jpg")
+    rc, out, err = _run(capsys, "predict", "--model", run_dir / "stage2", paths[0], broken, "--skip-bad", "--json")
+    res = json.loads(out)
+    assert rc == 0 and "error" in res[1] and "broken.jpg" in err
+    rc, _, err = _run(capsys, "predict", "--model", run_dir / "stage2", broken, "--skip-bad")
+    assert rc == 1  # nothing could be classified
+    rc, _, err = _run(capsys, "predict", "--model", run_dir / "nope", paths[0])
+    assert rc == 1
+    _one_line_error(err, "nope")
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["predict", "x.png"],  # --model missing
+        ["predict", "--model", "m", "x.png", "--top-k", "0"],
+        ["predict", "--model", "m", "x.png", "--score", "energy"],
+        ["evaluate", "--model", "m"],  # --data missing
+        ["frobnicate"],
+        [],
+    ],
+)
+def test_usage_errors_exit_2(capsys, argv):
+    rc, _, err = _run(capsys, *argv)
+    assert rc == 2 and "usage:" in err
+
+
+def test_evaluate_unknown_data_is_usage_error(capsys, run_dir):
+    rc, _, err = _run(capsys, "evaluate", "--model", run_dir / "stage2", "--data", "no_such_benchmark")
+    assert rc == 2 and "no_such_benchmark" in err and "Traceback" not in err
+
+
+def _small_parquet_benchmark(folder, ood_parquet=None):
+    """train = the embedded CIFAR-10-LT train split, test = 3 images per class; open = 30 OOD images."""
+    import pyarrow.parquet as pq
+
+    folder.mkdir()
+    shutil.copy(EMBEDDED_DIR / "train.parquet", folder / "train.parquet")
+    test = pq.read_table(EMBEDDED_DIR / "test.parquet")
+    pq.write_table(test.take([c * 100 + i for c in range(10) for i in range(3)]), folder / "test.parquet")
+    if ood_parquet is None:
+        return None
+    ood = pq.read_table(ood_parquet).slice(0, 30)
+    pq.write_table(ood, folder.parent / "ood.parquet")
+    return folder.parent / "ood.parquet"
+
+
+def test_evaluate_json_and_output(capsys, run_dir, tmp_path, ood_dir):
+    from ccsam_zoo.data import build_benchmark
+    from ccsam_zoo.hub import from_pretrained
+    from ccsam_zoo.inference import evaluate_model
+
+    ood = _small_parquet_benchmark(tmp_path / "bench", ood_dir / "test.parquet")
+    out_file = tmp_path / "eval" / "report.json"
+    argv = ["evaluate", "--model", run_dir / "stage2", "--data", tmp_path / "bench", "--open-data", ood]
+    rc, out, err = _run(capsys, *argv, "--json", "--output", out_file)
+    assert rc == 0, err
+    rep = json.loads(out)
+    assert rep == json.loads(out_file.read_text())
+    assert rep["data"] == "parquet" and rep["num_samples"] == 30 and rep["num_open"] == 30
+    assert set(rep) >= {"top1", "many", "medium", "few", "per_class", "open_set", "class_names", "shot_rule"}
+    assert set(rep["open_set"]) == {"cosine", "euclidean", "reachability", "msp", "hybrid"}
+    assert rep["open_set"]["cosine"]["threshold_source"] == "checkpoint"
+    # the same numbers as the library call
+    bench = build_benchmark("parquet", str(tmp_path / "bench"), open_source=str(ood), image_size=32)
+    direct = evaluate_model(from_pretrained(run_dir / "stage2"), bench.test, bench.open)
+    assert rep["top1"] == pytest.approx(direct["top1"])
+    assert rep["open_set"]["msp"]["auroc"] == pytest.approx(direct["open_set"]["msp"]["auroc"])
+    rc, out, _ = _run(capsys, *argv, "--scores", "msp,cosine")
+    assert rc == 0 and "top-1 %" in out and "AUROC" in out and "per class" in out and "airplane" in out
+    rc, _, err = _run(capsys, *argv, "--scores", "msp,energy")
+    assert rc == 2 and "energy" in err
+
+
+def test_list_json(capsys):
+    rc, out, _ = _run(capsys, "list", "--json")
+    rows = json.loads(out)
+    assert rc == 0 and any(r["alias"] == "ccsam-cifar10-lt" for r in rows)
+    rc, out, _ = _run(capsys, "list")
+    assert rc == 0 and "alias" in out.splitlines()[0]
+
+
+def test_card(capsys, run_dir, tmp_path):
+    rc, out, err = _run(capsys, "card", run_dir)
+    assert rc == 0, err
+    assert out.startswith("---") and "airplane" in out
+    rc, _, err = _run(capsys, "card", tmp_path / "missing")
+    assert rc == 1
+    _one_line_error(err, "missing")
+
+
+def test_sharpness_is_wired(capsys, monkeypatch):
+    from ccsam_zoo.diagnostics import sharpness
+
+    rc, out, _ = _run(capsys, "sharpness", "--help")
+    assert rc == 0 and "--params" in out
+    seen = {}
+
+    def fake_run(args):
+        seen.update(model=args.model, data=args.data)
+        return 0
+
+    monkeypatch.setattr(sharpness, "run", fake_run)
+    rc, _, _ = _run(capsys, "sharpness", "--model", "m", "--data", "embedded")
+    assert rc == 0 and seen == {"model": "m", "data": "embedded"}
+
+
+def test_debug_shows_traceback(capsys, images):
+    with pytest.raises(Exception, match="nope"):
+        main(["--debug", "predict", "--model", "./nope", images[0][0]])
+
+
+def test_console_script(images):
+    exe = shutil.which("ccsam-zoo") or shutil.which(
+        "ccsam-zoo", path=str(__import__("pathlib").Path(sys.executable).parent)
+    )
+    if exe is None:
+        pytest.skip("console script not installed (pip install -e . --no-deps)")
+    p = subprocess.run([exe, "predict", "--model", "./nope", images[0][0]], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 1 and p.stdout == ""
+    _one_line_error(p.stderr, "nope")

@@ -1,0 +1,200 @@
+"""Aliases, run folders and the offline Hugging Face cache (laid out by hand, HF_HUB_OFFLINE=1)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+import torch.nn as nn
+from huggingface_hub import constants
+
+import ccsam_zoo  # noqa: F401
+from ccsam_zoo.hub import (
+    CheckpointError,
+    from_pretrained,
+    list_pretrained,
+    register_pretrained,
+    registry,
+    save_pretrained,
+)
+
+X = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+REPO = "some-org/tiny-ccsam"
+
+
+def make_model(seed: int) -> nn.Module:
+    torch.manual_seed(seed)
+    return timm.create_model("resnet20_cifar", num_classes=3).eval()
+
+
+def info(stage: str) -> dict:
+    return dict(
+        class_names=["a", "b", "c"], class_counts=[300, 30, 3], stage=stage, method={"name": "ccsam"},
+        recipe={"method": "ccsam", "data": {"name": "cifar10_lt", "imbalance_ratio": 100}},
+        metrics={"top1": 0.5, "many": 0.6, "medium": 0.5, "few": 0.4, "per_class": [0.6, 0.5, 0.4]},
+        dataset="cifar10_lt IR100", data_fingerprint="fp", prototypes=None, open_set=None, paper_results=None,
+    )
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory) -> tuple[Path, nn.Module, nn.Module]:
+    run = tmp_path_factory.mktemp("run")
+    s1, s2 = make_model(1), make_model(2)
+    save_pretrained(s1, run / "stage1", info=info("stage1"))
+    save_pretrained(s2, run / "stage2", info=info("stage2"))
+    return run, s1, s2
+
+
+@pytest.fixture(autouse=True)
+def _isolated(tmp_path, monkeypatch):
+    """A private HF cache, offline mode, and a registry restored after each test."""
+    cache = tmp_path / "hf-cache"
+    cache.mkdir()
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+    # the bundled CPU model may be added to the package later: point its alias at an empty place for the tests
+    cpu = registry._REGISTRY["ccsam-cifar10-lt-cpu"]
+    registry._REGISTRY["ccsam-cifar10-lt-cpu"] = registry._Entry(
+        cpu.alias, None, "main", tmp_path / "assets" / "ccsam-cifar10-lt-cpu", cpu.dataset, cpu.recipe
+    )
+    return cache
+
+
+def add_to_cache(cache: Path, repo_id: str, branches: dict[str, Path]) -> None:
+    """Lay out ``models--ORG--NAME/{blobs, refs/<branch>, snapshots/<sha>}`` as huggingface_hub does."""
+    root = cache / f"models--{repo_id.replace('/', '--')}"
+    for branch, folder in branches.items():
+        sha = hashlib.sha1(f"{repo_id}@{branch}".encode()).hexdigest()
+        (root / "refs").mkdir(parents=True, exist_ok=True)
+        (root / "refs" / branch).write_text(sha)
+        snap = root / "snapshots" / sha
+        snap.mkdir(parents=True)
+        (root / "blobs").mkdir(exist_ok=True)
+        for f in folder.iterdir():
+            data = f.read_bytes()
+            blob = root / "blobs" / hashlib.sha256(data).hexdigest()
+            blob.write_bytes(data)
+            os.symlink(os.path.relpath(blob, snap), snap / f.name)
+
+
+# --------------------------------------------------------------------------------------------- registry
+
+
+def test_builtin_aliases():
+    rows = {r.alias: r for r in list_pretrained()}
+    assert rows["ccsam-cifar10-lt"].repo_id == "ccsam-zoo/ccsam-cifar10-lt-ir100-resnet32"
+    assert rows["ccsam-cifar10-lt"].revision == "main"
+    assert rows["ccsam-cifar10-lt:stage1"].revision == "stage1"
+    for alias, dataset in [("ccsam-cifar100-lt", "cifar100_lt"), ("ccsam-imagenet-lt", "imagenet_lt"),
+                           ("ccsam-places-lt", "places_lt"), ("ccsam-inat2018", "inat2018")]:
+        assert rows[alias].repo_id.startswith("ccsam-zoo/") and rows[alias].dataset == dataset
+        assert rows[alias].available_locally is False
+    cpu = rows["ccsam-cifar10-lt-cpu"]
+    assert cpu.repo_id is None and cpu.available_locally is False
+
+
+def test_unknown_alias_lists_known_ones():
+    with pytest.raises(CheckpointError) as err:
+        from_pretrained("ccsam-cifar10-l")
+    msg = str(err.value)
+    assert "unknown model 'ccsam-cifar10-l'" in msg and "Did you mean 'ccsam-cifar10-lt'" in msg
+    for alias in ("ccsam-cifar100-lt", "ccsam-imagenet-lt", "ccsam-places-lt", "ccsam-inat2018"):
+        assert alias in msg
+    assert "ccsam-cifar10-lt-cpu" in msg
+
+
+def test_bundled_cpu_model_not_available():
+    with pytest.raises(CheckpointError) as err:
+        from_pretrained("ccsam-cifar10-lt-cpu")
+    msg = str(err.value)
+    assert "not available" in msg and "ccsam-cifar10-lt-cpu" in msg
+    assert "accelerate launch recipes/train.py --recipe cifar10_lt_cpu" in msg
+
+
+def test_uncached_hub_alias_says_where_it_looked(_isolated):
+    with pytest.raises(CheckpointError) as err:
+        from_pretrained("ccsam-cifar10-lt")
+    msg = str(err.value)
+    assert "ccsam-zoo/ccsam-cifar10-lt-ir100-resnet32" in msg and "'main'" in msg
+    assert str(_isolated / "models--ccsam-zoo--ccsam-cifar10-lt-ir100-resnet32") in msg
+    assert "HF_HUB_OFFLINE=1" in msg and "--recipe cifar10_lt" in msg
+
+
+def test_missing_folder_and_non_checkpoint_folder(tmp_path):
+    with pytest.raises(CheckpointError, match="no such folder"):
+        from_pretrained(str(tmp_path / "nope" / "stage2"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CheckpointError, match="not a checkpoint folder"):
+        from_pretrained(tmp_path / "empty")
+
+
+def test_register_local_run_folder(run_dir):
+    run, s1, s2 = run_dir
+    row = register_pretrained("my-run", local_dir=run, dataset="cifar10_lt")
+    assert row.available_locally and row.repo_id is None
+    with torch.no_grad():
+        assert torch.equal(from_pretrained("my-run")(X), s2(X))
+        assert torch.equal(from_pretrained("my-run:stage1")(X), s1(X))
+        assert torch.equal(from_pretrained("my-run", revision="stage1")(X), s1(X))
+    rows = {r.alias: r for r in list_pretrained()}
+    assert rows["my-run"].available_locally and rows["my-run:stage1"].available_locally
+    with pytest.raises(ValueError, match="already registered"):
+        register_pretrained("my-run", local_dir=run)
+    register_pretrained("my-run", local_dir=run / "stage2", overwrite=True)
+    for bad in ("a:b", "org/name", ""):
+        with pytest.raises(ValueError):
+            register_pretrained(bad, repo_id="o/n")
+    with pytest.raises(ValueError, match="repo_id"):
+        register_pretrained("nothing")
+
+
+def test_run_folder_picks_stage(run_dir):
+    run, s1, s2 = run_dir
+    with torch.no_grad():
+        assert torch.equal(from_pretrained(run)(X), s2(X))
+        assert torch.equal(from_pretrained(run, revision="stage1")(X), s1(X))
+        assert torch.equal(from_pretrained(run, revision="stage2")(X), s2(X))
+    assert from_pretrained(run).meta["stage"] == 2
+
+
+# ----------------------------------------------------------------------------------------- offline cache
+
+
+def test_offline_hub_cache(run_dir, _isolated):
+    run, s1, s2 = run_dir
+    add_to_cache(_isolated, REPO, {"main": run / "stage2", "stage1": run / "stage1"})
+    with torch.no_grad():
+        clf = from_pretrained(REPO)
+        assert torch.equal(clf(X), s2(X))
+        assert clf.meta["repo_id"] == REPO and clf.meta["source"] == "hub"
+        assert torch.equal(from_pretrained(REPO, revision="stage1")(X), s1(X))
+        assert torch.equal(from_pretrained(f"{REPO}:stage1")(X), s1(X))
+        # timm's own hf-hub: loader on the same cache
+        assert torch.equal(timm.create_model(f"hf-hub:{REPO}", pretrained=True).eval()(X), s2(X))
+        assert torch.equal(timm.create_model(f"hf-hub:{REPO}@stage1", pretrained=True).eval()(X), s1(X))
+    register_pretrained("tiny", repo_id=REPO, dataset="cifar10_lt", recipe="tiny")
+    rows = {r.alias: r for r in list_pretrained()}
+    assert rows["tiny"] == ("tiny", REPO, "main", "cifar10_lt", True)
+    assert rows["tiny:stage1"].available_locally
+    with torch.no_grad():
+        assert torch.equal(from_pretrained("tiny:stage1")(X), s1(X))
+    with pytest.raises(CheckpointError, match=r"revision 'v9'.*--recipe tiny"):
+        from_pretrained("tiny", revision="v9")
+    with pytest.raises(ValueError, match="asks for revision"):
+        from_pretrained("tiny:stage1", revision="main")
+
+
+def test_offline_cache_only_stage2(run_dir, _isolated):
+    run, _, s2 = run_dir
+    add_to_cache(_isolated, REPO, {"main": run / "stage2"})
+    register_pretrained("tiny2", repo_id=REPO)
+    rows = {r.alias: r for r in list_pretrained()}
+    assert rows["tiny2"].available_locally and not rows["tiny2:stage1"].available_locally
+    with pytest.raises(CheckpointError, match="'stage1'"):
+        from_pretrained("tiny2:stage1")

@@ -1,0 +1,177 @@
+"""Two-stage training end to end on real CIFAR-10 (a slice), resume after SIGKILL, and 2 processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import timm
+import torch
+from safetensors.torch import load_file
+
+import ccsam_zoo  # noqa: F401
+from ccsam_zoo.training import apply_overrides, load_recipe
+from tests.conftest import REPO
+from tests.training_utils import tiny_overrides, write_cifar10_slice
+
+
+@pytest.fixture(scope="module")
+def cifar_slice(cifar10_dir, tmp_path_factory) -> Path:
+    return write_cifar10_slice(cifar10_dir, tmp_path_factory.mktemp("cifar10_slice"), 120, 30)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_accelerate_state():
+    from accelerate.state import AcceleratorState, PartialState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    PartialState._reset_state()
+    yield
+    AcceleratorState._reset_state(reset_partial_state=True)
+
+
+def _run(args: list[str], env: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
+    full_env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
+    out = subprocess.run(args, cwd=REPO, env=full_env, capture_output=True, text=True, timeout=timeout)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return out
+
+
+def _independent_top1(folder: Path, source: Path) -> tuple[float, list[float]]:
+    """Accuracy of a saved checkpoint recomputed with plain timm + PIL + numpy (no ccsam_zoo code)."""
+    import io
+
+    import pyarrow.parquet as pq
+    from PIL import Image
+
+    model = timm.create_model(f"local-dir:{folder}", pretrained=True).eval()
+    cfg = model.pretrained_cfg
+    table = pq.read_table(source / "test.parquet").to_pylist()
+    x = np.stack([np.asarray(Image.open(io.BytesIO(r["img"]["bytes"])).convert("RGB")) for r in table])
+    x = (x / 255.0 - np.array(cfg["mean"])) / np.array(cfg["std"])
+    y = np.array([r["label"] for r in table])
+    with torch.no_grad():
+        pred = model(torch.tensor(x, dtype=torch.float32).permute(0, 3, 1, 2)).argmax(1).numpy()
+    per_class = [100.0 * float((pred[y == c] == c).mean()) for c in range(10)]
+    return 100.0 * float((pred == y).mean()), per_class
+
+
+def test_two_stage_run_end_to_end(cifar_slice, tmp_path):
+    from ccsam_zoo.training import train
+
+    recipe = apply_overrides(load_recipe("cifar10_lt"), tiny_overrides(cifar_slice))
+    metrics = train(recipe, tmp_path)
+
+    assert set(metrics) == {"stage1", "stage2"}
+    on_disk = json.loads((tmp_path / "metrics.json").read_text())
+    assert on_disk == json.loads(json.dumps(metrics))
+    for stage in ("stage1", "stage2"):
+        m = on_disk[stage]
+        assert m["split"] == "test" and m["epoch"] == recipe[stage]["epochs"]
+        assert len(m["per_class"]) == 10 and 0.0 <= m["top1"] <= 100.0
+        top1, per_class = _independent_top1(tmp_path / stage, cifar_slice)
+        assert m["top1"] == pytest.approx(top1, abs=1e-6)
+        np.testing.assert_allclose(m["per_class"], per_class, atol=1e-6)
+        counts = [int(120 * 0.1 ** (i / 9)) for i in range(10)]  # IR 10 from 120 per class
+        many = [a for a, n in zip(per_class, counts) if n > 100]
+        few = [a for a, n in zip(per_class, counts) if n < 20]
+        assert many and few
+        assert m["many"] == pytest.approx(np.mean(many), abs=1e-6)
+        assert m["few"] == pytest.approx(np.mean(few), abs=1e-6)
+        for name in ("config.json", "model.safetensors", "README.md"):
+            assert (tmp_path / stage / name).exists()
+    # stage 2 re-trains the head only: the backbone weights are identical to stage 1's
+    s1, s2 = load_file(tmp_path / "stage1/model.safetensors"), load_file(tmp_path / "stage2/model.safetensors")
+    conv = [k for k in s1 if k.endswith("conv1.weight")]
+    assert conv and all(torch.equal(s1[k], s2[k]) for k in conv)
+    assert not torch.equal(s1["fc.weight"], s2["fc.weight"])
+
+    records = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    epochs = [(r["stage"], r["epoch"]) for r in records if "img_per_s" in r]
+    assert epochs == [("stage1", 0), ("stage1", 1), ("stage2", 0)]
+    assert all(r["loss"] > 0 and r["lr"] > 0 for r in records if "img_per_s" in r)
+    assert load_recipe(tmp_path / "recipe.yaml") == recipe
+    for png in ("training_curves.png", "per_class_accuracy.png"):
+        assert (tmp_path / png).read_bytes()[:4] == b"\x89PNG"
+    assert "stage2 test: top-1" in (tmp_path / "train.log").read_text()
+
+
+def test_stage2_alone_from_stage1_checkpoint(cifar_slice, tmp_path):
+    from ccsam_zoo.training import train
+
+    first = apply_overrides(load_recipe("cifar10_lt"), tiny_overrides(cifar_slice, **{"stage2.epochs": 0}))
+    train(first, tmp_path / "a")
+    assert not (tmp_path / "a" / "stage2").exists()
+    second = apply_overrides(first, ["stage2.epochs=1", f"stage2.init={tmp_path / 'a' / 'stage1'}", "method=ce"])
+    metrics = train(second, tmp_path / "b")
+    assert set(metrics) == {"stage2"}
+    s1 = load_file(tmp_path / "a/stage1/model.safetensors")
+    s2 = load_file(tmp_path / "b/stage2/model.safetensors")
+    assert torch.equal(s1["layer1.0.conv1.weight"], s2["layer1.0.conv1.weight"])
+
+
+def test_bad_stage2_init_is_a_clear_error(cifar_slice, tmp_path):
+    out = subprocess.run(
+        [sys.executable, "recipes/train.py", "--recipe", "quickstart", "--output-dir", str(tmp_path),
+         "--set", f"stage2.init={tmp_path / 'missing'}"],
+        cwd=REPO, capture_output=True, text=True,
+    )
+    assert out.returncode == 1 and "no model.safetensors there" in out.stderr and "Traceback" not in out.stderr
+
+
+@pytest.mark.slow
+def test_sigkill_during_stage1_then_resume_gives_identical_metrics(cifar_slice, tmp_path):
+    sets = tiny_overrides(cifar_slice, **{"stage1.epochs": 4, "stage1.milestones": "[3]"})
+    cmd = [sys.executable, "recipes/train.py", "--recipe", "cifar10_lt", "--set", *sets]
+    _run([*cmd, "--output-dir", str(tmp_path / "full")])
+
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen([*cmd, "--output-dir", str(killed)], cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline and not (killed / "checkpoints" / "stage1-epoch0001").exists():
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert (killed / "checkpoints" / "stage1-epoch0001").exists() and not (killed / "metrics.json").exists()
+    _run([sys.executable, "recipes/train.py", "--recipe", "cifar10_lt", "--resume", str(killed)])
+
+    full = json.loads((tmp_path / "full" / "metrics.json").read_text())
+    resumed = json.loads((killed / "metrics.json").read_text())
+    assert resumed == full
+    a, b = load_file(tmp_path / "full/stage2/model.safetensors"), load_file(killed / "stage2/model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.slow
+def test_two_processes_match_one_process_on_the_same_global_batch(cifar_slice, tmp_path):
+    common = tiny_overrides(
+        cifar_slice,
+        **{"model.norm": "groupnorm", "data.augment": "false", "train.drop_last": "true",
+           "stage1.method.mixup_alpha": 0.0, "train.prototypes": "false"},
+    )
+    one = [*common, "stage1.batch_size=32", "stage2.batch_size=32"]
+    two = [*common, "stage1.batch_size=16", "stage2.batch_size=16"]
+    _run([sys.executable, "recipes/train.py", "--recipe", "cifar10_lt", "--output-dir", str(tmp_path / "one"),
+          "--set", *one])
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    _run([*launch, "recipes/train.py", "--recipe", "cifar10_lt", "--output-dir", str(tmp_path / "two"),
+          "--set", *two], env={"ACCELERATE_USE_CPU": "1"})
+    log = (tmp_path / "two" / "train.log").read_text()
+    assert "2 process(es)" in log and log.count("stage1 epoch 1/2") == 1  # 2 ranks, one of them logs
+    for stage in ("stage1", "stage2"):
+        a = load_file(tmp_path / f"one/{stage}/model.safetensors")
+        b = load_file(tmp_path / f"two/{stage}/model.safetensors")
+        for k in a:
+            torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5, msg=f"{stage} {k}")
+    m1 = json.loads((tmp_path / "one" / "metrics.json").read_text())
+    m2 = json.loads((tmp_path / "two" / "metrics.json").read_text())
+    assert abs(m1["stage2"]["top1"] - m2["stage2"]["top1"]) <= 100.0 / 300  # at most one test image
