@@ -7,7 +7,8 @@ Measured per model: ``forward`` (logits of a normalised batch), ``features_logit
 logits + cosine score against C prototypes, i.e. what ``predict(open_set=True)`` runs) versus
 ``features_logits`` (the same pass without the score): ``prototype_overhead_pct`` is the added time of the
 scoring step (target < 5%). ``predict_uint8`` is end to end ``predict`` on a uint8 tensor batch
-(preprocessing + result dicts). img/s = batch / median time over ``repeats`` runs after a warm-up.
+(preprocessing + result dicts). img/s = batch / best time of ``repeats`` round-robin runs after a
+warm-up (best-of, because the machine may be shared).
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import time
 
 import timm
@@ -26,16 +26,19 @@ import ccsam_zoo  # noqa: F401  (registers resnet32_cifar)
 from ccsam_zoo.inference import Classifier, open_set_score
 
 
-def _median_time(fn, repeats: int, sync) -> float:
-    fn()
-    sync()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
+def _best_times(fns: dict, repeats: int, sync) -> dict[str, float]:
+    """Best-of-``repeats`` wall time of each function, run round-robin (robust to CPU sharing)."""
+    for fn in fns.values():  # warm-up: first-shape kernel selection
         fn()
-        sync()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    sync()
+    best = {k: float("inf") for k in fns}
+    for _ in range(repeats):
+        for k, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            sync()
+            best[k] = min(best[k], time.perf_counter() - t0)
+    return best
 
 
 @torch.inference_mode()
@@ -57,16 +60,21 @@ def bench_model(arch: str, num_classes: int, size: int, batch: int, repeats: int
         z, logits = clf._features_logits(x)
         return open_set_score("cosine", features=z, logits=logits, prototypes=clf.prototypes)
 
-    t_fwd = _median_time(lambda: clf(x), repeats, sync)
-    # interleave the two variants to cancel drift from other processes sharing the CPU
-    t_fl, t_fls = [], []
-    for _ in range(repeats):
-        t_fl.append(_median_time(feats_logits, 1, sync))
-        t_fls.append(_median_time(feats_logits_score, 1, sync))
-    t_fl, t_fls = statistics.median(t_fl), statistics.median(t_fls)
     z, _ = feats_logits()
-    t_score = _median_time(lambda: open_set_score("cosine", features=z, prototypes=clf.prototypes), repeats * 4, sync)
-    t_pred = _median_time(lambda: clf.predict(u8, top_k=5, batch_size=batch), max(1, repeats // 2), sync)
+    t = _best_times(
+        {
+            "forward": lambda: clf(x),
+            "features_logits": feats_logits,
+            "features_logits_score": feats_logits_score,
+            "score": lambda: open_set_score("cosine", features=z, prototypes=clf.prototypes),
+            "predict": lambda: clf.predict(u8, top_k=5, batch_size=batch),
+        },
+        repeats,
+        sync,
+    )
+    t_fwd, t_fl, t_fls, t_score, t_pred = (
+        t[k] for k in ("forward", "features_logits", "features_logits_score", "score", "predict")
+    )
     return {
         "model": arch,
         "input_px": size,
@@ -98,7 +106,11 @@ def main() -> None:
         "cpu_count": os.cpu_count(),
         "machine": platform.machine(),
         "results": [bench_model(a, c, s, b, args.repeats, args.device) for a, c, s, b in cases],
-        "note": "random weights; prototype_overhead_pct = cosine scoring time / (features + logits) time",
+        "note": (
+            "random weights; prototype_overhead_pct = cosine scoring time / (features + logits) time; "
+            "prototype_overhead_pct_end_to_end is the difference of two full passes and, on a shared CPU, "
+            "mostly timing noise"
+        ),
     }
     print(json.dumps(out, indent=2))
 

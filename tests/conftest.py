@@ -17,7 +17,9 @@ DATA_DIR = Path(os.environ.get("CCSAM_DATA", REPO.parent / "shared" / "data")).r
 
 def _require(path: Path) -> Path:
     if not path.exists():
-        pytest.skip(f"real data not found at {path}: set CCSAM_DATA to the folder holding cifar10/ and tinyimagenet_ood/")
+        pytest.skip(
+            f"real data not found at {path}: set CCSAM_DATA to the folder holding cifar10/ and tinyimagenet_ood/"
+        )
     return path
 
 

@@ -177,10 +177,10 @@ def test_block_mode_head_only_equals_closed_form():
 def test_class_batches_groups_and_ablations_are_finite():
     x, y = _batch([0, 0, 0, 1, 1, 2, 3, 4], seed=7, dtype=torch.float32)
     for extra in ({"block_batch": "class", "groups": 2}, {"perturbation": "magnitude"},
-                  {"perturbation": "direction", "scale": 0.01}, {"params": r"^layer3\.2\.conv2|^fc"}):
+                  {"perturbation": "direction", "scale": 0.01}, {"params": r"^layer3\.2\.conv2|^fc", "blocks": 0}):
         net = _net(dtype=torch.float32)
         before = _bn_state(net)
-        method = build_stage1({"name": "ccsam", "mode": "block", "blocks": 1, **extra}, COUNTS)
+        method = build_stage1({"name": "ccsam", "mode": "block", "blocks": 1} | extra, COUNTS)
         out = method.forward_backward(net, x, y, None)
         assert all(torch.isfinite(v).all() for v in out.values())
         assert all(torch.isfinite(p.grad).all() for p in net.parameters())
@@ -198,3 +198,16 @@ def test_bf16_autocast_block_and_head_finite():
             out = method.forward_backward(net, x, y, None)
         assert all(torch.isfinite(v).all() for v in out.values())
         assert all(torch.isfinite(p.grad).all() for p in net.parameters())
+
+
+def test_frozen_bn_stats_restores_momentum_and_counter():
+    from ccsam_zoo.ccsam._dist import frozen_bn_stats
+
+    bn = torch.nn.BatchNorm1d(3, momentum=None)  # cumulative average: uses num_batches_tracked
+    bn(torch.randn(8, 3))
+    state = {k: v.clone() for k, v in bn.state_dict().items()}
+    with frozen_bn_stats(bn):
+        out = bn(torch.randn(8, 3) * 5 + 2)
+    assert bn.momentum is None and torch.isfinite(out).all()
+    for k, v in bn.state_dict().items():
+        assert torch.equal(v, state[k]), k

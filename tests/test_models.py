@@ -10,7 +10,13 @@ import ccsam_zoo  # noqa: F401  (registers the models)
 from ccsam_zoo.models import FeaturesAndLogits, NormedLinear, linear_head_params
 
 NAMES = ["resnet20_cifar", "resnet32_cifar", "resnet44_cifar", "resnet56_cifar", "resnet110_cifar"]
-DEPTH_BLOCKS = {"resnet20_cifar": 3, "resnet32_cifar": 5, "resnet44_cifar": 7, "resnet56_cifar": 9, "resnet110_cifar": 18}
+DEPTH_BLOCKS = {
+    "resnet20_cifar": 3,
+    "resnet32_cifar": 5,
+    "resnet44_cifar": 7,
+    "resnet56_cifar": 9,
+    "resnet110_cifar": 18,
+}
 
 
 def test_registered_in_timm():

@@ -34,14 +34,25 @@ def test_paper_hyperparameters_in_cifar_recipes():
     s1, s2 = stage_methods(load_recipe("cifar100_lt"))
     assert s1 == {"name": "ccsam", "preset": "official", "flat_ratio": 0.5}
     assert s2 == {"name": "ccsam_adv", "preset": "official", "up_limit": 0.3}
-    assert load_recipe("places_lt")["model"] == {**load_recipe("places_lt")["model"], "arch": "resnet152", "pretrained": True}
+    assert load_recipe("places_lt")["model"] == {
+        **load_recipe("places_lt")["model"],
+        "arch": "resnet152",
+        "pretrained": True,
+    }
 
 
 def test_overrides_are_parsed_as_yaml():
     r = apply_overrides(
         load_recipe("cifar10_lt"),
-        ["data.source=/data/cifar10", "data.imbalance_ratio=200", "method=ce", "stage1.epochs=30",
-         "stage1.milestones=[20, 25]", "stage1.method.scale=1e-2", "train.tracker=null"],
+        [
+            "data.source=/data/cifar10",
+            "data.imbalance_ratio=200",
+            "method=ce",
+            "stage1.epochs=30",
+            "stage1.milestones=[20, 25]",
+            "stage1.method.scale=1e-2",
+            "train.tracker=null",
+        ],
     )
     assert r["data"]["source"] == "/data/cifar10" and r["data"]["imbalance_ratio"] == 200
     assert r["method"] == "ce" and r["stage1"]["epochs"] == 30 and r["stage1"]["milestones"] == [20, 25]
@@ -72,6 +83,26 @@ def test_help_lists_recipes_and_bad_recipe_exits_cleanly():
     assert out.returncode == 0
     for name in SHIPPED:
         assert name in out.stdout
-    bad = subprocess.run([sys.executable, "recipes/train.py", "--recipe", "nope"], cwd=REPO, capture_output=True,
-                         text=True)
+    bad = subprocess.run(
+        [sys.executable, "recipes/train.py", "--recipe", "nope"], cwd=REPO, capture_output=True, text=True
+    )
     assert bad.returncode == 1 and "unknown recipe 'nope'" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_switching_method_drops_the_old_methods_keys_in_any_order():
+    base = load_recipe("cifar10_lt_cpu")
+    assert stage_methods(base)[1] == {"name": "ccsam_adv", "preset": "paper"}
+    for order in (["method=ce", "stage2.method.bn=train"], ["stage2.method.bn=train", "method=ce"]):
+        s1, s2 = stage_methods(apply_overrides(base, order))
+        assert s1 == {"name": "ce"} and s2 == {"name": "crt", "bn": "train"}
+    # same method: the recipe's keys stay
+    assert stage_methods(apply_overrides(base, ["method=ccsam"]))[1]["preset"] == "paper"
+
+
+def test_cli_needs_a_recipe_or_a_run_to_resume(tmp_path):
+    none = subprocess.run([sys.executable, "recipes/train.py"], cwd=REPO, capture_output=True, text=True)
+    assert none.returncode == 2 and "--resume RUN_DIR" in none.stderr
+    empty = subprocess.run(
+        [sys.executable, "recipes/train.py", "--resume", str(tmp_path)], cwd=REPO, capture_output=True, text=True
+    )
+    assert empty.returncode == 1 and "no recipe.yaml there" in empty.stderr and "Traceback" not in empty.stderr

@@ -119,9 +119,19 @@ def test_stage2_alone_from_stage1_checkpoint(cifar_slice, tmp_path):
 
 def test_bad_stage2_init_is_a_clear_error(cifar_slice, tmp_path):
     out = subprocess.run(
-        [sys.executable, "recipes/train.py", "--recipe", "quickstart", "--output-dir", str(tmp_path),
-         "--set", f"stage2.init={tmp_path / 'missing'}"],
-        cwd=REPO, capture_output=True, text=True,
+        [
+            sys.executable,
+            "recipes/train.py",
+            "--recipe",
+            "quickstart",
+            "--output-dir",
+            str(tmp_path),
+            "--set",
+            f"stage2.init={tmp_path / 'missing'}",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
     )
     assert out.returncode == 1 and "no model.safetensors there" in out.stderr and "Traceback" not in out.stderr
 
@@ -133,8 +143,13 @@ def test_sigkill_during_stage1_then_resume_gives_identical_metrics(cifar_slice, 
     _run([*cmd, "--output-dir", str(tmp_path / "full")])
 
     killed = tmp_path / "killed"
-    proc = subprocess.Popen([*cmd, "--output-dir", str(killed)], cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"},
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [*cmd, "--output-dir", str(killed)],
+        cwd=REPO,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.time() + 300
     while time.time() < deadline and not (killed / "checkpoints" / "stage1-epoch0001").exists():
         time.sleep(0.05)
@@ -152,26 +167,79 @@ def test_sigkill_during_stage1_then_resume_gives_identical_metrics(cifar_slice, 
 
 @pytest.mark.slow
 def test_two_processes_match_one_process_on_the_same_global_batch(cifar_slice, tmp_path):
+    """2 processes x 16 images = 1 process x 32 images, up to float summation order.
+
+    Float noise alone (1 vs 2 OpenMP threads in one process) moves weights by ~2e-4 after these 30 steps,
+    so the bound is relative: the 2-process run must be >= 10x closer to the 1-process run than a run on
+    a different global batch (1 process x 16 images) is.
+    """
     common = tiny_overrides(
         cifar_slice,
-        **{"model.norm": "groupnorm", "data.augment": "false", "train.drop_last": "true",
-           "stage1.method.mixup_alpha": 0.0, "train.prototypes": "false"},
+        **{
+            "model.norm": "groupnorm",
+            "data.augment": "false",
+            "train.drop_last": "true",
+            "stage1.method.mixup_alpha": 0.0,
+            "train.prototypes": "false",
+            "stage1.lr": 0.01,
+        },
     )
-    one = [*common, "stage1.batch_size=32", "stage2.batch_size=32"]
+    train = [sys.executable, "recipes/train.py", "--recipe", "cifar10_lt"]
+    _run(
+        [
+            *train,
+            "--output-dir",
+            str(tmp_path / "one"),
+            "--set",
+            *common,
+            "stage1.batch_size=32",
+            "stage2.batch_size=32",
+        ]
+    )
+    _run(
+        [
+            *train,
+            "--output-dir",
+            str(tmp_path / "b16"),
+            "--set",
+            *common,
+            "stage1.batch_size=16",
+            "stage2.batch_size=16",
+        ]
+    )
+    launch = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+    ]
     two = [*common, "stage1.batch_size=16", "stage2.batch_size=16"]
-    _run([sys.executable, "recipes/train.py", "--recipe", "cifar10_lt", "--output-dir", str(tmp_path / "one"),
-          "--set", *one])
-    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
-    _run([*launch, "recipes/train.py", "--recipe", "cifar10_lt", "--output-dir", str(tmp_path / "two"),
-          "--set", *two], env={"ACCELERATE_USE_CPU": "1"})
+    _run(
+        [*launch, "recipes/train.py", "--recipe", "cifar10_lt", "--output-dir", str(tmp_path / "two"), "--set", *two],
+        env={"ACCELERATE_USE_CPU": "1"},
+    )
     log = (tmp_path / "two" / "train.log").read_text()
     assert "2 process(es)" in log and log.count("stage1 epoch 1/2") == 1  # 2 ranks, one of them logs
-    for stage in ("stage1", "stage2"):
+
+    def distance(run: str, stage: str) -> float:
         a = load_file(tmp_path / f"one/{stage}/model.safetensors")
-        b = load_file(tmp_path / f"two/{stage}/model.safetensors")
-        for k in a:
-            torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5, msg=f"{stage} {k}")
+        b = load_file(tmp_path / f"{run}/{stage}/model.safetensors")
+        assert a.keys() == b.keys()
+        diff = sum(((a[k] - b[k]).float() ** 2).sum() for k in a if a[k].is_floating_point())
+        norm = sum((a[k].float() ** 2).sum() for k in a if a[k].is_floating_point())
+        return float((diff / norm).sqrt())
+
+    for stage in ("stage1", "stage2"):
+        same, other = distance("two", stage), distance("b16", stage)
+        assert same < 1e-3 and same * 10 < other, (stage, same, other)
     m1 = json.loads((tmp_path / "one" / "metrics.json").read_text())
     m2 = json.loads((tmp_path / "two" / "metrics.json").read_text())
-    assert abs(m1["stage2"]["top1"] - m2["stage2"]["top1"]) <= 100.0 / 300  # at most one test image
+    assert abs(m1["stage2"]["top1"] - m2["stage2"]["top1"]) <= 2 * 100.0 / 300  # at most two test images

@@ -27,6 +27,12 @@ def backward(loss: torch.Tensor, accelerator: Any) -> None:
         accelerator.backward(loss)
 
 
+def grad_scale(accelerator: Any) -> float:
+    """The fp16 GradScaler's current scale (1.0 without one): for ``autograd.grad`` calls outside ``backward``."""
+    scaler = getattr(accelerator, "scaler", None) if accelerator is not None else None
+    return float(scaler.get_scale()) if scaler is not None and scaler.is_enabled() else 1.0
+
+
 def no_sync(net: nn.Module, accelerator: Any) -> contextlib.AbstractContextManager:
     """DDP's ``no_sync`` (gradients accumulate locally), a no-op without data parallelism."""
     if world_size(accelerator) > 1 and hasattr(net, "no_sync"):

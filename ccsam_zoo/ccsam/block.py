@@ -92,12 +92,14 @@ def class_gradients(
     params: Sequence[torch.Tensor],
     global_counts: torch.Tensor,
     all_reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    loss_scale: float = 1.0,
 ) -> torch.Tensor:
     """Class-mean gradients ``g_c = d(mean_{i in S_c} l_i)/dw``, flat, ``num_slots x k`` (one autograd call per class).
 
     ``slots[i]`` is the class slot of sample i; gradients of the local class SUMS are all-reduced (summed)
     over processes when ``all_reduce`` is given and divided by the global class sizes ``global_counts``:
-    the exact global class-mean gradient (each sample's loss as its own process computed it).
+    the exact global class-mean gradient (each sample's loss as its own process computed it). ``loss_scale``
+    multiplies the losses before differentiation and divides the gradients after (fp16 underflow).
     """
     k = sum(p.numel() for p in params)
     dtype = torch.float64 if any(p.dtype == torch.float64 for p in params) else torch.float32
@@ -106,12 +108,13 @@ def class_gradients(
         sel = slots == s
         if not bool(sel.any()):
             continue
-        grads = torch.autograd.grad(losses[sel].sum(), list(params), retain_graph=True, allow_unused=True)
+        grads = torch.autograd.grad(loss_scale * losses[sel].sum(), list(params), retain_graph=True,
+                                    allow_unused=True)
         out[s] = torch.cat([(g if g is not None else torch.zeros_like(p)).to(dtype).reshape(-1)
                             for g, p in zip(grads, params)])
     if all_reduce is not None:
         out = all_reduce(out)
-    return out / global_counts.to(out).clamp_min(1)[:, None]
+    return out / (loss_scale * global_counts.to(out).clamp_min(1))[:, None]
 
 
 def class_perturbations(

@@ -68,9 +68,12 @@ def head_perturbation(
         b_ = None if bias is None else bias.to(stat)
         out = F.linear(z, w_, b_) if logits is None else logits.to(stat)
         with torch.no_grad():
-            adj = out.detach() if logit_adjustment is None else out.detach() + logit_adjustment.to(stat)
-            onehot = F.one_hot(labels, C).to(stat) if targets is None else targets.to(stat)
-            r = torch.softmax(adj, dim=1) - onehot  # dCE/dlogits of each sample
+            lg = out.detach() if logit_adjustment is None else out.detach() + logit_adjustment.to(stat)
+            r = torch.softmax(lg, dim=1)  # r = dCE/dlogits of each sample
+            if targets is None:
+                r[torch.arange(r.shape[0], device=dev), labels] -= 1
+            else:
+                r = r - targets.to(stat)
             zd = z.detach()
             if gather is None:
                 zg, rg, yg = zd, r, labels
@@ -82,17 +85,28 @@ def head_perturbation(
             P = classes.numel()
             m = torch.bincount(inv, minlength=P).to(stat)
             loc = torch.searchsorted(classes, labels)  # class slot of each local sample
-            wn = weight.detach().to(stat).square().sum()
+            wn = torch.linalg.vector_norm(weight.detach().to(stat)).square()
             if bias is not None:
-                wn = wn + bias.detach().to(stat).square().sum()
+                wn = wn + torch.linalg.vector_norm(bias.detach().to(stat)).square()
             wnorm = wn.sqrt()
             k = C * D + (C if bias is not None else 0)
-            rbar = torch.zeros(P, C, dtype=stat, device=dev).index_add_(0, inv, rg) / m[:, None]  # G_c^b
-            same = inv[:, None] == inv[None, :]
-            kg = zg @ zg.T
-            pair = (rg @ rg.T) * kg * same  # (r_i . r_j)(z_i . z_j) within a class
-            sq_w = torch.zeros(P, dtype=stat, device=dev).index_add_(0, inv, pair.sum(1)) / m.square()
-            sq = torch.stack([sq_w, rbar.square().sum(1)]) if bias is not None else sq_w[None]
+            # m_c^2 ||G_c^W||^2 = sum_{i,j in S_c} (r_i . r_j)(z_i . z_j); m_c^2 ||G_c^b||^2 = sum_{i,j in S_c} r_i.r_j
+            # the diagonal for one-sample classes, Gram matrices over the samples of classes with m_c >= 2 only
+            # (all samples on CIFAR, a few at iNaturalist scale)
+            multi = (m >= 2)[inv]
+            pair_b = torch.linalg.vector_norm(rg, dim=1).square()
+            pair_w = pair_b * torch.linalg.vector_norm(zg, dim=1).square()
+            if bool(multi.any()):
+                rm, zm, im = rg[multi], zg[multi], inv[multi]
+                rr = (rm @ rm.T) * (im[:, None] == im[None, :])
+                pair_b[multi] = rr.sum(1)
+                pair_w[multi] = (rr * (zm @ zm.T)).sum(1)
+            sq = torch.zeros(2, P, dtype=stat, device=dev)
+            sq[0].index_add_(0, inv, pair_w)
+            sq[1].index_add_(0, inv, pair_b)
+            sq = sq / m.square()
+            if bias is None:
+                sq = sq[:1]
             a = class_factors(sq, wnorm, k, counts[classes], scale=scale, norm=norm, kind=kind,
                               max_ratio=max_ratio, eps=eps)  # Eq. 8-9
             eps_norm = torch.linalg.vector_norm(a * sq.sqrt(), dim=0)
@@ -100,12 +114,19 @@ def head_perturbation(
             delta = _random_direction_term(z, loc, P, eps_norm if norm == "global" else a * sq.sqrt(),
                                            C, bias is not None, norm, generator)
         else:
+            # l'_j - l_j = (a_c / m_c) sum_{i in S_c} r_i (z_i . z_j) + (a'_c / m_c) sum_{i in S_c} r_i  (c = y_j):
+            # r and the z_i are constants, z_j keeps its gradient. One-sample classes: the sum is r_j itself.
             a_w = (a[0] / m)[loc]  # per local sample: a_c / m_c
-            coef = (inv[:, None] == loc[None, :]).to(stat) * a_w[None, :]  # B_global x B_local
-            kx = zg @ z.T  # z_i . z_j, gradient flows to the local z_j only
-            delta = (coef * kx).T @ rg  # eps_c^W z_j
-            if bias is not None:
-                delta = delta + a[1][loc, None] * rbar[loc]  # eps_c^b
+            a_b = (a[1] / m)[loc] if bias is not None else torch.zeros_like(a_w)
+            single = m[loc] < 2
+            delta = (single * (a_w * (zd * z).sum(1) + a_b))[:, None] * r
+            if not bool(single.all()):
+                jm = (~single).nonzero().squeeze(1)
+                gm = multi.nonzero().squeeze(1)
+                same = (inv[gm][:, None] == loc[jm][None, :]).to(stat)  # class partners (global) x locals
+                kx = zg[gm] @ z[jm].T  # z_i . z_j
+                coef = same * (a_w[jm][None, :] * kx + a_b[jm][None, :])
+                delta = delta.index_add(0, jm, coef.T @ rg[gm])
         info = {"eps_ratio": (eps_norm / wnorm.clamp_min(eps)).mean(), "classes": torch.tensor(float(P))}
         return out + delta, info
 
@@ -188,8 +209,9 @@ def perturbed_head_logits(
             logits use the global ``eps_c``. Every process must call it (collective).
         generator: random directions for ``kind="magnitude"``.
 
-    Classes absent from the batch get no term. Cost: B x B Gram matrices of z and r (B^2 (D + C)) and one
-    B x B x C product, about one extra head forward; memory O(B^2 + P C).
+    Classes absent from the batch get no term. Cost: Gram matrices of z and r over the samples of classes with
+    at least two samples in the batch (B' <= B: B'^2 (D + C)) and one B' x B' x C product, at most about one
+    extra head forward (far less when most classes have one sample); memory O(B'^2 + P C).
     """
     return head_perturbation(
         features, labels, weight, bias, class_counts, scale=scale, norm=norm, targets=targets, kind=kind,

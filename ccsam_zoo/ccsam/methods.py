@@ -2,8 +2,35 @@
 
 ``method = build_stage1(cfg, class_counts)``; ``method.set_epoch(epoch, total_epochs)`` (0-based epoch);
 ``method.forward_backward(net, images, labels, accelerator) -> dict[str, Tensor]`` runs the forward
-pass(es) and backward pass(es) and leaves gradients in ``.grad``; the trainer steps the optimizer.
-``accelerator`` may be None (plain PyTorch, single process).
+pass(es) and backward pass(es) (``accelerator.backward``) and leaves gradients in ``.grad``; the trainer
+steps the optimizer. ``net`` is the (prepared) ``FeaturesAndLogits``; ``accelerator`` may be None (plain
+PyTorch, one process). Returned values are detached scalars: always ``loss`` (the objective that was
+differentiated) and ``acc`` (top-1 of the clean logits; lam-weighted under mixup), plus per method
+``loss_clean``, ``loss_perturbed``, ``eps_ratio`` (mean ||eps_c|| / ||w||), ``loss_adv``, ``adv_weight``.
+Methods also carry ``name``, ``cfg`` (resolved), ``sampler`` ("shuffle" / "class_balanced": the data order
+they assume) and ``active`` (False for stage-2 ``none``: skip the stage).
+
+cfg keys (``stage1_defaults`` / ``stage2_defaults`` list them with their defaults):
+
+* ``ce``; ``sam``: rho, adaptive (ASAM), global_stats; ``balanced_softmax``: tau (1 = Balanced Softmax);
+  ``ldam_drw``: max_m, s, drw_epoch (0-based first DRW epoch), beta; ``mixup``: alpha.
+* ``ccsam`` (presets "official" (default) / "paper"): scale (s of Eq. 8), norm ("per_tensor" | "global"),
+  flat_ratio (None = 0.3 for <= 10 classes else 0.5), class_weighting ("instance" | "class"), mixup_alpha
+  (0 = off), perturbed_targets ("first_label" | "mixed"), mode ("head" | "block"), blocks (last N timm blocks
+  + head, block mode), params (regex instead of blocks), block_batch ("full" | "class"), groups (frequency
+  groups instead of classes, block mode), max_ratio (cap on ||eps_c|| / ||w||, None = none), perturbation
+  ("ccsam" | "direction" | "magnitude"), tau (logit adjustment of both terms, 0 = plain CE), global_stats
+  (class statistics from the global batch under data parallelism), eps (gradient-norm floor).
+* stage 2: ``crt``: bn ("eval" | "train"); ``none``; ``ccsam_adv`` (presets "official" (default) / "paper"):
+  adv_lambda, adv_norm ("class" | "batch" | "sample"), class_weight ("log" | "none"), div, weight_loss,
+  up_limit (None = 1.0 for <= 10 classes else 0.3), bn, global_stats.
+
+Data parallelism (``global_stats=True``): head mode gathers z, r and labels (padded, uneven batches fine) so
+every process uses the global-batch eps_c; per-sample loss weights are scaled so that DDP's gradient mean is
+the global objective. Block mode and SAM run their passes under ``no_sync`` and all-reduce: class-sum
+gradients (exact global class means), then all gradients (mean). Exact = identical to one process on the
+global batch whenever each sample's loss does not depend on the other samples (no train-mode BatchNorm; with
+BatchNorm every process normalises with its own batch, as plain DDP does). Stage 2 reduces its norms too.
 """
 
 from __future__ import annotations
@@ -183,8 +210,8 @@ def _sample_weights(
     labels: torch.Tensor, num_classes: int, weighting: str, accelerator: Any, global_stats: bool
 ) -> torch.Tensor:
     """Per-sample loss weights such that sum_i w_i l_i, averaged over processes (DDP), is the objective
-    over the global batch: "instance" = mean over samples; "class" = mean over classes present of the
-    class-mean losses (Eq. 10-11, up to the constant number of classes)."""
+    over the global batch: "instance" = mean over samples; "class" = mean over the P classes present of the
+    class-mean losses (Eq. 10-11 sum over classes, divided by P to keep the gradient scale of a mean loss)."""
     counts = torch.bincount(labels, minlength=num_classes).double()
     world = 1
     if global_stats and _dist.world_size(accelerator) > 1:
@@ -321,7 +348,8 @@ class SAM(Stage1Method):
         with _dist.no_sync(net, accelerator):
             _, logits = net(images)
             clean = F.cross_entropy(as_float(logits), labels)
-            grads = torch.autograd.grad(clean, params, allow_unused=True)
+            # the ascent direction is normalised: the fp16 loss scale (against underflow) cancels
+            grads = torch.autograd.grad(clean * _dist.grad_scale(accelerator), params, allow_unused=True)
         grads = [torch.zeros_like(p) if g is None else g for g, p in zip(grads, params)]
         world = _dist.world_size(accelerator)
         if self.cfg["global_stats"] and world > 1:
@@ -359,6 +387,8 @@ class CCSAM(Stage1Method):
         super().__init__(cfg, class_counts)
         if cfg["mode"] == "head" and (cfg["groups"] is not None or cfg["blocks"] or cfg["params"]):
             raise ValueError("ccsam: 'groups', 'blocks' and 'params' apply to mode='block' only")
+        if cfg["blocks"] and cfg["params"]:
+            raise ValueError("ccsam: give either 'blocks' (head + last N blocks) or 'params' (a regex), not both")
         if not 0.0 <= cfg["flat_ratio"] <= 1.0:
             raise ValueError(f"ccsam: flat_ratio must be in [0, 1], got {cfg['flat_ratio']}")
         self.adjustment = log_prior(self.class_counts, cfg["tau"]) if cfg["tau"] else None
@@ -435,7 +465,8 @@ class CCSAM(Stage1Method):
             slot_index = torch.full((n_slots,), -1, dtype=torch.long, device=y.device)
             slot_index[present] = torch.arange(present.numel(), device=y.device)
             slots = slot_index[slots_all]
-            grads = class_gradients(asc, slots, present.numel(), params, gcnt[present], reduce)
+            ls = _dist.grad_scale(accelerator)  # fp16: differentiate scaled losses, unscale the gradients
+            grads = class_gradients(asc, slots, present.numel(), params, gcnt[present], reduce, loss_scale=ls)
             delta, ratio = class_perturbations(
                 grads, params, slot_counts.to(grads.device)[present], scale=cfg["scale"], norm=cfg["norm"],
                 kind=cfg["perturbation"], max_ratio=cfg["max_ratio"], eps=cfg["eps"],
@@ -459,16 +490,19 @@ class CCSAM(Stage1Method):
                         _, lo = torch.func.functional_call(base, moved, (x[sel],))
                     lt = None if p_targets is None else p_targets[sel]
                     pert = _weighted(weights[sel], self._losses(lo, y[sel], lt))
-                    gs = torch.autograd.grad(f * pert, trainable + leaves, allow_unused=True)
+                    gs = torch.autograd.grad(f * ls * pert, trainable + leaves, allow_unused=True)
                     for k, g in enumerate(gs):
                         if g is not None:
+                            g = as_float(g) / ls
                             acc_grads[k] = g if acc_grads[k] is None else acc_grads[k] + g
                     pert_total = pert_total + pert.detach()
             # one backward: the clean term, the perturbed gradients (constants) and the trunk through the leaves
             surrogate = sum((p * g.to(p.dtype)).sum() for p, g in zip(trainable, acc_grads) if g is not None)
             if cache is not None:
                 surrogate = surrogate + cache.surrogate(acc_grads[len(trainable) :])
-            _dist.backward((1 - f) * clean + surrogate, accelerator)
+            total = surrogate if f == 1 else (1 - f) * clean + surrogate
+            if isinstance(total, torch.Tensor) and total.requires_grad:
+                _dist.backward(total, accelerator)
         _dist.average_gradients(trainable, accelerator)
         loss = (1 - f) * clean.detach() + f * pert_total
         out = {"loss": loss, "loss_clean": clean.detach(), "loss_perturbed": pert_total,

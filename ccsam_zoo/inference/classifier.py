@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -27,7 +26,6 @@ from .open_set import (
 
 __all__ = ["Classifier"]
 
-log = logging.getLogger(__name__)
 UNKNOWN = "unknown"
 
 

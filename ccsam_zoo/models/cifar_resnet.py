@@ -50,7 +50,9 @@ def _norm(kind: str, chs: int) -> nn.Module:
 
 
 class _BasicBlock(nn.Module):
-    def __init__(self, in_chs: int, out_chs: int, stride: int = 1, shortcut: str = "A", norm: str = "batchnorm") -> None:
+    def __init__(
+        self, in_chs: int, out_chs: int, stride: int = 1, shortcut: str = "A", norm: str = "batchnorm"
+    ) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(in_chs, out_chs, 3, stride, 1, bias=False)
         self.bn1 = _norm(norm, out_chs)
@@ -61,9 +63,7 @@ class _BasicBlock(nn.Module):
         elif shortcut == "A":
             self.shortcut = _ShortcutA(in_chs, out_chs, stride)
         else:
-            self.shortcut = nn.Sequential(
-                nn.Conv2d(in_chs, out_chs, 1, stride, bias=False), _norm(norm, out_chs)
-            )
+            self.shortcut = nn.Sequential(nn.Conv2d(in_chs, out_chs, 1, stride, bias=False), _norm(norm, out_chs))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.relu(self.bn1(self.conv1(x)))
@@ -186,9 +186,7 @@ def _cfg(**kwargs: Any) -> dict[str, Any]:
     }
 
 
-default_cfgs = generate_default_cfgs(
-    {f"resnet{d}_cifar.untrained": _cfg() for d in (20, 32, 44, 56, 110)}
-)
+default_cfgs = generate_default_cfgs({f"resnet{d}_cifar.untrained": _cfg() for d in (20, 32, 44, 56, 110)})
 
 
 def _create(variant: str, depth: int, pretrained: bool = False, **kwargs: Any) -> CifarResNet:

@@ -20,10 +20,16 @@ def _parser() -> argparse.ArgumentParser:
         "example: accelerate launch recipes/train.py --recipe cifar10_lt --set data.imbalance_ratio=200 method=ce",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--recipe", required=True, help="a shipped recipe name or a YAML file")
+    p.add_argument(
+        "--recipe",
+        default=None,
+        help="a shipped recipe name or a YAML file (with --resume: ignored, the run's recipe.yaml is used)",
+    )
     p.add_argument("--output-dir", type=Path, default=None, help="run folder (default runs/<recipe>-<method>)")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="dotted overrides, e.g. stage1.epochs=30")
-    p.add_argument("--resume", type=Path, default=None, metavar="DIR", help="continue the run in DIR from its checkpoint")
+    p.add_argument(
+        "--resume", type=Path, default=None, metavar="DIR", help="continue the run in DIR from its checkpoint"
+    )
     p.add_argument("--push-to-hub", default=None, metavar="ORG/NAME", help="upload both stages when done")
     p.add_argument("--private", action="store_true", help="create the Hub repo private")
     p.add_argument("--debug", action="store_true", help="show full tracebacks")
@@ -31,7 +37,10 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.recipe is None and args.resume is None:
+        parser.error("give --recipe NAME to start a run, or --resume RUN_DIR to continue one")
     try:
         if args.resume is not None:
             output_dir = args.resume

@@ -28,8 +28,14 @@ METHODS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "ccsam": ({"name": "ccsam", "preset": "official"}, {"name": "ccsam_adv", "preset": "official"}),
     "ccsam_paper": ({"name": "ccsam", "preset": "paper"}, {"name": "ccsam_adv", "preset": "paper"}),
     # paper Table 2 ablations: recommended direction with unit magnitude / Eq. 8 magnitude, random direction
-    "ccsam_dir": ({"name": "ccsam", "preset": "official", "perturbation": "direction"}, {"name": "crt"}),
-    "ccsam_mag": ({"name": "ccsam", "preset": "official", "perturbation": "magnitude"}, {"name": "crt"}),
+    "ccsam_dir": (
+        {"name": "ccsam", "preset": "official", "perturbation": "direction", "scale": 1.0},
+        {"name": "crt"},
+    ),
+    "ccsam_mag": (
+        {"name": "ccsam", "preset": "official", "perturbation": "magnitude", "scale": 1.0},
+        {"name": "crt"},
+    ),
     "ce": ({"name": "ce"}, {"name": "crt"}),
     "sam": ({"name": "sam"}, {"name": "crt"}),
     "balanced_softmax": ({"name": "balanced_softmax"}, {"name": "crt"}),
@@ -194,8 +200,14 @@ def _parse_value(text: str) -> Any:
 
 
 def apply_overrides(recipe: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply ``key.sub=value`` overrides (values parsed as YAML: 1e-2, true, [160, 180], null)."""
+    """Apply ``key.sub=value`` overrides (values parsed as YAML: 1e-2, true, [160, 180], null).
+
+    ``method=X`` is applied first and, when it changes the method, clears the recipe's
+    ``stage1.method`` / ``stage2.method`` keys (they were written for the old method); other
+    ``stage{1,2}.method.*`` overrides given alongside it still apply.
+    """
     out = copy.deepcopy(recipe)
+    overrides = sorted(overrides, key=lambda item: item.split("=", 1)[0].strip() != "method")
     for item in overrides:
         if "=" not in item:
             raise RecipeError(f"override '{item}' must look like key=value, e.g. stage1.epochs=30")
@@ -217,7 +229,10 @@ def apply_overrides(recipe: dict[str, Any], overrides: list[str]) -> dict[str, A
         last = parts[-1]
         if schema is not None and last not in node:
             raise _unknown_key(key)
-        node[last] = _parse_value(text)
+        value = _parse_value(text)
+        if parts == ["method"] and value != out["method"]:
+            out["stage1"]["method"], out["stage2"]["method"] = {}, {}
+        node[last] = value
     _check_method(out["method"])
     return out
 

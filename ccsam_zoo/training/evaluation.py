@@ -46,12 +46,12 @@ def penultimate_features(
 
 
 def evaluate(net, bench, split: str, accelerator: Accelerator, batch_size: int) -> dict[str, Any]:
-    """Top-1, many/medium/few and per-class accuracy of ``net`` on a split (same result on every process)."""
+    """Top-1, many/medium/few and per-class accuracy (%) of ``net`` on a split (same on every process)."""
     _, labels, logits = penultimate_features(net, bench, split, accelerator, batch_size)
     result: list[Any] = [None]
     if accelerator.is_main_process:  # `evaluate` writes an Arrow cache: once, on the main process
         many, few = bench.shot_thresholds
-        result[0] = dict(
+        result[0] = _percent(
             load_metric("lt_accuracy").compute(
                 predictions=logits.argmax(1).tolist(),
                 references=labels.tolist(),
@@ -64,3 +64,12 @@ def evaluate(net, bench, split: str, accelerator: Accelerator, batch_size: int) 
     if accelerator.num_processes > 1:
         broadcast_object_list(result, from_process=0)
     return result[0]
+
+
+def _percent(result: dict[str, Any]) -> dict[str, Any]:
+    """The metric module returns fractions; run metrics are in percent, like the paper's tables."""
+
+    def pct(x):
+        return None if x is None else 100.0 * x
+
+    return {k: [pct(x) for x in v] if k == "per_class" else pct(v) for k, v in result.items()}

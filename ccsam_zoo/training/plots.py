@@ -8,7 +8,9 @@ from typing import Any
 __all__ = ["plot_run"]
 
 
-def plot_run(output_dir: Path, metrics: dict[str, Any], class_counts: list[int], log: list[dict[str, Any]]) -> list[Path]:
+def plot_run(
+    output_dir: Path, metrics: dict[str, Any], class_counts: list[int], log: list[dict[str, Any]]
+) -> list[Path]:
     """Write ``training_curves.png`` and ``per_class_accuracy.png``; returns the paths written."""
     import matplotlib
 

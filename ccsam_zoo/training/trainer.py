@@ -118,7 +118,11 @@ def _run_stage1(ctx: _Context, model: nn.Module, method_cfg: dict[str, Any], res
         net = net.to(memory_format=torch.channels_last)
     optimizer = _optimizer(net, cfg, decay_bias_and_bn=cfg["decay_bias_and_bn"])
     loader = ctx.bench.loader(
-        "train", cfg["batch_size"], sampler="shuffle", seed=ctx.recipe["seed"], drop_last=ctx.recipe["train"]["drop_last"],
+        "train",
+        cfg["batch_size"],
+        sampler="shuffle",
+        seed=ctx.recipe["seed"],
+        drop_last=ctx.recipe["train"]["drop_last"],
         num_workers=ctx.recipe["data"]["num_workers"],
     )
     net, optimizer, loader = acc.prepare(net, optimizer, loader)
@@ -144,8 +148,12 @@ def _run_stage2(ctx: _Context, model: nn.Module, method_cfg: dict[str, Any], res
     net = FeaturesAndLogits(model)
     optimizer = _optimizer(net.head, cfg, decay_bias_and_bn=True)
     loader = ctx.bench.loader(
-        "train", cfg["batch_size"], sampler=cfg["sampler"], seed=ctx.recipe["seed"] + 1,
-        drop_last=ctx.recipe["train"]["drop_last"], num_workers=ctx.recipe["data"]["num_workers"],
+        "train",
+        cfg["batch_size"],
+        sampler=cfg["sampler"],
+        seed=ctx.recipe["seed"] + 1,
+        drop_last=ctx.recipe["train"]["drop_last"],
+        num_workers=ctx.recipe["data"]["num_workers"],
     )
     net, optimizer, loader = acc.prepare(net, optimizer, loader)
     start = 0
@@ -172,7 +180,8 @@ def _fit(ctx: _Context, stage: str, net, method, optimizer, loader, cfg: dict[st
         ctx.log.record(**record)
         ctx.log.info(
             f"{stage} epoch {epoch + 1}/{cfg['epochs']} loss {stats['loss']:.4f} lr {record['lr']:.4g} "
-            f"{stats['img_per_s']:.0f} img/s" + (f" test top-1 {record['test_top1']:.2f}" if "test_top1" in record else "")
+            f"{stats['img_per_s']:.0f} img/s"
+            + (f" test top-1 {record['test_top1']:.2f}" if "test_top1" in record else "")
         )
         ctx.state["history"].append(record)
         n = tcfg["checkpoint_every"]
@@ -338,10 +347,17 @@ def _optimizer(module: nn.Module, cfg: dict[str, Any], decay_bias_and_bn: bool) 
 
     params = [p for p in module.parameters() if p.requires_grad]
     if decay_bias_and_bn:
-        return create_optimizer_v2(params, cfg["optimizer"], lr=cfg["lr"], weight_decay=cfg["weight_decay"],
-                                   momentum=cfg["momentum"])
-    return create_optimizer_v2(module, cfg["optimizer"], lr=cfg["lr"], weight_decay=cfg["weight_decay"],
-                               momentum=cfg["momentum"], filter_bias_and_bn=True)
+        return create_optimizer_v2(
+            params, cfg["optimizer"], lr=cfg["lr"], weight_decay=cfg["weight_decay"], momentum=cfg["momentum"]
+        )
+    return create_optimizer_v2(
+        module,
+        cfg["optimizer"],
+        lr=cfg["lr"],
+        weight_decay=cfg["weight_decay"],
+        momentum=cfg["momentum"],
+        filter_bias_and_bn=True,
+    )
 
 
 def _lr_schedule(cfg: dict[str, Any]):
@@ -388,4 +404,3 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
     if not path.exists():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
