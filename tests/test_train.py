@@ -103,6 +103,26 @@ def test_two_stage_run_end_to_end(cifar_slice, tmp_path):
     assert "stage2 test: top-1" in (tmp_path / "train.log").read_text()
 
 
+def test_bf16_autocast_and_channels_last_train_and_save_float32(cifar_slice, tmp_path):
+    from ccsam_zoo.training import train
+
+    sets = {
+        "train.mixed_precision": "bf16",
+        "model.channels_last": "true",
+        "stage1.epochs": 1,
+        "stage1.milestones": "[]",
+    }
+    recipe = apply_overrides(load_recipe("cifar10_lt"), tiny_overrides(cifar_slice, **sets))
+    metrics = train(recipe, tmp_path)
+    assert "mixed precision bf16" in (tmp_path / "train.log").read_text()
+    records = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert all(np.isfinite(r["loss"]) for r in records if "loss" in r)
+    assert 0.0 <= metrics["stage2"]["top1"] <= 100.0
+    weights = load_file(tmp_path / "stage2/model.safetensors")
+    assert {t.dtype for t in weights.values() if t.is_floating_point()} == {torch.float32}
+    assert weights["conv1.weight"].is_contiguous()  # saved in the standard layout, loadable anywhere
+
+
 def test_stage2_alone_from_stage1_checkpoint(cifar_slice, tmp_path):
     from ccsam_zoo.training import train
 
@@ -167,7 +187,8 @@ def test_sigkill_during_stage1_then_resume_gives_identical_metrics(cifar_slice, 
 
 @pytest.mark.slow
 def test_two_processes_match_one_process_on_the_same_global_batch(cifar_slice, tmp_path):
-    """2 processes x 16 images = 1 process x 32 images, up to float summation order.
+    """2 processes x 16 images = 1 process x 16 images x 2 accumulation steps = 1 process x 32 images,
+    up to float summation order.
 
     Float noise alone (1 vs 2 OpenMP threads in one process) moves weights by ~2e-4 after these 30 steps,
     so the bound is relative: the 2-process run must be >= 10x closer to the 1-process run than a run on
@@ -207,6 +228,8 @@ def test_two_processes_match_one_process_on_the_same_global_batch(cifar_slice, t
             "stage2.batch_size=16",
         ]
     )
+    accum = [*common, "stage1.batch_size=16", "stage2.batch_size=16", "train.grad_accum=2"]
+    _run([*train, "--output-dir", str(tmp_path / "accum"), "--set", *accum])
     launch = [
         sys.executable,
         "-m",
@@ -238,8 +261,10 @@ def test_two_processes_match_one_process_on_the_same_global_batch(cifar_slice, t
         return float((diff / norm).sqrt())
 
     for stage in ("stage1", "stage2"):
-        same, other = distance("two", stage), distance("b16", stage)
-        assert same < 1e-3 and same * 10 < other, (stage, same, other)
+        other = distance("b16", stage)
+        for run in ("two", "accum"):  # 2 processes x 16; 1 process x 16 x 2 accumulation steps
+            same = distance(run, stage)
+            assert same < 1e-3 and same * 10 < other, (run, stage, same, other)
     m1 = json.loads((tmp_path / "one" / "metrics.json").read_text())
     m2 = json.loads((tmp_path / "two" / "metrics.json").read_text())
     assert abs(m1["stage2"]["top1"] - m2["stage2"]["top1"]) <= 2 * 100.0 / 300  # at most two test images

@@ -35,7 +35,12 @@ class TensorSplit(Dataset):
 
     def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         idx = torch.as_tensor(indices, dtype=torch.long)
-        return self.images[idx], self.labels[idx]
+        return self.images[idx.to(self.images.device)], self.labels[idx]
+
+    def to_device(self, device: torch.device | str) -> TensorSplit:
+        """Keep the images on ``device`` (e.g. a GPU): batches are then sliced there, no host copy."""
+        self.images = self.images.to(device)
+        return self
 
 
 def passthrough_collate(batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:

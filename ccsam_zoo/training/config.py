@@ -71,6 +71,7 @@ DEFAULTS: dict[str, Any] = {
         "shot_thresholds": [100, 20],
         "val_per_class": 0,
         "num_workers": 0,
+        "device_resident": False,  # uint8 fast path: keep the training images on the accelerator's device
         "image_size": None,
         "augment": True,
         "autoaugment": False,

@@ -69,6 +69,8 @@ def train(recipe: dict[str, Any], output_dir: str | Path, *, resume: bool = Fals
         f"data {bench.name}: {len(bench.train)} train images, {bench.num_classes} classes, counts "
         f"{bench.class_counts[:3]}...{bench.class_counts[-3:]}, fingerprint {bench.fingerprint[:12]}"
     )
+    if recipe["data"]["device_resident"]:
+        _keep_on_device(bench, recipe["data"], accelerator.device)
     model = _create_model(recipe["model"], bench.num_classes)
     s1_cfg, s2_cfg = stage_methods(recipe)
     ctx = _Context(recipe, output_dir, accelerator, log, bench, state)
@@ -358,6 +360,17 @@ def _optimizer(module: nn.Module, cfg: dict[str, Any], decay_bias_and_bn: bool) 
         momentum=cfg["momentum"],
         filter_bias_and_bn=True,
     )
+
+
+def _keep_on_device(bench, data_cfg: dict[str, Any], device: torch.device) -> None:
+    if not bench.is_tensor:
+        raise ValueError(
+            "data.device_resident=true needs the uint8 in-memory fast path (CIFAR-sized images); "
+            "for large images keep it false and use data.num_workers"
+        )
+    if data_cfg["num_workers"]:
+        raise ValueError("data.device_resident=true needs data.num_workers=0 (workers cannot share device tensors)")
+    bench.train.to_device(device)
 
 
 def _lr_schedule(cfg: dict[str, Any]):

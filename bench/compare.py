@@ -1,0 +1,230 @@
+"""CC-SAM against the baselines on one recipe: run (or resume) every method x seed, then tabulate and plot.
+
+Each run is ``python recipes/train.py --recipe RECIPE --output-dir OUT/<run>-s<seed> --set <overrides>``,
+launched as a child process whose wall time and peak resident memory (polled with psutil) are written
+to ``timing.json`` beside its ``metrics.json``. A run with ``metrics.json`` is not run again; a run
+folder without it is resumed (``--resume``). ``--report`` only aggregates what exists.
+
+Writes ``OUT/results.json`` (every run and the mean/std over seeds), ``OUT/results.md`` (the tables of
+docs/RESULTS.md), ``OUT/top1_vs_scale.png`` and ``OUT/per_class_ce_vs_ccsam.png``; prints the JSON.
+
+    python bench/compare.py --recipe cifar10_lt_cpu --runs ce ccsam --seeds 42 43 44 --jobs 2 --threads 1
+    python bench/compare.py --report
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+
+REPO = Path(__file__).resolve().parents[1]
+
+# name -> --set overrides on top of the recipe (paper Table 2 ablations: ccsam_dir, ccsam_mag; the s sweep:
+# ccsam_s<s>, with ccsam itself the s = 1e-6 point of the official preset)
+RUNS: dict[str, list[str]] = {
+    "ce": ["method=ce"],
+    "mixup_crt": ["method=mixup_crt"],
+    "sam": ["method=sam"],
+    "balanced_softmax": ["method=balanced_softmax"],
+    "ccsam": ["method=ccsam"],
+    "ccsam_paper": ["method=ccsam_paper"],
+    "ccsam_dir": ["method=ccsam_dir"],
+    "ccsam_mag": ["method=ccsam_mag"],
+    **{f"ccsam_s{s:g}": ["method=ccsam", f"stage1.method.scale={s:g}"] for s in (1e-3, 1e-2, 1e-1, 1.0)},
+}
+
+
+def _run_one(recipe: str, name: str, seed: int, out: Path, threads: int, extra: list[str]) -> subprocess.Popen | None:
+    folder = out / f"{name}-s{seed}"
+    if (folder / "metrics.json").exists():
+        return None
+    cmd = [sys.executable, str(REPO / "recipes/train.py")]
+    if (folder / "recipe.yaml").exists():
+        cmd += ["--resume", str(folder)]
+    else:
+        cmd += ["--recipe", recipe, "--output-dir", str(folder), "--set", *RUNS[name], *extra, f"seed={seed}"]
+    folder.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    log = open(folder / "stdout.log", "a")  # noqa: SIM115 - closed with the process
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+    proc.folder, proc.t0, proc.peak, proc.logfile = folder, time.time(), 0, log  # type: ignore[attr-defined]
+    return proc
+
+
+def _poll(procs: list[subprocess.Popen]) -> list[subprocess.Popen]:
+    alive = []
+    for p in procs:
+        try:
+            p.peak = max(p.peak, psutil.Process(p.pid).memory_info().rss)  # type: ignore[attr-defined]
+        except psutil.Error:
+            pass
+        if p.poll() is None:
+            alive.append(p)
+            continue
+        p.logfile.close()  # type: ignore[attr-defined]
+        timing = {
+            "wall_s": round(time.time() - p.t0, 1),
+            "peak_rss_mb": round(p.peak / 2**20, 1),  # type: ignore[attr-defined]
+            "returncode": p.returncode,
+        }
+        (p.folder / "timing.json").write_text(json.dumps(timing))  # type: ignore[attr-defined]
+        print(f"{p.folder.name}: exit {p.returncode}, {timing['wall_s']} s", file=sys.stderr)  # type: ignore[attr-defined]
+    return alive
+
+
+def run_all(
+    recipe: str, names: list[str], seeds: list[int], out: Path, jobs: int, threads: int, extra: list[str]
+) -> None:
+    """Run the missing (name, seed) pairs, ``jobs`` at a time."""
+    todo = [(n, s) for s in seeds for n in names]
+    procs: list[subprocess.Popen] = []
+    while todo or procs:
+        while todo and len(procs) < jobs:
+            p = _run_one(recipe, *todo.pop(0), out, threads, extra)
+            if p is not None:
+                procs.append(p)
+        time.sleep(0.5)
+        procs = _poll(procs)
+
+
+def _mean_std(values: list[float]) -> dict[str, float | int]:
+    return {
+        "mean": statistics.mean(values),
+        "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+        "n": len(values),
+    }
+
+
+def report(out: Path) -> dict:
+    """Collect every finished run under ``out`` into results.json / results.md and the plots."""
+    runs = {}
+    for folder in sorted(out.glob("*-s*")):
+        if not (folder / "metrics.json").exists():
+            continue
+        name, seed = folder.name.rsplit("-s", 1)
+        metrics = json.loads((folder / "metrics.json").read_text())
+        timing = json.loads((folder / "timing.json").read_text()) if (folder / "timing.json").exists() else {}
+        runs.setdefault(name, {})[seed] = {"metrics": metrics, "timing": timing}
+    summary = {}
+    for name, by_seed in runs.items():
+        row = {}
+        for stage in ("stage1", "stage2"):
+            for key in ("top1", "many", "medium", "few"):
+                vals = [
+                    r["metrics"][stage][key]
+                    for r in by_seed.values()
+                    if stage in r["metrics"] and r["metrics"][stage][key] is not None
+                ]
+                if vals:
+                    row[f"{stage}.{key}"] = _mean_std(vals)
+        walls = [r["timing"]["wall_s"] for r in by_seed.values() if "wall_s" in r["timing"]]
+        peaks = [r["timing"]["peak_rss_mb"] for r in by_seed.values() if "peak_rss_mb" in r["timing"]]
+        row["wall_s"] = _mean_std(walls) if walls else None
+        row["peak_rss_mb"] = max(peaks) if peaks else None
+        row["seeds"] = sorted(by_seed)
+        summary[name] = row
+    result = {"runs": runs, "summary": summary}
+    (out / "results.json").write_text(json.dumps(result, indent=1))
+    (out / "results.md").write_text(_markdown(summary, runs))
+    _plots(out, summary, runs)
+    return result
+
+
+def _fmt(cell: dict | None) -> str:
+    if not cell:
+        return "–"
+    return f"{cell['mean']:.2f} ± {cell['std']:.2f}" if cell["n"] > 1 else f"{cell['mean']:.2f}"
+
+
+def _markdown(summary: dict, runs: dict) -> str:
+    lines = [
+        "| Method | Seeds | Stage-1 top-1 | Stage-2 top-1 | Many | Medium | Few | Wall (min) | Peak RSS (MB) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, row in summary.items():
+        wall = f"{row['wall_s']['mean'] / 60:.1f}" if row["wall_s"] else "–"
+        peak = f"{row['peak_rss_mb']:.0f}" if row["peak_rss_mb"] else "–"
+        lines.append(
+            f"| {name} | {len(row['seeds'])} | {_fmt(row.get('stage1.top1'))} | {_fmt(row.get('stage2.top1'))} | "
+            f"{_fmt(row.get('stage2.many'))} | {_fmt(row.get('stage2.medium'))} | {_fmt(row.get('stage2.few'))} | "
+            f"{wall} | {peak} |"
+        )
+    lines += ["", "Per-class stage-2 accuracy (%), first seed of each method:", ""]
+    lines += ["| Method | " + " | ".join(str(c) for c in range(10)) + " |", "|---|" + "---|" * 10]
+    for name, by_seed in runs.items():
+        first = by_seed[sorted(by_seed)[0]]["metrics"]
+        stage = "stage2" if "stage2" in first else "stage1"
+        lines.append(f"| {name} | " + " | ".join(f"{a:.1f}" for a in first[stage]["per_class"]) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _plots(out: Path, summary: dict, runs: dict) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    scales = sorted((float(n.removeprefix("ccsam_s")), n) for n in summary if n.startswith("ccsam_s"))
+    if scales and "ccsam" in summary:
+        scales = sorted([*scales, (1e-6, "ccsam")])  # the official preset is s = 1e-6
+    if scales:
+        fig, ax = plt.subplots(figsize=(5, 3.5))
+        for stage in ("stage1", "stage2"):
+            pts = [(s, summary[n][f"{stage}.top1"]["mean"]) for s, n in scales if f"{stage}.top1" in summary[n]]
+            ax.plot(*zip(*pts), marker="o", label=stage)
+        if "ce" in summary:
+            ax.axhline(summary["ce"]["stage2.top1"]["mean"], color="gray", ls="--", label="ce + cRT")
+        ax.set(xscale="log", xlabel="perturbation scale s (Eq. 8)", ylabel="test top-1 (%)")
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(out / "top1_vs_scale.png", dpi=120)
+        plt.close(fig)
+    if "ce" in runs and "ccsam" in runs:
+        fig, ax = plt.subplots(figsize=(6, 3.5))
+        for i, name in enumerate(("ce", "ccsam")):
+            by_seed = runs[name]
+            per_class = [
+                statistics.mean(v) for v in zip(*(r["metrics"]["stage2"]["per_class"] for r in by_seed.values()))
+            ]
+            ax.bar([c + (i - 0.5) * 0.4 for c in range(len(per_class))], per_class, width=0.4, label=name)
+        ax.set(xlabel="class (sorted by training count, head to tail)", ylabel="stage-2 test accuracy (%)")
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(out / "per_class_ce_vs_ccsam.png", dpi=120)
+        plt.close(fig)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--recipe", default="cifar10_lt_cpu")
+    ap.add_argument("--runs", nargs="+", default=["ce", "ccsam"], choices=list(RUNS))
+    ap.add_argument("--seeds", nargs="+", type=int, default=[42])
+    ap.add_argument("--out", type=Path, default=REPO / "runs" / "compare")
+    ap.add_argument("--jobs", type=int, default=1, help="runs at a time")
+    ap.add_argument("--threads", type=int, default=max(1, (os.cpu_count() or 1)), help="OMP threads per run")
+    ap.add_argument(
+        "--set",
+        nargs="*",
+        default=[],
+        dest="extra",
+        metavar="KEY=VALUE",
+        help="overrides for every run, e.g. train.mixed_precision=bf16 model.channels_last=true",
+    )
+    ap.add_argument("--report", action="store_true", help="only aggregate the finished runs")
+    args = ap.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    if not args.report:
+        run_all(args.recipe, args.runs, args.seeds, args.out, args.jobs, args.threads, args.extra)
+    print(json.dumps(report(args.out)["summary"], indent=1))
+
+
+if __name__ == "__main__":
+    main()

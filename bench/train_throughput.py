@@ -1,0 +1,115 @@
+"""Whole-loop training throughput against the bare model's forward+backward.
+
+The "loop" numbers come from the trainer itself (``recipes/train.py`` code path: sampler, uint8 batch
+fetch, augmentation on the batch, the method's ``forward_backward``, optimizer step, progress bar, logs):
+each variant trains stage 1 of the ``quickstart`` recipe (embedded CIFAR-10-LT, ResNet-32) for a few
+epochs and the median img/s of the epochs after the first is read from ``log.jsonl``. The "bare" number is
+ResNet-32 forward + backward + SGD step on in-memory tensors at the same batch size and thread count.
+
+Variants: ce, ccsam (official preset, the recipes' stage 1), ccsam + channels_last, ccsam + bf16 autocast
+and, with ``--compile``, ccsam + torch.compile. Prints one JSON object.
+
+    python bench/train_throughput.py [--epochs 4] [--batch 128] [--threads 2] [--compile]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import timm
+import torch
+
+import ccsam_zoo  # noqa: F401
+from ccsam_zoo.training import apply_overrides, load_recipe
+from ccsam_zoo.training.trainer import train
+
+VARIANTS = {
+    "ce": ["method=ce"],
+    "ccsam": [],
+    "ccsam_channels_last": ["model.channels_last=true"],
+    "ccsam_bf16": ["train.mixed_precision=bf16"],
+}
+
+
+def _bare(batch: int, steps: int) -> float:
+    """img/s of forward + backward + SGD step on in-memory tensors (no data pipeline, no method)."""
+    model = timm.create_model("resnet32_cifar", num_classes=10).train()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=2e-4)
+    x, y = torch.randn(batch, 3, 32, 32), torch.randint(0, 10, (batch,))
+    times = []
+    for step in range(steps + 2):
+        t0 = time.perf_counter()
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if step >= 2:
+            times.append(time.perf_counter() - t0)
+    return batch / statistics.median(times)
+
+
+def _loop(overrides: list[str], epochs: int, batch: int, workdir: Path) -> float:
+    recipe = apply_overrides(
+        load_recipe("quickstart"),
+        [
+            f"stage1.epochs={epochs}",
+            f"stage1.batch_size={batch}",
+            "stage1.warmup_epochs=0",
+            "stage1.milestones=[]",
+            "stage2.epochs=0",
+            "train.prototypes=false",
+            "train.checkpoint_every=0",
+            "train.drop_last=true",
+            *overrides,
+        ],
+    )
+    out = workdir / "_".join(overrides or ["default"]).replace("=", "-")
+    from accelerate.state import AcceleratorState, PartialState
+
+    AcceleratorState._reset_state(reset_partial_state=True)  # each variant gets its own Accelerator settings
+    PartialState._reset_state()
+    train(recipe, out)
+    rows = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    speeds = [r["img_per_s"] for r in rows if r.get("stage") == "stage1" and "img_per_s" in r][1:]
+    return statistics.median(speeds)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--epochs", type=int, default=4)
+    ap.add_argument("--batch", type=int, default=128)
+    ap.add_argument("--threads", type=int, default=torch.get_num_threads())
+    ap.add_argument("--compile", action="store_true", help="also time ccsam + torch.compile (slow to compile)")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    variants = dict(VARIANTS)
+    if args.compile:
+        variants["ccsam_compile"] = ["model.compile=true"]
+    result: dict = {
+        "device": "cpu",
+        "processor": platform.processor() or platform.machine(),
+        "threads": args.threads,
+        "batch": args.batch,
+        "model": "resnet32_cifar",
+        "data": "embedded CIFAR-10-LT (quickstart recipe), uint8 fast path, pad-crop-flip augmentation",
+        "bare_fwd_bwd_img_per_s": round(_bare(args.batch, 12), 1),
+        "loop_img_per_s": {},
+        "loop_over_bare": {},
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, overrides in variants.items():
+            speed = _loop(overrides, args.epochs, args.batch, Path(tmp))
+            result["loop_img_per_s"][name] = round(speed, 1)
+            result["loop_over_bare"][name] = round(speed / result["bare_fwd_bwd_img_per_s"], 3)
+    result["bare_fwd_bwd_img_per_s_after"] = round(_bare(args.batch, 12), 1)  # load drift check
+    print(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,60 @@
+"""The GPU reproduction script's CPU path on a tiny schedule (the real run needs the device tool)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import REPO
+from tests.training_utils import write_cifar10_slice
+
+
+@pytest.mark.slow
+def test_gpu_script_dry_run_on_cpu(cifar10_dir, tmp_path):
+    data = write_cifar10_slice(cifar10_dir, tmp_path / "cifar10", 60, 10)
+    out = tmp_path / "out"
+    tiny = ["data.imbalance_ratio=10", "model.arch=resnet20_cifar", "stage1.batch_size=32", "stage2.batch_size=32"]
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "bench/gpu/reproduce_cifar10_lt.py",
+            "--data",
+            str(data),
+            "--out",
+            str(out),
+            "--stage1-epochs",
+            "1",
+            "--stage2-epochs",
+            "1",
+            "--set",
+            *tiny,
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**__import__("os").environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:] + proc.stdout[-2000:]
+    result = json.loads((out / "gpu_results.json").read_text())
+    assert json.loads(proc.stdout) == result
+    assert set(result["runs"]) == {"ccsam", "ce"} and result["device"].startswith("cpu")
+    assert "data.device_resident=true" in result["overrides"] and "model.channels_last=true" in result["overrides"]
+    for method, run in result["runs"].items():
+        metrics = json.loads((out / method / "metrics.json").read_text())
+        assert run["returncode"] == 0 and run["wall_s"] > 0
+        assert run["stage2"]["top1"] == metrics["stage2"]["top1"]
+        assert "mixed precision bf16" in (out / method / "train.log").read_text()
+
+
+def test_gpu_script_names_missing_data(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "bench/gpu/reproduce_cifar10_lt.py", "--data", str(tmp_path)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 1 and "no train.parquet" in proc.stderr and "Traceback" not in proc.stderr
