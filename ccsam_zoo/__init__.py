@@ -18,6 +18,8 @@ _LAZY = {
     "register_pretrained": "ccsam_zoo.hub",
     "push_to_hub": "ccsam_zoo.hub",
     "save_pretrained": "ccsam_zoo.hub",
+    "render_model_card": "ccsam_zoo.hub",
+    "CheckpointError": "ccsam_zoo.hub",
     "Classifier": "ccsam_zoo.inference",
 }
 
