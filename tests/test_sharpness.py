@@ -354,8 +354,8 @@ def test_worst_case_matches_exact_maximum_of_quadratic():
     model, x, y = quad_problem(seed=3)
     counts = [200, 50, 5]
     wb0 = wb_of(model)
-    out = worst_case_sharpness(model, x, y, counts, params="all", rho=0.1, steps=40, loss_fn=quad_loss,
-                               progress=False)  # fmt: skip
+    out = worst_case_sharpness(model, x, y, counts, params="all", rho=0.1, rho_mode="relative", steps=40,
+                               loss_fn=quad_loss, progress=False)  # fmt: skip
     radius = 0.1 * np.linalg.norm(wb0)
     assert out["radius"] == pytest.approx(radius, rel=1e-12)
     xn, yn = x.numpy(), y.numpy()
@@ -373,18 +373,115 @@ def test_worst_case_matches_exact_maximum_of_quadratic():
     assert absolute["loss"]["overall"] == pytest.approx(np_worst_case(wb0, xn, yn, 0.2), rel=1e-6)
 
 
+def np_block_worst_case(wb: np.ndarray, x: np.ndarray, y: np.ndarray, w_blocks: list, r_b: float) -> float:
+    """Max of the quadratic over a product of balls by exact block-coordinate maximisation.
+
+    ``w_blocks``: [(rows of W, radius)], e.g. all rows together (per-tensor ball) or one row each
+    (per-filter ball); the bias is one block of radius ``r_b``. With E = [E_W | e_b]: for the other blocks
+    fixed, the problem in a block of W rows is a trust-region one (secular equation, as in
+    ``np_worst_case``) with linear term R_W + e_b s_Wb^T; for E_W fixed, the one in e_b has the isotropic
+    Hessian s_bb I, so its maximiser is r_b along its linear term R_b + E_W s_Wb. Best of several starts.
+    """
+    loss, grad, s = np_moments(wb, x, y)
+    d = s.shape[0] - 1
+    s_ww, s_wb, s_bb = s[:d, :d], s[:d, d], s[d, d]
+    w, v = np.linalg.eigh(s_ww)
+
+    def tr_max(g: np.ndarray, radius: float) -> np.ndarray:
+        gv = g @ v
+        lo, hi = w[-1] + 1e-14, w[-1] + 1e8
+        for _ in range(300):
+            mid = 0.5 * (lo + hi)
+            lo, hi = (mid, hi) if np.linalg.norm((gv / (mid - w)) @ v.T) > radius else (lo, mid)
+        return (gv / (hi - w)) @ v.T
+
+    def value(e_w: np.ndarray, e_b: np.ndarray) -> float:
+        e = np.hstack([e_w, e_b[:, None]])
+        return loss + float((grad * e).sum()) + 0.5 * float(np.trace(e @ s @ e.T))
+
+    rng = np.random.default_rng(0)
+    best = -np.inf
+    for _ in range(8):
+        e_b = rng.standard_normal(wb.shape[0])
+        e_b *= r_b / np.linalg.norm(e_b)
+        e_w = np.zeros((wb.shape[0], d))
+        for _ in range(200):
+            for rows, radius in w_blocks:  # rows of W do not interact through S: each block is exact
+                e_w[rows] = tr_max(grad[rows, :d] + np.outer(e_b[rows], s_wb), radius)
+            g_b = grad[:, d] + e_w @ s_wb + s_bb * e_b
+            e_b = r_b * g_b / np.linalg.norm(g_b)
+        best = max(best, value(e_w, e_b))
+    return best
+
+
+def test_per_tensor_and_per_filter_balls_match_block_coordinate_maximum():
+    model, x, y = quad_problem(seed=5)
+    wb0 = wb_of(model)
+    xn, yn = x.numpy(), y.numpy()
+    r_b = 0.1 * np.linalg.norm(wb0[:, -1])
+    blocks = {
+        "per_tensor": [([0, 1, 2], 0.1 * np.linalg.norm(wb0[:, :-1]))],
+        "per_filter": [([c], 0.1 * np.linalg.norm(wb0[c, :-1])) for c in range(3)],
+    }
+    found = {}
+    for mode, w_blocks in blocks.items():
+        out = worst_case_sharpness(model, x, y, params="all", rho=0.1, rho_mode=mode, steps=60, loss_fn=quad_loss,
+                                   progress=False)  # fmt: skip
+        exact = np_block_worst_case(wb0, xn, yn, w_blocks, r_b)
+        assert out["loss"]["overall"] == pytest.approx(exact, rel=1e-6)
+        assert out["radius"] == pytest.approx(math.sqrt(sum(r * r for _, r in w_blocks) + r_b**2), rel=1e-12)
+        found[mode] = exact
+    # nested sets: per-filter balls inside the per-tensor ones inside the global ball of the same rho
+    glob = worst_case_sharpness(model, x, y, params="all", rho=0.1, rho_mode="relative", steps=60,
+                                loss_fn=quad_loss, progress=False)  # fmt: skip
+    assert found["per_filter"] < found["per_tensor"] - 1e-6 < glob["loss"]["overall"] - 2e-6
+    np.testing.assert_array_equal(wb_of(model), wb0)
+
+
+def test_per_tensor_ball_ignores_a_tiny_scale_invariant_tensor():
+    """A tensor whose scale the loss ignores (as for weights followed by BatchNorm) but that is tiny can take
+    the whole budget of a global ball; the per-tensor ball bounds it by its own norm."""
+
+    class ScaleInvariant(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.u = nn.Parameter(torch.tensor([1e-3, 0.0], dtype=torch.float64))  # loss sees u / ||u|| only
+            self.w = nn.Parameter(torch.full((2,), 10.0, dtype=torch.float64))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            z = self.u / self.u.norm()
+            return (x * (z * 3.0)).sum(1, keepdim=True).expand(-1, 2) * torch.tensor([1.0, -1.0]) + 0 * self.w.sum()
+
+    model = ScaleInvariant()
+    x = torch.tensor([[0.0, 1.0], [0.0, -1.0]], dtype=torch.float64)
+    y = torch.tensor([0, 1])
+    rel = worst_case_sharpness(model, x, y, params="all", rho=0.05, rho_mode="relative", steps=5, progress=False)
+    # relative: ||eps|| = 0.05 * ||theta|| ~ 0.7 rotates u freely (u is 1e-3): logits -> -+3, the loss -> log(1+e^6)
+    assert rel["increase"]["overall"] == pytest.approx(math.log1p(math.exp(6.0)) - math.log(2.0), rel=1e-3)
+    for mode in ("per_tensor", "per_filter"):
+        per = worst_case_sharpness(model, x, y, params="all", rho=0.05, rho_mode=mode, steps=5, progress=False)
+        # u moves by at most 5% of its norm: u / ||u|| turns by at most asin(0.05), logits shift by 3 * 0.05
+        shift = 3.0 * 0.05
+        assert per["increase"]["overall"] == pytest.approx(math.log1p(math.exp(2 * shift)) - math.log(2.0), rel=1e-3)
+    with pytest.raises(ValueError, match="rho_mode must be one of"):
+        worst_case_sharpness(model, x, y, params="all", rho_mode="global", progress=False)
+
+
 def test_worst_case_at_stationary_point_and_isotropic_loss():
     model = Centered(d=3, c=2)
     x, y = isotropic_data(3, {"all": [0]})
-    out = worst_case_sharpness(model, x, y, params="all", rho=0.05, steps=2, loss_fn=half_sq, progress=False)
     theta2 = float(model.weight.detach().pow(2).sum() + model.bias.detach().pow(2).sum())
-    assert out["increase"]["overall"] == pytest.approx(0.5 * 0.05**2 * theta2, rel=1e-9)
+    for mode in ("per_tensor", "relative"):  # L = 0.5 ||eps||^2: both balls reach 0.5 rho^2 ||theta||^2
+        out = worst_case_sharpness(model, x, y, params="all", rho=0.05, rho_mode=mode, steps=2, loss_fn=half_sq,
+                                   progress=False)  # fmt: skip
+        assert out["increase"]["overall"] == pytest.approx(0.5 * 0.05**2 * theta2, rel=1e-9)
 
 
 def test_worst_case_dominates_random_directions():
     model, x, y = quad_problem(seed=4)
     out = loss_curves(model, x, y, [200, 50, 5], params="all", relative_norms=[0.0, 0.05], num_directions=8,
-                      loss_fn=quad_loss, summary_norms=(0.05,), rho=0.05, ascent_steps=5, progress=False)  # fmt: skip
+                      loss_fn=quad_loss, summary_norms=(0.05,), rho=0.05, rho_mode="relative", ascent_steps=5,
+                      progress=False)  # fmt: skip
     worst = out["summary"]["worst_case"]
     assert worst["relative_radius"] == 0.05
     for g, clean in out["clean"].items():

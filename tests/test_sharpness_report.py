@@ -14,6 +14,7 @@ import torch
 import ccsam_zoo  # noqa: F401
 from ccsam_zoo.diagnostics import landscape_2d, loss_curves, save_report, worst_case_sharpness
 from ccsam_zoo.diagnostics.sharpness import add_arguments, run
+from ccsam_zoo.hub import render_model_card, save_pretrained
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 COUNTS = [300, 60, 10]
@@ -52,6 +53,30 @@ def test_save_report_curves(tmp_path, tiny):
     result["curves"]["global"]["std"]["many"][1] = float("nan")
     data = _strict_json(save_report(result, tmp_path / "nan", name="x")["json"])
     assert data["clean"]["overall"] is None and data["curves"]["global"]["std"]["many"][1] is None
+
+
+def test_summary_warns_when_the_worst_case_explodes(tmp_path, tiny):
+    model, x, y = tiny
+    kw = dict(params="all", num_directions=1, ascent_steps=2, relative_norms=[0.0, 0.01], progress=False)
+    small = loss_curves(model, x, y, COUNTS, rho=1e-4, **kw)
+    assert "warning" not in save_report(small, tmp_path / "small")["summary"].read_text()
+    huge = loss_curves(model, x, y, COUNTS, rho=0.5, rho_mode="relative", **kw)
+    assert max(huge["summary"]["worst_case"]["increase"].values()) > 10  # an all-layer ascent at 50% explodes
+    text = save_report(huge, tmp_path / "huge")["summary"].read_text()
+    assert "beyond the perturbative range" in text and "--rho" in text
+
+
+def test_plot_comparison_panels_per_param_set(tmp_path, tiny):
+    from ccsam_zoo.diagnostics.plots import plot_comparison
+
+    model, x, y = tiny
+    kw = dict(num_directions=1, rho=None, relative_norms={"local": [0.0, 0.01]}, progress=False)
+    head = loss_curves(model, x, y, COUNTS, params="head", **kw)
+    full = loss_curves(model, x, y, COUNTS, params="all", **kw)
+    path = plot_comparison({"a, head": head, "b, head": head, "a, all": full}, tmp_path / "cmp.png")
+    assert path.read_bytes()[:8] == PNG_MAGIC
+    with pytest.raises(ValueError, match="has no 'global' curve"):
+        plot_comparison({"a": head}, tmp_path / "x.png", curve="global")
 
 
 def test_save_report_landscape_and_worst_case(tmp_path, tiny):
@@ -138,3 +163,25 @@ def test_cli_json_and_errors(fake_backends, capsys):
     assert run(_parse(["--model", "m", "--data", "d", "--split", "val", "--no-progress"])) == 2
     assert run(_parse(["--model", "m", "--data", "d", "--params", "blocks:99", "--no-progress"])) == 2
     assert "error" in capsys.readouterr().err
+
+
+def test_cli_card_adds_the_report_to_the_model_card(tmp_path, fake_backends, tiny, capsys):
+    info = dict(class_names=["a", "b", "c"], class_counts=COUNTS, shot_thresholds=[100, 20], shot_rule="paper",
+                stage="stage1", method={"name": "ce"}, recipe={"method": "ce", "data": {"name": "cifar10_lt"}},
+                metrics={"top1": 0.5, "many": 0.6, "medium": 0.5, "few": 0.4}, dataset="cifar10_lt IR100",
+                data_fingerprint=None, prototypes=None, open_set=None, paper_results=None)  # fmt: skip
+    folder = save_pretrained(tiny[0], tmp_path / "run" / "stage1", info=info)
+    assert "### Sharpness" not in (folder / "README.md").read_text()
+    sys.modules["ccsam_zoo.hub"].render_model_card = render_model_card  # the stand-in hub lacks it
+    argv = ["--model", str(folder), "--data", "d", "--num-samples", "12", "--directions", "1", "--ascent-steps", "1"]
+    assert run(_parse([*argv, "--no-progress", "--card"])) == 0
+    card = (folder / "README.md").read_text()
+    table = (folder / "sharpness_summary.md").read_text().strip()
+    assert "### Sharpness" in card and table in card
+    assert "![loss against the relative noise norm](sharpness.png)" in card
+    assert "on 12 images of `d` (test split)" in card
+    assert card == render_model_card(folder)  # the card is the regular rendering, not a patched text
+    capsys.readouterr()
+    assert run(_parse([*argv, "--no-progress", "--card", "--output", str(tmp_path / "elsewhere")])) == 2
+    assert run(_parse(["--model", "not-a-folder", "--data", "d", "--no-progress", "--card"])) == 2
+    assert "--card" in capsys.readouterr().err

@@ -9,7 +9,7 @@ from typing import Any
 
 from matplotlib.figure import Figure
 
-__all__ = ["plot_curves", "plot_landscape_2d"]
+__all__ = ["plot_curves", "plot_comparison", "plot_landscape_2d"]
 
 _COLORS = {"overall": "black", "many": "tab:blue", "medium": "tab:orange", "few": "tab:red"}
 _TITLES = {"global": "global", "local": "local (perturbative)"}
@@ -36,6 +36,40 @@ def plot_curves(result: Mapping[str, Any], path: str | Path, *, dpi: int = 120) 
         ax.grid(alpha=0.3)
         ax.legend()
     fig.suptitle(f"loss vs. relative noise norm, params={cfg.get('params', '?')}")
+    path = Path(path)
+    fig.savefig(path, dpi=dpi)
+    return path
+
+
+def plot_comparison(
+    results: Mapping[str, Mapping[str, Any]], path: str | Path, *, curve: str = "local", dpi: int = 120
+) -> Path:
+    """Several ``loss_curves`` results side by side: loss increase ``L(r) - L(0)`` against r.
+
+    ``results`` maps a label (e.g. "ce, head") to a result; results with the same ``config["params"]`` share
+    a panel; colour = shot group, line style = label. Returns ``path``.
+    """
+    panels: dict[str, list[tuple[str, Mapping[str, Any]]]] = {}
+    for label, result in results.items():
+        if curve not in result.get("curves", {}):
+            raise ValueError(f"result {label!r} has no {curve!r} curve (has {sorted(result.get('curves', {}))})")
+        panels.setdefault(str(result.get("config", {}).get("params", "?")), []).append((label, result))
+    styles = ["-", "--", ":", "-."]
+    fig = Figure(figsize=(5.0 * len(panels), 4.0), layout="constrained")
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    for ax, (params, members) in zip(axes, panels.items()):
+        for i, (label, result) in enumerate(members):
+            c = result["curves"][curve]
+            for g, mean in c["mean"].items():
+                inc = [m - mean[0] for m in mean]
+                ax.plot(c["relative_norms"], inc, styles[i % len(styles)], color=_COLORS.get(g), marker="o", ms=2.5,
+                        lw=2.0 if g == "overall" else 1.4, label=f"{label}: {g}")  # fmt: skip
+        ax.set_xlabel(r"$\|\epsilon\|_2 \,/\, \|\theta\|_2$")
+        ax.set_ylabel(r"loss increase $L(\theta+\epsilon) - L(\theta)$")
+        ax.set_title(f"params={params}, {_TITLES.get(curve, curve)}")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle("loss increase vs. relative noise norm (mean over random directions)")
     path = Path(path)
     fig.savefig(path, dpi=dpi)
     return path

@@ -5,7 +5,8 @@ directions scaled so that ``||eps|| / ||theta|| = r`` (``theta`` = the chosen pa
 over the set) and records the mean loss per shot group (classes grouped by training count) and overall,
 averaged over directions, on a global range (r in 0..1) and a local, perturbative one (r in 0..0.05).
 It also gives scalar summaries for tables: the loss increase at fixed r, and the SAM-style worst-case
-sharpness ``max_{||eps|| <= rho} L(theta + eps) - L(theta)`` (``worst_case_sharpness``).
+sharpness ``max_{eps in ball} L(theta + eps) - L(theta)`` (``worst_case_sharpness``; by default the ball bounds
+every filter by ``rho`` times its own norm).
 ``landscape_2d`` (in ``landscape.py``) is the Appendix-E view. ``save_report`` writes JSON + PNG.
 
 The model is left exactly as it was: parameter values (bit for bit), requires_grad flags and train/eval
@@ -66,36 +67,69 @@ def _ranges(relative_norms: Mapping[str, Sequence[float]] | Sequence[float] | No
     return out
 
 
-def _radius(rho: float, rho_mode: str, theta_norm: float) -> float:
-    if rho_mode not in ("relative", "absolute"):
-        raise ValueError(f"rho_mode must be 'relative' or 'absolute', got {rho_mode!r}")
+RHO_MODES = ("per_filter", "per_tensor", "relative", "absolute")
+Radius = float | list[torch.Tensor]
+
+
+def _block_norms(t: torch.Tensor, per_filter: bool) -> torch.Tensor:
+    """Norm of each filter (slice along dim 0) of a >= 2-D tensor, shaped to broadcast; else the tensor's norm."""
+    t = t.detach().double()
+    if per_filter and t.dim() >= 2:
+        return t.flatten(1).norm(dim=1).view(-1, *[1] * (t.dim() - 1))
+    return t.norm().reshape([1] * t.dim())
+
+
+def _radius(rho: float, rho_mode: str, theta: Sequence[torch.Tensor]) -> Radius:
+    """The ascent ball: one radius (``relative``: rho ||theta||, ``absolute``: rho) or one per tensor / filter."""
+    if rho_mode not in RHO_MODES:
+        raise ValueError(f"rho_mode must be one of {RHO_MODES}, got {rho_mode!r}")
     if not rho >= 0:
         raise ValueError(f"rho must be >= 0, got {rho}")
-    return rho * theta_norm if rho_mode == "relative" else float(rho)
+    if rho_mode in ("per_filter", "per_tensor"):  # ||eps_b|| <= rho ||theta_b|| for every block b
+        return [rho * _block_norms(t, rho_mode == "per_filter") for t in theta]
+    return rho * global_norm(theta) if rho_mode == "relative" else float(rho)
+
+
+def _total(radius: Radius) -> float:
+    """Norm of the largest eps the ball allows (for a ball per block, sqrt(sum_b r_b^2))."""
+    return math.sqrt(sum(float(r.pow(2).sum()) for r in radius)) if isinstance(radius, list) else radius
+
+
+def _step(grad: Sequence[torch.Tensor], radius: Radius) -> list[torch.Tensor] | None:
+    """argmax of <grad, eps> on the ball: radius * g / ||g|| (block by block for a ball per block)."""
+    if not isinstance(radius, list):
+        gnorm = global_norm(grad)
+        return None if gnorm <= 1e-30 else [g * (radius / gnorm) for g in grad]
+    eps, moved = [], False
+    for g, r in zip(grad, radius):
+        n = _block_norms(g, per_filter=r.numel() > 1)
+        moved = moved or bool((n > 1e-30).any())
+        eps.append((g.double() * torch.where(n > 1e-30, r / n.clamp_min(1e-30), 0.0)).to(g.dtype))
+    return eps if moved else None
 
 
 def _ascent(
-    session: _Session, index: torch.Tensor, radius: float, steps: int, seed: int, bar: Any
+    session: _Session, index: torch.Tensor, radius: Radius, steps: int, seed: int, bar: Any
 ) -> tuple[float, list[float]]:
-    """Largest loss found on the ball ``||eps|| <= radius`` by iterated normalised-gradient steps.
+    """Largest loss found on the ball by iterated normalised-gradient steps.
 
     eps_0 = radius * g(theta) / ||g(theta)|| (SAM's first-order step; a seeded random direction if the
     gradient vanishes), then ``steps`` times eps <- radius * g(theta + eps) / ||g(theta + eps)||: projected
     normalised-gradient ascent with a step large enough to reach the sphere, which is monotone for a
-    convex loss and converges to the exact maximiser for quadratics. Returns (best loss, loss history).
+    convex loss and converges to the exact maximiser for quadratics. With a ball per tensor (or filter)
+    every block is normalised on its own (the maximiser of the linearised loss on a product of balls).
+    Returns (best loss, loss history).
     """
     session.set()
     _, grad = session.loss_and_grad(index)
     bar.update(1)
     history: list[float] = []
     for step in range(steps + 1):
-        gnorm = global_norm(grad)
-        if gnorm <= 1e-30:
+        eps = _step(grad, radius)
+        if eps is None:
             if step > 0:
                 break
-            grad = random_direction(session.theta0, seed, 0, stream=_STREAM_ASCENT)
-            gnorm = global_norm(grad)
-        eps = [g * (radius / gnorm) for g in grad]
+            eps = _step(random_direction(session.theta0, seed, 0, stream=_STREAM_ASCENT), radius)
         session.set([(1.0, eps)])
         loss, grad = session.loss_and_grad(index, grad=step < steps)
         history.append(loss)
@@ -125,7 +159,7 @@ def loss_curves(
     sample_seed: int = 0,
     summary_norms: Sequence[float] = (0.01, 0.05),
     rho: float | None = 0.05,
-    rho_mode: str = "relative",
+    rho_mode: str = "per_filter",
     ascent_steps: int = 5,
     per_class: bool = False,
     cache_features: bool = True,
@@ -150,8 +184,9 @@ def loss_curves(
         num_samples, sample_seed: evaluate on a fixed class-stratified sample of this size drawn with
             ``sample_seed`` (kept apart from ``seed`` so that changing the directions keeps the data), else all.
         summary_norms: relative norms of the ``summary["loss_increase"]`` table entries.
-        rho, rho_mode: worst-case radius, ``rho * ||theta||`` ("relative", default) or ``rho`` ("absolute");
-            None skips the worst-case estimate.
+        rho, rho_mode: worst-case ball (see ``worst_case_sharpness``; default ``||eps_t|| <= 0.05 ||theta_t||``
+            per tensor); None skips the worst-case estimate. With "relative" / "absolute" the reported
+            increase also counts the random directions at that radius (they lie in the ball).
         ascent_steps: normalised-gradient steps of the worst-case estimate (see ``worst_case_sharpness``).
         per_class: also return per-class mean curves.
         cache_features: with classifier-only parameters, compute backbone features once.
@@ -175,9 +210,9 @@ def loss_curves(
         model, batch_size=batch_size, loss_fn=loss_fn, transform=transform, cache_features=cache_features
     ) as session:
         theta_norm = session.theta_norm
-        radius = _radius(rho, rho_mode, theta_norm) if rho is not None else None
-        rho_rel = None
-        if radius is not None and theta_norm > 0:
+        radius = _radius(rho, rho_mode, session.theta0) if rho is not None else None
+        rho_rel = None  # random directions at this relative norm lie in the ball (not so for per-tensor)
+        if radius is not None and theta_norm > 0 and rho_mode in ("relative", "absolute"):
             rho_rel = float(rho) if rho_mode == "relative" else radius / theta_norm
         wanted = {r for norms in ranges.values() for r in norms} | {float(r) for r in summary_norms}
         if rho_rel is not None:
@@ -231,12 +266,13 @@ def loss_curves(
         "loss_increase": {_norm_key(r): {g: stats(float(r))[0][g] - clean[g] for g in names} for r in summary_norms}
     }
     if radius is not None:
-        at_rho = stats(rho_rel)[2] if rho_rel else {g: [clean[g]] for g in names}
+        at_rho = stats(rho_rel)[2] if rho_rel is not None else {g: [clean[g]] for g in names}
         summary["worst_case"] = {
             "rho": rho,
             "rho_mode": rho_mode,
-            "radius": radius,
-            "relative_radius": rho_rel,
+            "radius": _total(radius),
+            "relative_radius": _total(radius) / theta_norm if theta_norm > 0 else None,
+            "random_in_ball": rho_rel is not None,
             "steps": ascent_steps,
             "increase": {g: max([ascent.get(g, clean[g]), *at_rho[g]]) - clean[g] for g in names},
             "ascent_increase": {g: ascent.get(g, clean[g]) - clean[g] for g in names},
@@ -278,7 +314,7 @@ def worst_case_sharpness(
     *,
     params: str | Sequence[str] = "head",
     rho: float = 0.05,
-    rho_mode: str = "relative",
+    rho_mode: str = "per_filter",
     steps: int = 5,
     seed: int = 0,
     batch_size: int = 256,
@@ -292,12 +328,20 @@ def worst_case_sharpness(
     cache_features: bool = True,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """SAM-style sharpness ``max_{||eps|| <= R} L_G(theta + eps) - L_G(theta)`` for each group G and overall.
+    """SAM-style sharpness ``max_{eps in ball} L_G(theta + eps) - L_G(theta)`` for each group G and overall.
 
-    ``R = rho * ||theta||`` (``rho_mode="relative"``, comparable across models) or ``R = rho``
-    ("absolute", SAM's convention). Estimated by ``steps`` normalised-gradient steps projected on the
-    ball (each group maximises its own loss); a lower bound on the true maximum for non-convex losses,
-    exact in the limit for quadratic ones. Other arguments as in ``loss_curves``.
+    The ball: ``rho_mode="per_filter"`` (default) bounds every filter (slice along dim 0 of a >= 2-D
+    tensor: a conv filter, a class row of the classifier) and every 1-D tensor by ``rho`` times its own
+    norm, the constraint that matches Li et al.'s filter normalisation; ``"per_tensor"`` bounds every
+    tensor, ``||eps_t|| <= rho ||theta_t||``; ``"relative"``: one ball ``||eps|| <= rho ||theta||``;
+    ``"absolute"``: ``||eps|| <= rho`` (SAM's convention). With ``params="all"`` only ``per_filter``
+    gives finite, comparable numbers on BatchNorm networks in eval mode: the coarser balls let the
+    ascent push a near-dead filter far beyond its own norm, and the frozen running variance of its
+    channel turns that into an exploding activation (losses of 1e7 and more).
+    ``radius`` in the result is the norm of the largest eps allowed. Estimated by ``steps``
+    normalised-gradient steps projected on the ball (each group maximises its own loss); a lower bound
+    on the true maximum for non-convex losses, exact in the limit for quadratic ones. Other arguments as
+    in ``loss_curves``.
 
     Returns:
         dict with ``kind="worst_case"``, ``config``, the class partition, ``clean``, ``loss`` (the largest
@@ -312,7 +356,7 @@ def worst_case_sharpness(
     with setup.session(
         model, batch_size=batch_size, loss_fn=loss_fn, transform=transform, cache_features=cache_features
     ) as session:
-        radius = _radius(rho, rho_mode, session.theta_norm)
+        radius = _radius(rho, rho_mode, session.theta0)
         clean = setup.group_losses(session.class_sums(), session.counts)
         best: dict[str, float] = {}
         history: dict[str, list[float]] = {}
@@ -331,7 +375,7 @@ def worst_case_sharpness(
             "theta_norm": session.theta_norm,
         },
         **setup.info(),
-        "radius": radius,
+        "radius": _total(radius),
         "clean": clean,
         "loss": best,
         "increase": {g: best[g] - clean[g] for g in best},
@@ -369,6 +413,14 @@ def _summary_table(result: Mapping[str, Any]) -> str:
         if worst:
             row.append(f"{worst['increase'][g]:.4f}")
         lines.append("| " + " | ".join(row) + " |")
+    blown = [g for g in result["clean"] if worst and worst["increase"][g] > 10 * max(result["clean"][g], 1.0)]
+    if blown:
+        lines.append(
+            f"\nwarning: the worst-case loss of {', '.join(blown)} exceeds ten times the clean loss: rho = "
+            f"{worst['rho']:g} is beyond the perturbative range of these parameters (the number measures an "
+            "explosion, not sharpness); use a smaller --rho, e.g. 0.001 with --params all (SAM's rho 0.05 at "
+            "||theta|| ~ 50)."
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -419,12 +471,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--directions", type=int, default=5, help="random directions averaged (default 5)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random directions")
     parser.add_argument("--sample-seed", type=int, default=0, help="seed of the data sample")
-    parser.add_argument("--rho", type=float, default=0.05, help="worst-case radius relative to ||theta||")
+    parser.add_argument("--rho", type=float, default=0.05, help="worst-case radius (relative, see --rho-mode)")
+    parser.add_argument("--rho-mode", default="per_filter", choices=list(RHO_MODES),
+                        help="worst-case ball: per_filter ||eps_f|| <= rho ||theta_f|| for every filter f "
+                        "(default), per_tensor, relative ||eps|| <= rho ||theta||, absolute ||eps|| <= rho",
+                        )  # fmt: skip
     parser.add_argument("--ascent-steps", type=int, default=5)
     parser.add_argument("--filter-norm", action="store_true", help="filter-normalised directions (Li et al.)")
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--device", default=None, help="e.g. cpu, cuda (default: where from_pretrained puts it)")
     parser.add_argument("--output", default=None, help="folder for JSON, PNG plots and the summary table")
+    parser.add_argument("--card", action="store_true",
+                        help="write the report into the local checkpoint folder and add it to its model card")
     parser.add_argument("--two-d", action="store_true", help="also compute the 2D landscape (Li et al.)")
     parser.add_argument("--two-d-points", type=int, default=21, help="grid points per axis of the 2D landscape")
     parser.add_argument("--two-d-extent", type=float, default=1.0, help="2D grid spans [-E, E] on both axes")
@@ -454,6 +512,16 @@ def run(args: argparse.Namespace) -> int:
     if bad:
         print(f"error: unknown groups {bad}; choose from {','.join(GROUP_NAMES)}", file=sys.stderr)
         return 2
+    if getattr(args, "card", False):
+        folder = Path(args.model).expanduser()
+        if not (folder / "config.json").is_file():
+            msg = f"error: --card needs a local checkpoint folder (with config.json), got {args.model!r}"
+            print(msg, file=sys.stderr)
+            return 2
+        if args.output and Path(args.output).expanduser().resolve() != folder.resolve():
+            print("error: --card writes the report into the checkpoint folder; drop --output", file=sys.stderr)
+            return 2
+        args.output = str(folder)
     clf = from_pretrained(args.model, device=args.device)
     bench = build_benchmark(args.data, source=args.source, imbalance_ratio=args.imbalance_ratio)
     split = getattr(bench, args.split, None)
@@ -483,6 +551,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         result = loss_curves(
             net, images, labels[sample], class_counts, num_directions=args.directions, rho=args.rho,
+            rho_mode=args.rho_mode,
             ascent_steps=args.ascent_steps, filter_normalize=args.filter_norm, **common,
         )  # fmt: skip
         result["config"].update(source)
@@ -500,6 +569,11 @@ def run(args: argparse.Namespace) -> int:
         paths.update({f"curves_{k}": v for k, v in save_report(result, args.output).items()})
         if land is not None:
             paths.update({f"landscape_{k}": v for k, v in save_report(land, args.output).items()})
+        if getattr(args, "card", False):
+            from ccsam_zoo.hub import render_model_card
+
+            paths["card"] = Path(args.output) / "README.md"
+            paths["card"].write_text(render_model_card(args.output), encoding="utf-8")
     if args.json:
         payload = {"loss_curves": result, "landscape_2d": land} if land is not None else result
         print(json.dumps(_jsonable(payload), allow_nan=False))

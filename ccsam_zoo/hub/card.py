@@ -6,6 +6,7 @@ package (``ccsam_zoo/hub/model_card_template.md``, the single source; ``model_ca
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from pathlib import Path
@@ -285,6 +286,26 @@ def _limitations(extras: dict[str, Any], results: list[dict[str, Any]], paper: d
     return out
 
 
+def _sharpness_section(folder: Path) -> dict[str, Any] | None:
+    """The ``ccsam-zoo sharpness --card`` report kept in the folder (summary table, plot, settings), if any."""
+    table = folder / "sharpness_summary.md"
+    if not table.is_file():
+        return None
+    try:
+        cfg = json.loads((folder / "sharpness.json").read_text()).get("config", {})
+    except (OSError, ValueError):
+        cfg = {}
+    return {
+        "table": table.read_text(encoding="utf-8").strip(),
+        "plot": (folder / "sharpness.png").is_file(),
+        "params": cfg.get("params"),
+        "num_samples": cfg.get("num_samples"),
+        "num_directions": cfg.get("num_directions"),
+        "data": cfg.get("data"),
+        "split": cfg.get("split"),
+    }
+
+
 def _card_context(folder: Path, extras: dict[str, Any], config: dict[str, Any], repo_id: str, revision: str | None):
     from huggingface_hub import EvalResult, ModelCardData
 
@@ -386,6 +407,7 @@ def _card_context(folder: Path, extras: dict[str, Any], config: dict[str, Any], 
         "classes": classes,
         "has_plot": (folder / "per_class_accuracy.png").exists(),
         "open_set": extras.get("open_set"),
+        "sharpness": _sharpness_section(folder),
         "prototypes": bool(extras.get("prototypes")),
         "fingerprint": extras.get("data_fingerprint"),
         "limitations": _limitations(extras, [{"key": r["key"], "ours": r["ours_value"]} for r in results], paper),
