@@ -2,8 +2,8 @@
 
 - ``loss_curves``: loss vs. relative noise norm ``||eps|| / ||theta||`` per shot group, global and local range,
   with scalar summaries (loss increase at fixed norms, worst-case sharpness).
-- ``worst_case_sharpness``: ``max_{||eps_t|| <= rho ||theta_t||} L(theta + eps) - L(theta)`` per group (per-tensor
-  ball by default; one global or an absolute ball on request).
+- ``worst_case_sharpness``: ``max_{||eps_f|| <= rho ||theta_f||} L(theta + eps) - L(theta)`` per group (a ball
+  per filter f by default; per tensor, one global or an absolute ball on request).
 - ``landscape_2d``: loss on a plane spanned by two filter-normalised random directions.
 - ``save_report``: JSON + PNG plots (+ a markdown summary table).
 """
