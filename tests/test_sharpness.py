@@ -89,20 +89,26 @@ def np_moments(wb: np.ndarray, x: np.ndarray, y: np.ndarray) -> tuple[float, np.
     return np_loss(wb, x, y), r.T @ xt / len(x), xt.T @ xt / len(x)
 
 
-def np_worst_case(wb: np.ndarray, x: np.ndarray, y: np.ndarray, radius: float) -> float:
-    """Exact max of the convex quadratic over ||E||_F <= radius (trust-region secular equation, bisection)."""
-    loss, grad, s = np_moments(wb, x, y)
+def np_tr_argmax(grad: np.ndarray, s: np.ndarray, radius: float) -> np.ndarray:
+    """argmax of <grad, E> + 0.5 tr(E S E^T) over ||E||_F <= radius (S psd): the trust-region secular equation,
+    E(lam) = grad (lam I - S)^-1 with ||E(lam)|| = radius, solved by bisection for lam > max eig(S)."""
     w, v = np.linalg.eigh(s)
-    rv = grad @ v
+    gv = grad @ v
 
     def e_of(lam: float) -> np.ndarray:
-        return (rv / (lam - w)) @ v.T
+        return (gv / (lam - w)) @ v.T
 
     lo, hi = w[-1] + 1e-14, w[-1] + 1e8
     for _ in range(400):
         mid = 0.5 * (lo + hi)
         lo, hi = (mid, hi) if np.linalg.norm(e_of(mid)) > radius else (lo, mid)
-    e = e_of(hi)
+    return e_of(hi)
+
+
+def np_worst_case(wb: np.ndarray, x: np.ndarray, y: np.ndarray, radius: float) -> float:
+    """Exact max of the convex quadratic over ||E||_F <= radius."""
+    loss, grad, s = np_moments(wb, x, y)
+    e = np_tr_argmax(grad, s, radius)
     return loss + float((grad * e).sum()) + 0.5 * float(np.trace(e @ s @ e.T))
 
 
@@ -378,22 +384,13 @@ def np_block_worst_case(wb: np.ndarray, x: np.ndarray, y: np.ndarray, w_blocks: 
 
     ``w_blocks``: [(rows of W, radius)], e.g. all rows together (per-tensor ball) or one row each
     (per-filter ball); the bias is one block of radius ``r_b``. With E = [E_W | e_b]: for the other blocks
-    fixed, the problem in a block of W rows is a trust-region one (secular equation, as in
-    ``np_worst_case``) with linear term R_W + e_b s_Wb^T; for E_W fixed, the one in e_b has the isotropic
-    Hessian s_bb I, so its maximiser is r_b along its linear term R_b + E_W s_Wb. Best of several starts.
+    fixed, the problem in a block of W rows is a trust-region one (``np_tr_argmax``) with linear term
+    R_W + e_b s_Wb^T and Hessian s_WW; for E_W fixed, the one in e_b has the isotropic Hessian s_bb I, so
+    its maximiser is r_b along its linear term R_b + E_W s_Wb. Best of several starts.
     """
     loss, grad, s = np_moments(wb, x, y)
     d = s.shape[0] - 1
     s_ww, s_wb, s_bb = s[:d, :d], s[:d, d], s[d, d]
-    w, v = np.linalg.eigh(s_ww)
-
-    def tr_max(g: np.ndarray, radius: float) -> np.ndarray:
-        gv = g @ v
-        lo, hi = w[-1] + 1e-14, w[-1] + 1e8
-        for _ in range(300):
-            mid = 0.5 * (lo + hi)
-            lo, hi = (mid, hi) if np.linalg.norm((gv / (mid - w)) @ v.T) > radius else (lo, mid)
-        return (gv / (hi - w)) @ v.T
 
     def value(e_w: np.ndarray, e_b: np.ndarray) -> float:
         e = np.hstack([e_w, e_b[:, None]])
@@ -407,7 +404,7 @@ def np_block_worst_case(wb: np.ndarray, x: np.ndarray, y: np.ndarray, w_blocks: 
         e_w = np.zeros((wb.shape[0], d))
         for _ in range(200):
             for rows, radius in w_blocks:  # rows of W do not interact through S: each block is exact
-                e_w[rows] = tr_max(grad[rows, :d] + np.outer(e_b[rows], s_wb), radius)
+                e_w[rows] = np_tr_argmax(grad[rows, :d] + np.outer(e_b[rows], s_wb), s_ww, radius)
             g_b = grad[:, d] + e_w @ s_wb + s_bb * e_b
             e_b = r_b * g_b / np.linalg.norm(g_b)
         best = max(best, value(e_w, e_b))
