@@ -34,6 +34,7 @@ RUNS: dict[str, list[str]] = {
     "mixup_crt": ["method=mixup_crt"],
     "sam": ["method=sam"],
     "balanced_softmax": ["method=balanced_softmax"],
+    "ldam_drw": ["method=ldam_drw"],
     "ccsam": ["method=ccsam"],
     "ccsam_paper": ["method=ccsam_paper"],
     "ccsam_dir": ["method=ccsam_dir"],

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 
+import numpy as np
 import pytest
 import timm
 import torch
@@ -88,23 +89,72 @@ def test_ldam_margins_and_drw_weights():
     torch.testing.assert_close(w / w[0], eff[0] / eff)
 
 
-@pytest.mark.parametrize("epoch", [10, 170])
-@pytest.mark.parametrize("head", ["linear", "cosine"])
-def test_ldam_drw_loss(epoch, head):
-    net, (x, y) = _net(head=head), _batch()
-    n = torch.tensor(COUNTS, dtype=torch.float64)
-    margins = 0.5 * n**-0.25 / (n**-0.25).max()
-    weights = (1 - 0.9999) / (1 - 0.9999**n)
-    weights = weights / weights.sum() * len(COUNTS) if epoch >= 160 else torch.ones_like(n)
+class _KaidicNormedLinear(torch.nn.Module):
+    """kaidic/LDAM-DRW models/resnet_cifar.py NormedLinear, written from its definition: weight (in, out)."""
 
-    def loss(lo, ref):
-        cos = lo / ref.head.scale if head == "cosine" else lo
-        out = 30.0 * (cos - F.one_hot(y, len(COUNTS)) * margins[y][:, None])
-        per = torch.logsumexp(out, 1) - out.gather(1, y[:, None]).squeeze(1)
-        return (weights[y] * per).sum() / weights[y].sum()
+    def __init__(self, weight_in_out):
+        super().__init__()
+        self.weight = torch.nn.Parameter(weight_in_out.clone())
 
-    ref = _ref(net, x, loss)
-    _assert_same(_run({"name": "ldam_drw"}, net, x, y, epoch=epoch), ref)
+    def forward(self, x):
+        return F.normalize(x, dim=1).mm(F.normalize(self.weight, dim=0))
+
+
+def _kaidic_ldam_loss(x, target, cls_num_list, weight, max_m=0.5, s=30):
+    """kaidic/LDAM-DRW losses.py LDAMLoss.forward, line by line (numpy margins, uint8 index, torch.where)."""
+    m_list = 1.0 / np.sqrt(np.sqrt(np.array(cls_num_list, dtype=np.float64)))
+    m_list = torch.from_numpy(m_list * (max_m / np.max(m_list))).to(x.dtype)
+    index = torch.zeros_like(x, dtype=torch.uint8)
+    index.scatter_(1, target.data.view(-1, 1), 1)
+    batch_m = torch.matmul(m_list[None, :], index.to(x.dtype).transpose(0, 1)).view((-1, 1))
+    output = torch.where(index.bool(), x - batch_m, x)
+    return F.cross_entropy(s * output, target, weight=weight)
+
+
+def _kaidic_drw(epoch, cls_num_list):
+    """kaidic/LDAM-DRW cifar_train.py, train_rule == 'DRW': idx = epoch // 160, betas = [0, 0.9999]."""
+    beta = [0, 0.9999][epoch // 160]
+    effective_num = 1.0 - np.power(beta, cls_num_list)
+    w = (1.0 - beta) / np.array(effective_num)
+    return torch.from_numpy(w / np.sum(w) * len(cls_num_list))
+
+
+@pytest.mark.parametrize("epoch", [10, 159, 160, 170])
+def test_ldam_drw_equals_kaidic_normed_linear_and_ldam_loss(epoch):
+    net, (x, y) = _net(head="cosine"), _batch()
+    ref = copy.deepcopy(net)
+    head = _KaidicNormedLinear(ref.head.weight.detach().T)
+    z, _ = ref(x)
+    loss = _kaidic_ldam_loss(head(z), y, COUNTS, _kaidic_drw(epoch, COUNTS))
+    loss.backward()
+    want = {n: p.grad.clone() for n, p in ref.named_parameters() if p.grad is not None and "head" not in n}
+    want["model.fc.weight"] = head.weight.grad.T
+    out, got = _run({"name": "ldam_drw"}, net, x, y, epoch=epoch, total=200)
+    torch.testing.assert_close(out["loss"], loss.detach(), rtol=1e-10, atol=1e-12)
+    for n, g in want.items():
+        torch.testing.assert_close(got[n], g, rtol=1e-9, atol=1e-12, msg=n)
+    # the head's output is kaidic's cosine times its scale
+    torch.testing.assert_close(net.head(z.detach()) / net.head.scale, head(z.detach()))
+
+
+def test_ldam_drw_refuses_a_linear_head_and_scales_drw_to_short_schedules():
+    net, (x, y) = _net(head="linear"), _batch()
+    with pytest.raises(ValueError, match="cosine"):
+        _run({"name": "ldam_drw"}, net, x, y)
+    method = build_stage1({"name": "ldam_drw"}, COUNTS)
+    method.set_epoch(0, 24)
+    assert method.drw_epoch == 19  # 80% of the stage, as 160 of 200
+    method.set_epoch(18, 24)
+    assert method.weights is None
+    method.set_epoch(19, 24)
+    torch.testing.assert_close(method.weights, _kaidic_drw(160, COUNTS))
+
+
+def test_kaidic_normed_linear_init_has_unit_rows():
+    from ccsam_zoo.models.heads import NormedLinear
+
+    head = NormedLinear(64, 10)
+    torch.testing.assert_close(head.weight.norm(dim=1), torch.ones(10), rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("adaptive", [False, True])

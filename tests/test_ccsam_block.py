@@ -26,9 +26,9 @@ def _one_thread():
     torch.set_num_threads(n)
 
 
-def _net(seed=0, dtype=torch.float64):
+def _net(seed=0, dtype=torch.float64, norm="batchnorm"):
     torch.manual_seed(seed)
-    model = timm.create_model("resnet20_cifar", num_classes=len(COUNTS), widths=(4, 6, 8))
+    model = timm.create_model("resnet20_cifar", num_classes=len(COUNTS), widths=(4, 6, 8), norm=norm)
     net = FeaturesAndLogits(model).to(dtype)
     with torch.no_grad():  # non-trivial BatchNorm affine parameters
         for m in net.modules():
@@ -131,7 +131,9 @@ def test_single_class_equals_plain_sam_with_eq8_radius():
 
 @pytest.mark.parametrize("norm,batch", [("per_tensor", "full"), ("global", "full"), ("per_tensor", "class")])
 def test_block_mode_equals_hand_written_loop(norm, batch):
-    net = _net(seed=3)
+    # per-class sub-batches are the same objective only without train-mode BatchNorm: GroupNorm there
+    gn = "groupnorm" if batch == "class" else "batchnorm"
+    net = _net(seed=3, norm=gn)
     x, y = _batch([0, 0, 0, 1, 1, 2, 0, 3, 1, 4, 0, 2], seed=4)
     names = [n for n, _ in select_params(net.model, blocks=2)]
     ref_net = copy.deepcopy(net)
@@ -151,7 +153,7 @@ def test_block_mode_equals_hand_written_loop(norm, batch):
     # weights restored exactly, BatchNorm running statistics updated exactly once (= one train forward)
     for (n, p), (_, q) in zip(net.named_parameters(), ref_net.named_parameters()):
         torch.testing.assert_close(p, q, rtol=0, atol=1e-14, msg=n)
-    once = copy.deepcopy(_net(seed=3))
+    once = copy.deepcopy(_net(seed=3, norm=gn))
     once.load_state_dict(before, strict=False)
     with torch.no_grad():
         once(x)
@@ -174,9 +176,17 @@ def test_block_mode_head_only_equals_closed_form():
         torch.testing.assert_close(grads[1][n], grads[0][n], rtol=1e-7, atol=1e-12, msg=n)
 
 
+def test_class_batches_are_refused_under_train_mode_batchnorm():
+    x, y = _batch([0, 0, 1, 2, 3, 4], seed=7)
+    method = build_stage1({"name": "ccsam", "mode": "block", "blocks": 1, "block_batch": "class"}, COUNTS)
+    with pytest.raises(ValueError, match="block_batch='class' under train-mode BatchNorm"):
+        method.forward_backward(_net(), x, y, None)
+    method.forward_backward(_net().eval(), x, y, None)  # frozen statistics: each sample normalised alike
+
+
 def test_class_batches_groups_and_ablations_are_finite():
     x, y = _batch([0, 0, 0, 1, 1, 2, 3, 4], seed=7, dtype=torch.float32)
-    for extra in ({"block_batch": "class", "groups": 2}, {"perturbation": "magnitude"},
+    for extra in ({"groups": 2}, {"perturbation": "magnitude"},
                   {"perturbation": "direction", "scale": 0.01}, {"params": r"^layer3\.2\.conv2|^fc", "blocks": 0}):
         net = _net(dtype=torch.float32)
         before = _bn_state(net)
@@ -186,6 +196,10 @@ def test_class_batches_groups_and_ablations_are_finite():
         assert all(torch.isfinite(p.grad).all() for p in net.parameters())
         key = "model.bn1.num_batches_tracked"
         assert int(net.state_dict()[key]) == int(before[key]) + 1
+    net = _net(dtype=torch.float32, norm="groupnorm")  # per-class sub-batches with frequency groups
+    method = build_stage1({"name": "ccsam", "mode": "block", "blocks": 1, "block_batch": "class", "groups": 2}, COUNTS)
+    out = method.forward_backward(net, x, y, None)
+    assert all(torch.isfinite(v).all() for v in out.values())
 
 
 def test_bf16_autocast_block_and_head_finite():

@@ -18,6 +18,7 @@ from safetensors.torch import load_file
 
 import ccsam_zoo  # noqa: F401
 from ccsam_zoo.training import apply_overrides, load_recipe
+from ccsam_zoo.training.config import resolve_recipe
 from tests.conftest import REPO
 from tests.training_utils import tiny_overrides, write_cifar10_slice
 
@@ -97,7 +98,12 @@ def test_two_stage_run_end_to_end(cifar_slice, tmp_path):
     epochs = [(r["stage"], r["epoch"]) for r in records if "img_per_s" in r]
     assert epochs == [("stage1", 0), ("stage1", 1), ("stage2", 0)]
     assert all(r["loss"] > 0 and r["lr"] > 0 for r in records if "img_per_s" in r)
-    assert load_recipe(tmp_path / "recipe.yaml") == recipe
+    assert load_recipe(tmp_path / "recipe.yaml") == resolve_recipe(recipe)
+    chosen = json.loads((tmp_path / "train_indices.json").read_text())  # the subset, recorded
+    assert (chosen["selection"], chosen["seed"]) == ("shuffle", 42)
+    assert len(chosen["train_indices"]) == sum(chosen["class_counts"]) == len(set(chosen["train_indices"]))
+    # milestone 1 after 1 warm-up epoch: epoch 1 is the first at the lower rate (warm-up counted)
+    assert [r["lr"] for r in records if r.get("stage") == "stage1" and "img_per_s" in r] == pytest.approx([0.1, 0.01])
     for png in ("training_curves.png", "per_class_accuracy.png"):
         assert (tmp_path / png).read_bytes()[:4] == b"\x89PNG"
     assert "stage2 test: top-1" in (tmp_path / "train.log").read_text()
@@ -129,12 +135,18 @@ def test_stage2_alone_from_stage1_checkpoint(cifar_slice, tmp_path):
     first = apply_overrides(load_recipe("cifar10_lt"), tiny_overrides(cifar_slice, **{"stage2.epochs": 0}))
     train(first, tmp_path / "a")
     assert not (tmp_path / "a" / "stage2").exists()
-    second = apply_overrides(first, ["stage2.epochs=1", f"stage2.init={tmp_path / 'a' / 'stage1'}", "method=ce"])
+    # lr 0: what stage 2 starts from is what it saves. cRT (Kang et al.) re-initialises the classifier
+    second = apply_overrides(
+        first, ["stage2.epochs=1", "stage2.lr=0", f"stage2.init={tmp_path / 'a' / 'stage1'}", "method=ce"]
+    )
     metrics = train(second, tmp_path / "b")
     assert set(metrics) == {"stage2"}
     s1 = load_file(tmp_path / "a/stage1/model.safetensors")
     s2 = load_file(tmp_path / "b/stage2/model.safetensors")
     assert torch.equal(s1["layer1.0.conv1.weight"], s2["layer1.0.conv1.weight"])
+    assert not torch.equal(s1["fc.weight"], s2["fc.weight"])
+    train(apply_overrides(second, ["stage2.method.reinit=false"]), tmp_path / "c")
+    assert torch.equal(s1["fc.weight"], load_file(tmp_path / "c/stage2/model.safetensors")["fc.weight"])
 
 
 def test_bad_stage2_init_is_a_clear_error(cifar_slice, tmp_path):

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator, Sequence
 import torch
 import torch.nn as nn
 
-from .perturbation import class_factors
+from .perturbation import cap_factors, class_factors
 
 __all__ = [
     "select_params",
@@ -128,8 +128,8 @@ def class_perturbations(
     max_ratio: float | None = None,
     eps: float = 1e-12,
     generator: torch.Generator | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Eq. 8-9 on flat class gradients (P x k): returns ``(eps (P x k), ||eps_c|| / ||w|| (P,))``.
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Eq. 8-9 on flat class gradients (P x k): ``(eps (P x k), ||eps_c|| / ||w|| (P,), capped (P,) bool)``.
 
     ``counts`` are the TRAINING counts of the P classes (or the mean count of a frequency group).
     """
@@ -140,7 +140,8 @@ def class_perturbations(
     sq.index_add_(0, seg, grads.square().T)  # ||g_c^t||^2
     wnorm = torch.sqrt(sum(p.detach().to(grads.dtype).square().sum() for p in params))
     k = sum(sizes)
-    a = class_factors(sq, wnorm, k, counts, scale=scale, norm=norm, kind=kind, max_ratio=max_ratio, eps=eps)
+    a = class_factors(sq, wnorm, k, counts, scale=scale, norm=norm, kind=kind, eps=eps)  # Eq. 8-9
+    a, capped = cap_factors(a, sq, wnorm, max_ratio)
     if kind == "magnitude":  # Eq. 9 magnitude along a random Gaussian direction
         mag = a * sq.sqrt()  # T x P
         u = torch.randn(grads.shape, generator=generator, dtype=grads.dtype, device="cpu").to(grads.device)
@@ -153,7 +154,7 @@ def class_perturbations(
     else:
         delta = grads * a.T[:, seg]  # eps_c^t = a[t, c] g_c^t
     ratio = torch.linalg.vector_norm(delta, dim=1) / wnorm.clamp_min(eps)
-    return delta, ratio
+    return delta, ratio, capped
 
 
 def sam_perturbation(

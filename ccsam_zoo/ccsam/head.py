@@ -20,7 +20,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from .perturbation import class_factors
+from .perturbation import cap_factors, class_factors
 
 __all__ = ["perturbed_head_logits", "head_perturbation"]
 
@@ -54,7 +54,8 @@ def head_perturbation(
     gather: Callable[[torch.Tensor], torch.Tensor] | None = None,
     generator: torch.Generator | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """``perturbed_head_logits`` plus statistics: ``{"eps_ratio": mean_c ||eps_c|| / ||w||, "classes": P}``."""
+    """``perturbed_head_logits`` plus statistics: ``{"eps_ratio": mean_c ||eps_c|| / ||w||, "classes": P,
+    "capped": number of classes whose ||eps_c|| the ``max_ratio`` cap shortened}``."""
     _check(features, labels, weight, bias)
     stat = torch.float64 if torch.float64 in (features.dtype, weight.dtype) else torch.float32
     dev = features.device
@@ -107,8 +108,8 @@ def head_perturbation(
             sq = sq / m.square()
             if bias is None:
                 sq = sq[:1]
-            a = class_factors(sq, wnorm, k, counts[classes], scale=scale, norm=norm, kind=kind,
-                              max_ratio=max_ratio, eps=eps)  # Eq. 8-9
+            a = class_factors(sq, wnorm, k, counts[classes], scale=scale, norm=norm, kind=kind, eps=eps)  # Eq. 8-9
+            a, capped = cap_factors(a, sq, wnorm, max_ratio)
             eps_norm = torch.linalg.vector_norm(a * sq.sqrt(), dim=0)
         if kind == "magnitude":
             delta = _random_direction_term(z, loc, P, eps_norm if norm == "global" else a * sq.sqrt(),
@@ -127,7 +128,8 @@ def head_perturbation(
                 kx = zg[gm] @ z[jm].T  # z_i . z_j
                 coef = same * (a_w[jm][None, :] * kx + a_b[jm][None, :])
                 delta = delta.index_add(0, jm, coef.T @ rg[gm])
-        info = {"eps_ratio": (eps_norm / wnorm.clamp_min(eps)).mean(), "classes": torch.tensor(float(P))}
+        info = {"eps_ratio": (eps_norm / wnorm.clamp_min(eps)).mean(), "classes": torch.tensor(float(P)),
+                "capped": capped.sum().to(stat)}
         return out + delta, info
 
 

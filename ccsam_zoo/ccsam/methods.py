@@ -13,15 +13,17 @@ they assume) and ``active`` (False for stage-2 ``none``: skip the stage).
 cfg keys (``stage1_defaults`` / ``stage2_defaults`` list them with their defaults):
 
 * ``ce``; ``sam``: rho, adaptive (ASAM), global_stats; ``balanced_softmax``: tau (1 = Balanced Softmax);
-  ``ldam_drw``: max_m, s, drw_epoch (0-based first DRW epoch), beta; ``mixup``: alpha.
+  ``ldam_drw``: max_m, s, drw_epoch (0-based first DRW epoch, None = 80% of the stage), beta; ``mixup``: alpha.
 * ``ccsam`` (presets "official" (default) / "paper"): scale (s of Eq. 8), norm ("per_tensor" | "global"),
   flat_ratio (None = 0.3 for <= 10 classes else 0.5), class_weighting ("instance" | "class"), mixup_alpha
-  (0 = off), perturbed_targets ("first_label" | "mixed"), mode ("head" | "block"), blocks (last N timm blocks
+  (0 = off), grad_targets (the loss whose class gradient is g_c: "mixed" = the mixup loss, authors;
+  "first_label"), perturbed_targets ("first_label" | "mixed"), mode ("head" | "block"), blocks (last N timm blocks
   + head, block mode), params (regex instead of blocks), block_batch ("full" | "class"), groups (frequency
   groups instead of classes, block mode), max_ratio (cap on ||eps_c|| / ||w||, None = none), perturbation
   ("ccsam" | "direction" | "magnitude"), tau (logit adjustment of both terms, 0 = plain CE), global_stats
   (class statistics from the global batch under data parallelism), eps (gradient-norm floor).
-* stage 2: ``crt``: bn ("eval" | "train"); ``none``; ``ccsam_adv`` (presets "official" (default) / "paper"):
+* stage 2: ``crt``: bn ("eval" | "train"), reinit (re-initialise the classifier first: Kang et al.); ``none``;
+  ``ccsam_adv`` (presets "official" (default) / "paper"):
   adv_lambda, adv_norm ("class" | "batch" | "sample"), class_weight ("log" | "none"), div, weight_loss,
   up_limit (None = 1.0 for <= 10 classes else 0.3), bn, global_stats.
 
@@ -79,7 +81,7 @@ _CCSAM_COMMON: dict[str, Any] = {
     "params": None,
     "block_batch": "full",
     "groups": None,
-    "max_ratio": 1.0,
+    "max_ratio": None,
     "perturbation": "ccsam",
     "perturbed_targets": "first_label",
     "tau": 0.0,
@@ -90,20 +92,25 @@ _STAGE1: dict[str, dict[str | None, dict[str, Any]]] = {
     "ce": {None: {}},
     "sam": {None: {"rho": 0.05, "adaptive": False, "global_stats": True}},
     "balanced_softmax": {None: {"tau": 1.0}},
-    "ldam_drw": {None: {"max_m": 0.5, "s": 30.0, "drw_epoch": 160, "beta": 0.9999}},
+    # kaidic/LDAM-DRW: drw_epoch None = 80% of the stage's epochs (160 of 200)
+    "ldam_drw": {None: {"max_m": 0.5, "s": 30.0, "drw_epoch": None, "beta": 0.9999}},
     "mixup": {None: {"alpha": 1.0}},
     "ccsam": {
         # authors' CIFAR configs; flat_ratio None = 0.3 for <= 10 classes (CIFAR-10), else 0.5 (CIFAR-100)
+        # g_c from the MIXED loss of each first-label class (train_cifar.py: torch.autograd.grad(loss_ori[idx]
+        # .mean()) with loss_ori = mixup_criterion), the perturbed term plain CE on the first label
         "official": {"scale": 1e-6, "norm": "per_tensor", "flat_ratio": None, "class_weighting": "instance",
-                     "mixup_alpha": 1.0, **_CCSAM_COMMON},
+                     "mixup_alpha": 1.0, **_CCSAM_COMMON, "grad_targets": "mixed"},
         # Eq. 8-11 as written: s = 1, one gradient norm, pure perturbed objective, classes weighted equally
         "paper": {"scale": 1.0, "norm": "global", "flat_ratio": 1.0, "class_weighting": "class",
-                  "mixup_alpha": 0.0, **_CCSAM_COMMON},
+                  "mixup_alpha": 0.0, **_CCSAM_COMMON, "grad_targets": "first_label"},
     },
 }
 _STAGE2: dict[str, dict[str | None, dict[str, Any]]] = {
     "none": {None: {}},
-    "crt": {None: {"bn": "eval"}},
+    # Kang et al. (ICLR 2020): re-initialise the classifier, then class-balanced re-training (reinit=False keeps
+    # the stage-1 classifier: "cRT without re-initialisation")
+    "crt": {None: {"bn": "eval", "reinit": True}},
     "ccsam_adv": {
         # authors' code; up_limit None = 1.0 for <= 10 classes (CIFAR-10), else 0.3 (CIFAR-100)
         "official": {"adv_lambda": 1.0, "adv_norm": "class", "class_weight": "log", "div": 2.0,
@@ -121,12 +128,13 @@ _CHOICES = {
     "block_batch": ("full", "class"),
     "perturbation": KINDS,
     "perturbed_targets": ("first_label", "mixed"),
+    "grad_targets": ("first_label", "mixed"),
     "adv_norm": ADV_NORMS,
     "class_weight": ("none", "log"),
     "bn": ("train", "eval"),
 }
-_NULLABLE = {"max_ratio", "params", "groups", "flat_ratio", "up_limit"}
-_TYPES = {"params": str, "groups": int, "flat_ratio": float, "up_limit": float, "max_ratio": float}
+_NULLABLE = {"max_ratio", "params", "groups", "flat_ratio", "up_limit", "drw_epoch"}
+_TYPES = {"params": str, "groups": int, "flat_ratio": float, "up_limit": float, "max_ratio": float, "drw_epoch": int}
 
 
 def _closest(key: str, valid: list[str]) -> str:
@@ -289,11 +297,11 @@ class BalancedSoftmax(Stage1Method):
 
 
 class LDAMDRW(Stage1Method):
-    """LDAM margins ``max_m * n_c^(-1/4) / max_j n_j^(-1/4)``, ``CE(s (x - m_y), weight=DRW)``.
+    """LDAM-DRW (kaidic/LDAM-DRW): margins ``max_m * n_c^(-1/4) / max_j n_j^(-1/4)``, ``CE(s (x - m_y), weight=DRW)``.
 
-    ``x`` is the cosine (``logits / head.scale``) for a ``NormedLinear`` head, the logits otherwise (the
-    LDAM code multiplies by ``s`` in both cases). DRW: effective-number weights (``beta``) from epoch
-    ``drw_epoch`` (0-based) on, uniform before.
+    ``x`` is the cosine ``logits / head.scale`` of a ``NormedLinear`` head (LDAM always uses its normalised
+    classifier; a linear head is refused). DRW: effective-number weights (``beta``) from epoch ``drw_epoch``
+    (0-based) on, uniform before.
     """
 
     name = "ldam_drw"
@@ -305,12 +313,22 @@ class LDAMDRW(Stage1Method):
 
     def set_epoch(self, epoch: int, total_epochs: int) -> None:
         super().set_epoch(epoch, total_epochs)
-        use = epoch >= self.cfg["drw_epoch"]
-        self.weights = drw_weights(self.class_counts, self.cfg["beta"]) if use else None
+        self.weights = drw_weights(self.class_counts, self.cfg["beta"]) if epoch >= self.drw_epoch else None
+
+    @property
+    def drw_epoch(self) -> int:
+        """First 0-based DRW epoch: ``drw_epoch``, or 80% of the stage (kaidic: 160 of 200) when None."""
+        given = self.cfg["drw_epoch"]
+        return int(given) if given is not None else round(0.8 * self.total_epochs)
 
     def loss(self, logits: torch.Tensor, labels: torch.Tensor, net: nn.Module, accelerator: Any) -> torch.Tensor:
         head = _dist.unwrap(net, accelerator).head
-        x = as_float(logits) / head.scale if isinstance(head, NormedLinear) else as_float(logits)
+        if not isinstance(head, NormedLinear):
+            raise ValueError(
+                f"ldam_drw needs the normalised (cosine) classifier of kaidic/LDAM-DRW, got {type(head).__name__}: "
+                "set model.head=cosine (the recipe default for method=ldam_drw)"
+            )
+        x = as_float(logits) / head.scale  # the cosine
         out = ldam_logits(x, labels, self.margins, self.cfg["s"])
         w = None if self.weights is None else self.weights.to(out)
         return F.cross_entropy(out, labels, weight=w)
@@ -410,15 +428,16 @@ class CCSAM(Stage1Method):
         x = images
         if cfg["mixup_alpha"] > 0:
             x, targets, _, y_b, lam = mixup(images, labels, cfg["mixup_alpha"], self.num_classes)
-        # perturbed term: plain CE on the first label (authors) or the mixed targets
+        # g_c from the mixed loss (authors) or first-label CE; perturbed term: first-label CE (authors) or mixed
+        g_targets = targets if cfg["grad_targets"] == "mixed" else None
         p_targets = targets if cfg["perturbed_targets"] == "mixed" else None
         weights = _sample_weights(labels, self.num_classes, cfg["class_weighting"], accelerator, cfg["global_stats"])
         run = self._head if cfg["mode"] == "head" else self._block
-        out, logits = run(net, x, labels, targets, p_targets, weights, accelerator)
+        out, logits = run(net, x, labels, targets, g_targets, p_targets, weights, accelerator)
         out["acc"] = lam * _accuracy(logits, labels) + (1 - lam) * _accuracy(logits, y_b)
         return out
 
-    def _head(self, net, x, y, targets, p_targets, weights, accelerator):
+    def _head(self, net, x, y, targets, g_targets, p_targets, weights, accelerator):
         cfg, f = self.cfg, self.cfg["flat_ratio"]
         W, b = linear_head_params(_dist.unwrap(net, accelerator).head)
         z, logits = net(x)
@@ -428,19 +447,27 @@ class CCSAM(Stage1Method):
         if f > 0:
             pert_logits, info = head_perturbation(
                 z, y, W, b, self.class_counts.to(z.device), scale=cfg["scale"], norm=cfg["norm"],
-                targets=p_targets, kind=cfg["perturbation"], max_ratio=cfg["max_ratio"], eps=cfg["eps"],
+                targets=g_targets, kind=cfg["perturbation"], max_ratio=cfg["max_ratio"], eps=cfg["eps"],
                 logits=logits, logit_adjustment=self.adjustment,
                 gather=_dist.padded_gather(accelerator) if cfg["global_stats"] else None,
             )
             pert = _weighted(weights, self._losses(pert_logits, y, p_targets))
             loss = loss + f * pert
-            out |= {"loss_perturbed": pert.detach(), "eps_ratio": info["eps_ratio"].float()}
+            out |= {"loss_perturbed": pert.detach(), "eps_ratio": info["eps_ratio"].float(),
+                    "eps_capped": info["capped"].float(), "eps_classes": info["classes"].float()}
         _dist.backward(loss, accelerator)
         return {"loss": loss.detach(), **out}, logits
 
-    def _block(self, net, x, y, targets, p_targets, weights, accelerator):
+    def _block(self, net, x, y, targets, g_targets, p_targets, weights, accelerator):
         cfg, f = self.cfg, self.cfg["flat_ratio"]
         base = _dist.unwrap(net, accelerator)
+        if cfg["block_batch"] == "class" and any(
+            isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training for m in base.modules()
+        ):
+            raise ValueError(
+                "ccsam: block_batch='class' under train-mode BatchNorm normalises each class subset alone (not the "
+                "same objective as the full batch); use block_batch='full' (default) or a GroupNorm model"
+            )
         named = select_params(base.model, cfg["blocks"], cfg["params"])
         params = [p for _, p in named]
         prefix = {id(p): n for n, p in base.named_parameters()}
@@ -458,7 +485,7 @@ class CCSAM(Stage1Method):
             with cache.record() if cache is not None else contextlib.nullcontext():
                 _, logits = net(x)  # the clean pass: the only one that updates BatchNorm running statistics
             clean = _weighted(weights, self._losses(logits, y, targets))
-            asc = self._losses(logits, y, p_targets)  # per-sample losses defining the class gradients
+            asc = self._losses(logits, y, g_targets)  # per-sample losses defining the class gradients g_c
             cnt = torch.bincount(slots_all, minlength=n_slots).float()
             gcnt = reduce(cnt) if reduce else cnt
             present = gcnt.nonzero().squeeze(1)  # same on every process
@@ -467,7 +494,7 @@ class CCSAM(Stage1Method):
             slots = slot_index[slots_all]
             ls = _dist.grad_scale(accelerator)  # fp16: differentiate scaled losses, unscale the gradients
             grads = class_gradients(asc, slots, present.numel(), params, gcnt[present], reduce, loss_scale=ls)
-            delta, ratio = class_perturbations(
+            delta, ratio, capped = class_perturbations(
                 grads, params, slot_counts.to(grads.device)[present], scale=cfg["scale"], norm=cfg["norm"],
                 kind=cfg["perturbation"], max_ratio=cfg["max_ratio"], eps=cfg["eps"],
             )
@@ -506,7 +533,8 @@ class CCSAM(Stage1Method):
         _dist.average_gradients(trainable, accelerator)
         loss = (1 - f) * clean.detach() + f * pert_total
         out = {"loss": loss, "loss_clean": clean.detach(), "loss_perturbed": pert_total,
-               "eps_ratio": ratio.mean().float()}
+               "eps_ratio": ratio.mean().float(), "eps_capped": capped.sum().float(),
+               "eps_classes": torch.tensor(float(capped.numel()))}
         return out, logits
 
 

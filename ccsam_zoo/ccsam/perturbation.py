@@ -20,7 +20,7 @@ import math
 
 import torch
 
-__all__ = ["NORMS", "KINDS", "characteristic_radius", "class_factors"]
+__all__ = ["NORMS", "KINDS", "characteristic_radius", "class_factors", "cap_factors"]
 
 NORMS = ("per_tensor", "global")
 KINDS = ("ccsam", "direction", "magnitude")
@@ -93,10 +93,21 @@ def class_factors(
         rho = characteristic_radius(weight_norm, gn, k, counts, scale=scale, eps=eps)  # Eq. 8
         a = math.sqrt(k) * rho / gn.clamp_min(eps)  # Eq. 9: eps = sqrt(k) rho g / ||g||
     a = a.expand_as(sq).clone()
-    if max_ratio is not None:
-        w = torch.as_tensor(weight_norm, dtype=dtype, device=sq.device)
-        eps_norm = torch.linalg.vector_norm(a * sq.sqrt(), dim=0)  # ||eps_c|| over all tensors
-        limit = max_ratio * w
-        shrink = torch.where(eps_norm > limit, limit / eps_norm.clamp_min(torch.finfo(dtype).tiny), 1.0)
-        a = a * shrink
-    return a
+    return cap_factors(a, sq, weight_norm, max_ratio)[0]
+
+
+def cap_factors(
+    factors: torch.Tensor, grad_sq_norms: torch.Tensor, weight_norm: torch.Tensor | float, max_ratio: float | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The optional cap ``||eps_c|| <= max_ratio ||w||`` (not in the paper; a named option): ``(factors, capped)``
+    with ``capped[c]`` True where the cap bound (the trainer logs how often). ``max_ratio=None``: unchanged."""
+    capped = torch.zeros(factors.shape[-1], dtype=torch.bool, device=factors.device)
+    if max_ratio is None:
+        return factors, capped
+    dtype = factors.dtype
+    w = torch.as_tensor(weight_norm, dtype=dtype, device=factors.device)
+    eps_norm = torch.linalg.vector_norm(factors * grad_sq_norms.to(dtype).sqrt(), dim=0)  # ||eps_c||, all tensors
+    limit = max_ratio * w
+    capped = eps_norm > limit
+    shrink = torch.where(capped, limit / eps_norm.clamp_min(torch.finfo(dtype).tiny), 1.0)
+    return factors * shrink, capped

@@ -17,7 +17,9 @@ class NormedLinear(nn.Module):
         self.in_features, self.out_features = in_features, out_features
         self.weight = nn.Parameter(torch.empty(out_features, in_features))
         self.register_buffer("scale", torch.tensor(float(scale)))
-        nn.init.kaiming_normal_(self.weight)
+        # kaidic/LDAM-DRW's NormedLinear: uniform(-1, 1) rows renormalised to unit norm
+        with torch.no_grad():
+            self.weight.uniform_(-1, 1).renorm_(2, 0, 1e-5).mul_(1e5)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return self.scale * F.linear(F.normalize(z, dim=1), F.normalize(self.weight, dim=1))

@@ -19,6 +19,7 @@ __all__ = [
     "apply_overrides",
     "stage_methods",
     "save_recipe",
+    "resolve_recipe",
 ]
 
 RECIPE_DIR = Path(os.environ.get("CCSAM_RECIPES", Path(__file__).resolve().parents[2] / "recipes"))
@@ -39,7 +40,8 @@ METHODS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "ce": ({"name": "ce"}, {"name": "crt"}),
     "sam": ({"name": "sam"}, {"name": "crt"}),
     "balanced_softmax": ({"name": "balanced_softmax"}, {"name": "crt"}),
-    "ldam_drw": ({"name": "ldam_drw"}, {"name": "crt"}),
+    # kaidic/LDAM-DRW: cosine head, lr x0.01 at each milestone, DRW, no re-training stage (resolve_recipe)
+    "ldam_drw": ({"name": "ldam_drw"}, {"name": "none"}),
     "mixup_crt": ({"name": "mixup"}, {"name": "crt"}),
 }
 
@@ -53,7 +55,7 @@ DEFAULTS: dict[str, Any] = {
         "arch": "resnet32_cifar",
         "pretrained": False,
         "pretrained_file": None,  # local .safetensors with ImageNet weights (Places-LT: ResNet-152)
-        "head": "linear",
+        "head": None,  # None: "cosine" for method=ldam_drw (LDAM's normalised classifier), else "linear"
         "norm": "batchnorm",  # CIFAR ResNets only; "groupnorm" makes 1- and 2-process runs comparable exactly
         "channels_last": False,
         "compile": False,
@@ -64,8 +66,8 @@ DEFAULTS: dict[str, Any] = {
         "source": None,
         "imbalance_ratio": 100,
         "profile": "exp",
-        "selection": "first",
-        "seed": 0,
+        "selection": "first",  # "first" n per class in source order, or "shuffle": seeded per-class shuffle
+        "seed": 0,  # of "shuffle": 42 = the authors' CC-SAM subset, 0 = kaidic/LDAM-DRW's
         "max_count": None,
         "shot_rule": "paper",
         "shot_thresholds": [100, 20],
@@ -88,7 +90,7 @@ DEFAULTS: dict[str, Any] = {
         "schedule": "step",
         "warmup_epochs": 5,
         "milestones": [160, 180],
-        "gamma": 0.1,
+        "gamma": None,  # None: 0.01 for method=ldam_drw (LDAM: x0.01 at 160, x0.0001 at 180), else 0.1
         "method": {},
     },
     "stage2": {
@@ -251,6 +253,39 @@ def stage_methods(recipe: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any
     s1 = {**s1, **recipe["stage1"]["method"]}
     s2 = {**s2, **recipe["stage2"]["method"]}
     return s1, s2
+
+
+_SELECT_ON = ("last",)  # model selection: the last epoch (the test split is never used to select)
+
+
+def resolve_recipe(recipe: dict[str, Any]) -> dict[str, Any]:
+    """Fill the method-dependent defaults (``model.head``, ``stage1.gamma``) and check method/recipe pairs.
+
+    ``method=ldam_drw`` is kaidic/LDAM-DRW: the normalised (cosine) classifier and lr x0.01 at each milestone;
+    a linear head is refused. Idempotent.
+    """
+    out = copy.deepcopy(recipe)
+    ldam = out["method"] == "ldam_drw"
+    if out["model"]["head"] is None:
+        out["model"]["head"] = "cosine" if ldam else "linear"
+    if out["stage1"]["gamma"] is None:
+        out["stage1"]["gamma"] = 0.01 if ldam else 0.1
+    if ldam and out["model"]["head"] != "cosine":
+        raise RecipeError(
+            f"method=ldam_drw needs the cosine head (kaidic/LDAM-DRW's NormedLinear), got model.head="
+            f"{out['model']['head']!r}: remove that setting or set model.head=cosine"
+        )
+    if ldam and not str(out["model"]["arch"]).endswith("_cifar"):
+        raise RecipeError(
+            f"method=ldam_drw needs a cosine classifier, available on the CIFAR ResNets (*_cifar), not "
+            f"model.arch={out['model']['arch']!r}"
+        )
+    if out["eval"]["select_on"] not in _SELECT_ON:
+        raise RecipeError(
+            f"eval.select_on={out['eval']['select_on']!r} is not implemented: use one of {_SELECT_ON} "
+            "(the last epoch; the test split is never used for selection)"
+        )
+    return out
 
 
 def save_recipe(recipe: dict[str, Any], path: Path) -> None:

@@ -24,9 +24,10 @@ from ..ccsam import build_stage1, build_stage2
 from ..data import build_benchmark
 from ..models import FeaturesAndLogits
 from .checkpointing import latest_checkpoint, read_trainer_state, save_training_state
-from .config import save_recipe, stage_methods
+from .config import resolve_recipe, save_recipe, stage_methods
 from .evaluation import evaluate, penultimate_features
 from .run_log import RunLog
+from .schedule import lr_at
 
 __all__ = ["train"]
 
@@ -37,6 +38,7 @@ def train(recipe: dict[str, Any], output_dir: str | Path, *, resume: bool = Fals
     With ``resume`` the run continues from the latest complete checkpoint in ``output_dir``.
     """
     output_dir = Path(output_dir)
+    recipe = resolve_recipe(recipe)
     tcfg = recipe["train"]
     accelerator = Accelerator(
         mixed_precision=tcfg["mixed_precision"],
@@ -69,6 +71,8 @@ def train(recipe: dict[str, Any], output_dir: str | Path, *, resume: bool = Fals
         f"data {bench.name}: {len(bench.train)} train images, {bench.num_classes} classes, counts "
         f"{bench.class_counts[:3]}...{bench.class_counts[-3:]}, fingerprint {bench.fingerprint[:12]}"
     )
+    if accelerator.is_main_process and bench.options.get("imbalance_ratio") is not None:
+        _write_selection(output_dir / "train_indices.json", bench)
     if recipe["data"]["device_resident"]:
         _keep_on_device(bench, recipe["data"], accelerator.device)
     model = _create_model(recipe["model"], bench.num_classes)
@@ -144,6 +148,9 @@ def _run_stage2(ctx: _Context, model: nn.Module, method_cfg: dict[str, Any], res
     cfg, acc = ctx.recipe["stage2"], ctx.accelerator
     acc.free_memory()  # forget stage-1 objects: stage 2 re-wraps the model after freezing the backbone
     method = build_stage2(method_cfg, ctx.bench.class_counts)
+    if method.cfg.get("reinit") and resume_from is None:  # cRT (Kang et al.): a fresh classifier
+        model.reset_classifier(ctx.bench.num_classes)
+        ctx.log.info("stage 2: classifier re-initialised (crt reinit=true)")
     head_name = model.get_classifier(name_only=True) if hasattr(model, "get_classifier") else "fc"
     for name, p in model.named_parameters():
         p.requires_grad_(name.startswith(head_name + "."))
@@ -170,12 +177,12 @@ def _run_stage2(ctx: _Context, model: nn.Module, method_cfg: dict[str, Any], res
 def _fit(ctx: _Context, stage: str, net, method, optimizer, loader, cfg: dict[str, Any], start: int) -> None:
     """Epoch loop: schedule, train, evaluate every N epochs, checkpoint every N epochs."""
     tcfg, every = ctx.recipe["train"], ctx.recipe["eval"]["every"]
-    schedule = _lr_schedule(cfg)
     for epoch in range(start, cfg["epochs"]):
+        lr = lr_at(epoch, cfg)
         for group in optimizer.param_groups:
-            group["lr"] = schedule(epoch)
+            group["lr"] = lr
         stats = _train_epoch(ctx, stage, net, method, optimizer, loader, epoch, cfg["epochs"])
-        record = {"stage": stage, "epoch": epoch, "lr": schedule(epoch), **stats}
+        record = {"stage": stage, "epoch": epoch, "lr": lr, **stats}
         if every and ((epoch + 1) % every == 0) and epoch + 1 < cfg["epochs"]:
             metrics = evaluate(net, ctx.bench, "test", ctx.accelerator, ctx.recipe["eval"]["batch_size"])
             record.update(test_top1=metrics["top1"])
@@ -184,6 +191,7 @@ def _fit(ctx: _Context, stage: str, net, method, optimizer, loader, cfg: dict[st
             f"{stage} epoch {epoch + 1}/{cfg['epochs']} loss {stats['loss']:.4f} lr {record['lr']:.4g} "
             f"{stats['img_per_s']:.0f} img/s"
             + (f" test top-1 {record['test_top1']:.2f}" if "test_top1" in record else "")
+            + (f" cap bound {100 * stats['eps_capped_share']:.1f}%" if stats.get("eps_capped_share") else "")
         )
         ctx.state["history"].append(record)
         n = tcfg["checkpoint_every"]
@@ -201,6 +209,7 @@ def _train_epoch(ctx: _Context, stage: str, net, method, optimizer, loader, epoc
     augment = ctx.bench.batch_transform(train=d["augment"], autoaugment=d["autoaugment"], cutout=d["cutout"])
     net.train()  # stage-2 methods put BatchNorm in eval mode themselves when their cfg says bn=eval
     total, count, t0 = torch.zeros((), device=acc.device), 0, time.perf_counter()
+    capped = torch.zeros(2, device=acc.device)  # CC-SAM: classes whose ||eps_c|| the max_ratio cap shortened, of all
     bar = tqdm(loader, desc=f"{stage} {epoch + 1}/{epochs}", disable=not acc.is_local_main_process, leave=False)
     for images, labels in bar:
         images = augment(images)
@@ -212,13 +221,18 @@ def _train_epoch(ctx: _Context, stage: str, net, method, optimizer, loader, epoc
             optimizer.zero_grad(set_to_none=True)
         total += out["loss"].detach().float() * labels.shape[0]
         count += labels.shape[0]
+        if "eps_capped" in out:
+            capped += torch.stack([out["eps_capped"], out["eps_classes"]]).to(capped)
     seconds = time.perf_counter() - t0
     loss = acc.reduce(total, "sum").item() / max(acc.reduce(torch.tensor(count, device=acc.device), "sum").item(), 1)
     if not math.isfinite(loss):
         raise FloatingPointError(
             f"{stage} epoch {epoch + 1}: the loss is {loss}; lower the learning rate or the perturbation scale"
         )
-    return {"loss": loss, "img_per_s": count * acc.num_processes / max(seconds, 1e-9), "seconds": seconds}
+    stats = {"loss": loss, "img_per_s": count * acc.num_processes / max(seconds, 1e-9), "seconds": seconds}
+    if capped[1] > 0:
+        stats["eps_capped_share"] = (capped[0] / capped[1]).item()
+    return stats
 
 
 def _finish_stage(ctx: _Context, stage: str, net, method_cfg: dict[str, Any]) -> None:
@@ -373,25 +387,17 @@ def _keep_on_device(bench, data_cfg: dict[str, Any], device: torch.device) -> No
     bench.train.to_device(device)
 
 
-def _lr_schedule(cfg: dict[str, Any]):
-    """Per-epoch learning rate: linear warm-up, then step decay, cosine or constant (timm's schedulers)."""
-    from timm.scheduler import CosineLRScheduler, MultiStepLRScheduler
-
-    dummy = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=cfg["lr"])
-    warm = dict(warmup_t=cfg["warmup_epochs"], warmup_lr_init=cfg["lr"] / max(cfg["warmup_epochs"], 1))
-    if cfg["schedule"] == "step":
-        sched = MultiStepLRScheduler(dummy, decay_t=list(cfg["milestones"]), decay_rate=cfg["gamma"], **warm)
-    elif cfg["schedule"] == "cosine":
-        sched = CosineLRScheduler(dummy, t_initial=cfg["epochs"], lr_min=cfg["lr"] * 1e-3, **warm)
-    elif cfg["schedule"] == "constant":
-        sched = MultiStepLRScheduler(dummy, decay_t=[], decay_rate=1.0, **warm)
-    else:
-        raise ValueError(f"schedule must be 'step', 'cosine' or 'constant', got {cfg['schedule']!r}")
-    return lambda epoch: sched._get_lr(epoch)[0]
-
-
 def _epoch_seed(seed: int, stage: str, epoch: int) -> int:
     return seed * 100_003 + (50_000 if stage == "stage2" else 0) + epoch
+
+
+def _write_selection(path: Path, bench) -> None:
+    """Record which source rows form the long-tailed training subset (and the rule that chose them)."""
+    opts = bench.options
+    record = {"selection": opts["selection"], "seed": opts["seed"], "class_counts": bench.class_counts,
+              "train_indices": bench.train_indices.tolist(),
+              "val_indices": None if bench.val_indices is None else bench.val_indices.tolist()}
+    path.write_text(json.dumps(record))
 
 
 def _dataset_id(recipe: dict[str, Any]) -> str:
