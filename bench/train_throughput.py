@@ -6,10 +6,10 @@ each variant trains stage 1 of the ``quickstart`` recipe (embedded CIFAR-10-LT, 
 epochs and the median img/s of the epochs after the first is read from ``log.jsonl``. The "bare" number is
 ResNet-32 forward + backward + SGD step on in-memory tensors at the same batch size and thread count.
 
-Variants: ce, ccsam (official preset, the recipes' stage 1), ccsam + channels_last, ccsam + bf16 autocast
-and, with ``--compile``, ccsam + torch.compile. Prints one JSON object.
+Variants: ce, ccsam (official preset, the recipes' stage 1), ccsam + channels_last, ccsam + bf16 autocast,
+ccsam + both and, with ``--compile``, the same with torch.compile. Prints one JSON object.
 
-    python bench/train_throughput.py [--epochs 4] [--batch 128] [--threads 2] [--compile]
+    python bench/train_throughput.py [--epochs 4] [--batch 128] [--threads 2] [--compile] [--only VARIANT ...]
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ VARIANTS = {
     "ccsam": [],
     "ccsam_channels_last": ["model.channels_last=true"],
     "ccsam_bf16": ["train.mixed_precision=bf16"],
+    "ccsam_bf16_channels_last": ["train.mixed_precision=bf16", "model.channels_last=true"],
 }
 
 
@@ -85,12 +86,19 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=4)
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
-    ap.add_argument("--compile", action="store_true", help="also time ccsam + torch.compile (slow to compile)")
+    ap.add_argument("--compile", action="store_true", help="also time torch.compile variants (slow to compile)")
+    ap.add_argument("--only", nargs="+", default=None, metavar="VARIANT", help="time only these variants")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     variants = dict(VARIANTS)
     if args.compile:
         variants["ccsam_compile"] = ["model.compile=true"]
+        variants["ccsam_bf16_channels_last_compile"] = [*VARIANTS["ccsam_bf16_channels_last"], "model.compile=true"]
+    if args.only:
+        unknown = sorted(set(args.only) - set(variants))
+        if unknown:
+            ap.error(f"unknown variant(s) {unknown}: choose from {sorted(variants)} (compile ones need --compile)")
+        variants = {k: v for k, v in variants.items() if k in args.only}
     result: dict = {
         "device": "cpu",
         "processor": platform.processor() or platform.machine(),
