@@ -3,7 +3,9 @@
 Each run is ``python recipes/train.py --recipe RECIPE --output-dir OUT/<run>-s<seed> --set <overrides>``,
 launched as a child process whose wall time and peak resident memory (polled with psutil) are written
 to ``timing.json`` beside its ``metrics.json``. A run with ``metrics.json`` is not run again; a run
-folder without it is resumed (``--resume``). ``--report`` only aggregates what exists.
+folder without it is resumed (``--resume``); a run another live process is training (another
+``compare.py`` worker on the same ``--out``, e.g. with the run list in another order) is skipped.
+``--report`` only aggregates what exists.
 
 Writes ``OUT/results.json`` (every run and the mean/std over seeds), ``OUT/results.md`` (the tables of
 docs/RESULTS.md), ``OUT/top1_vs_scale.png`` and ``OUT/per_class_ce_vs_ccsam.png``; prints the JSON.
@@ -43,9 +45,19 @@ RUNS: dict[str, list[str]] = {
 }
 
 
+def _busy(folder: Path) -> bool:
+    """A live process (another compare.py worker's run) trains into ``folder``: leave it to that worker."""
+    target = str(folder)
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        cmd = proc.info.get("cmdline") or []
+        if proc.info["pid"] != os.getpid() and "recipes/train.py" in " ".join(cmd) and target in cmd:
+            return True
+    return False
+
+
 def _run_one(recipe: str, name: str, seed: int, out: Path, threads: int, extra: list[str]) -> subprocess.Popen | None:
     folder = out / f"{name}-s{seed}"
-    if (folder / "metrics.json").exists():
+    if (folder / "metrics.json").exists() or _busy(folder):
         return None
     cmd = [sys.executable, str(REPO / "recipes/train.py")]
     resumed = (folder / "recipe.yaml").exists()

@@ -205,9 +205,9 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
             [[_pct(result[k]) for k in ("top1", "many", "medium", "few")]], ["top-1 %", "many %", "medium %", "few %"]
         )
     )
-    from ccsam_zoo.metrics import shot_groups
+    from ccsam_zoo.data.counts import shot_groups
 
-    groups = shot_groups(counts, int(thresholds[0]), int(thresholds[1]), rule) if counts else ["-"] * clf.num_classes
+    groups = shot_groups(counts, (int(thresholds[0]), int(thresholds[1])), rule) if counts else ["-"] * clf.num_classes
     rows = [
         [c, clf.class_names[c], counts[c] if counts else "-", groups[c], _pct(a)]
         for c, a in enumerate(result["per_class"])

@@ -130,7 +130,7 @@ def test_official_preset_under_mixup_equals_the_authors_training_step(monkeypatc
         t = lam * onehot + (1 - lam) * onehot[index]
         return mixed, t, labels, labels[index], lam
 
-    monkeypatch.setattr("ccsam_zoo.ccsam.methods.mixup", fixed_mixup)
+    monkeypatch.setattr("ccsam_zoo.ccsam.stage1.mixup", fixed_mixup)
     net = _net()
     ref_loss, ref_grads = _authors_step(copy.deepcopy(net), x, y, lam, index, scale, 0.3)
     method = build_stage1({"name": "ccsam", "preset": "official", "scale": scale}, COUNTS)

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score, roc_curve
 
-from ccsam_zoo.metrics import load_metric, shot_groups
+from ccsam_zoo.data import shot_groups
+from ccsam_zoo.metrics import load_metric
 
 CIFAR10_LT_100 = [5000, 2997, 1796, 1077, 645, 387, 232, 139, 83, 50]
 
@@ -97,7 +98,7 @@ def test_lt_accuracy_errors(lt_acc):
 def test_shot_groups():
     assert shot_groups([101, 100, 20, 19]) == ["many", "medium", "medium", "few"]
     assert shot_groups([101, 100, 20, 19], rule="authors") == ["many", "many", "few", "few"]
-    assert shot_groups([50], many=40, few=10) == ["many"]
+    assert shot_groups([50], thresholds=(40, 10)) == ["many"]
     with pytest.raises(ValueError, match="rule"):
         shot_groups([1], rule="x")
 

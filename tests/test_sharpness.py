@@ -12,8 +12,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import ccsam_zoo  # noqa: F401  (registers the CIFAR ResNets)
+from ccsam_zoo.data import shot_groups
 from ccsam_zoo.diagnostics import landscape_2d, loss_curves, worst_case_sharpness
-from ccsam_zoo.diagnostics._core import random_direction, resolve_params, select_sample, shot_groups
+from ccsam_zoo.diagnostics._core import random_direction, resolve_params, select_sample
 from ccsam_zoo.models import FeaturesAndLogits
 
 CIFAR10_LT_100 = [5000, 2997, 1796, 1077, 645, 387, 232, 139, 83, 50]
@@ -213,11 +214,11 @@ def test_zero_noise_is_the_clean_loss_on_a_resnet():
 
 def test_shot_groups_partition_by_thresholds():
     assert shot_groups(COUNTS6) == ["many", "many", "medium", "medium", "medium", "few"]
-    assert shot_groups(COUNTS6, shot_rule="authors") == ["many", "many", "many", "medium", "few", "few"]
+    assert shot_groups(COUNTS6, rule="authors") == ["many", "many", "many", "medium", "few", "few"]
     assert shot_groups(CIFAR10_LT_100) == ["many"] * 8 + ["medium"] * 2
-    assert shot_groups([10, 5, 1], shot_thresholds=(5, 2)) == ["many", "medium", "few"]
+    assert shot_groups([10, 5, 1], thresholds=(5, 2)) == ["many", "medium", "few"]
     with pytest.raises(ValueError):
-        shot_groups([1], shot_thresholds=(20, 100))
+        shot_groups([1], thresholds=(20, 100))
     counts = list(np.random.default_rng(0).integers(1, 500, size=200))
     groups = shot_groups(counts)
     assert len(groups) == len(counts)

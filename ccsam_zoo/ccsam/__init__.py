@@ -1,30 +1,35 @@
 """CC-SAM (Class-Conditional Sharpness-Aware Minimization, CVPR 2023) and long-tailed baselines.
 
-Pure functions carry the equations (``perturbation``: Eq. 8-9, ``head``: the closed form of the head
-perturbation, ``adversarial``: Eq. 12-14, ``losses``: baselines); ``methods`` composes them into the
-stage-1 / stage-2 methods the trainer uses (``build_stage1`` / ``build_stage2``).
+Where each equation lives: ``perturbation`` (Eq. 8 radius, Eq. 9 perturbation), ``head`` (the closed form of
+the head perturbation), ``block`` (true per-class gradients of several layers), ``stage1`` (Eq. 10-11, the
+``CCSAM`` method), ``adversarial`` (Eq. 12 feature shift, Eq. 14 weight), ``stage2`` (Eq. 14 mix, the
+``CCSAMAdv`` method), ``baselines`` (CE, Balanced Softmax, LDAM-DRW, mixup, SAM, cRT), ``presets`` (every key,
+default and preset, and the recipe-level ``METHODS``), ``methods`` (``build_stage1`` / ``build_stage2``).
+Submodules load on first use: ``presets`` alone does not import torch.
 """
 
-from .head import perturbed_head_logits
-from .methods import (
-    STAGE1_METHODS,
-    STAGE2_METHODS,
-    Stage1Method,
-    Stage2Method,
-    build_stage1,
-    build_stage2,
-    stage1_defaults,
-    stage2_defaults,
-)
+from __future__ import annotations
 
-__all__ = [
-    "STAGE1_METHODS",
-    "STAGE2_METHODS",
-    "Stage1Method",
-    "Stage2Method",
-    "build_stage1",
-    "build_stage2",
-    "perturbed_head_logits",
-    "stage1_defaults",
-    "stage2_defaults",
-]
+import importlib
+from typing import Any
+
+_LAZY = {
+    "perturbed_head_logits": "head",
+    "STAGE1_METHODS": "presets",
+    "STAGE2_METHODS": "presets",
+    "METHODS": "presets",
+    "stage1_defaults": "presets",
+    "stage2_defaults": "presets",
+    "Stage1Method": "methods",
+    "Stage2Method": "methods",
+    "build_stage1": "methods",
+    "build_stage2": "methods",
+}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -11,9 +11,10 @@ import torch.nn as nn
 
 
 def unwrap(net: nn.Module, accelerator: Any) -> nn.Module:
-    if accelerator is not None:
-        return accelerator.unwrap_model(net)
-    return getattr(net, "module", net)
+    """``net`` without its DDP / ``torch.compile`` wrappers (the ``FeaturesAndLogits`` view)."""
+    from ..models.heads import unwrap as _unwrap
+
+    return _unwrap(net, timm_model=False)
 
 
 def world_size(accelerator: Any) -> int:

@@ -21,10 +21,10 @@ from collections.abc import Callable
 import torch
 
 from .losses import as_float
+from .presets import ADV_NORMS
 
 __all__ = ["ADV_NORMS", "adversarial_class_weights", "adversarial_features", "progressive_weight"]
 
-ADV_NORMS = ("class", "batch", "sample")
 
 
 def adversarial_class_weights(class_counts: torch.Tensor | list[int], div: float = 2.0) -> torch.Tensor:

@@ -20,10 +20,10 @@ import math
 
 import torch
 
+from .presets import KINDS, NORMS
+
 __all__ = ["NORMS", "KINDS", "characteristic_radius", "class_factors", "cap_factors"]
 
-NORMS = ("per_tensor", "global")
-KINDS = ("ccsam", "direction", "magnitude")
 
 
 def _stat_dtype(t: torch.Tensor) -> torch.dtype:

@@ -16,8 +16,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..data.counts import shot_groups
+
 GROUP_NAMES = ("many", "medium", "few")
-SHOT_RULES = ("paper", "authors")
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 # Direction streams: the curves / 2D directions and the ascent's fallback start never share a seed.
@@ -31,31 +32,6 @@ def cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------------------------------------- groups / data
-
-
-def shot_groups(
-    class_counts: Sequence[int], shot_thresholds: Sequence[int] = (100, 20), shot_rule: str = "paper"
-) -> list[str]:
-    """Group name per class from training counts.
-
-    ``shot_rule="paper"``: many > hi, medium hi..lo (inclusive), few < lo; ``"authors"``: many >= hi,
-    few <= lo (the authors' code), where ``(hi, lo) = shot_thresholds``.
-    """
-    hi, lo = (int(t) for t in shot_thresholds)
-    if hi < lo:
-        raise ValueError(f"shot_thresholds must be (many, few) with many >= few, got {tuple(shot_thresholds)}")
-    if shot_rule not in SHOT_RULES:
-        raise ValueError(f"shot_rule must be one of {SHOT_RULES}, got {shot_rule!r}")
-    out = []
-    for n in class_counts:
-        n = int(n)
-        if (n > hi) if shot_rule == "paper" else (n >= hi):
-            out.append("many")
-        elif (n < lo) if shot_rule == "paper" else (n <= lo):
-            out.append("few")
-        else:
-            out.append("medium")
-    return out
 
 
 def select_sample(labels: torch.Tensor, num_samples: int | None, seed: int = 0) -> torch.Tensor:

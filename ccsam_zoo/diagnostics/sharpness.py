@@ -31,10 +31,10 @@ import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
+from ..data.counts import SHOT_RULES
 from ._core import (
     _STREAM_ASCENT,
     GROUP_NAMES,
-    SHOT_RULES,
     LossFn,
     _Session,
     _Setup,

@@ -70,29 +70,17 @@ class LoadedCheckpoint:
 # ----------------------------------------------------------------------------------------------- saving
 
 
-def _is_timm_model(model: Any) -> bool:
-    return isinstance(getattr(model, "pretrained_cfg", None), dict) and hasattr(model, "get_classifier")
-
-
 def _unwrap(model: nn.Module) -> nn.Module:
-    """The timm model inside DDP / ``FeaturesAndLogits`` / ``Classifier`` wrappers."""
-    for _ in range(8):
-        compiled = getattr(model, "_orig_mod", None)  # torch.compile forwards attributes: unwrap it first
-        if isinstance(compiled, nn.Module):
-            model = compiled
-            continue
-        if _is_timm_model(model):
-            return model
-        inner = getattr(model, "module", None)
-        if not isinstance(inner, nn.Module):
-            inner = getattr(model, "model", None)
-        if not isinstance(inner, nn.Module):
-            break
-        model = inner
-    raise ValueError(
-        f"save_pretrained needs a timm model (with .pretrained_cfg), got {type(model).__name__}: "
-        "create it with timm.create_model(...) after `import ccsam_zoo`"
-    )
+    """The timm model inside DDP / ``torch.compile`` / ``FeaturesAndLogits`` / ``Classifier`` wrappers."""
+    from ..models.heads import unwrap
+
+    try:
+        return unwrap(model)
+    except ValueError:
+        raise ValueError(
+            f"save_pretrained needs a timm model (with .pretrained_cfg), got {type(model).__name__}: "
+            "create it with timm.create_model(...) after `import ccsam_zoo`"
+        ) from None
 
 
 def _jsonable(value: Any) -> Any:
@@ -138,9 +126,9 @@ def _build_extras(model: nn.Module, info: dict[str, Any]) -> dict[str, Any]:
     rule = info.get("shot_rule") or "paper"
     groups = info.get("shot_groups")
     if groups is None and counts is not None:
-        from ..metrics import shot_groups
+        from ..data.counts import shot_groups
 
-        groups = shot_groups(counts, thresholds[0], thresholds[1], rule if rule in ("paper", "authors") else "paper")
+        groups = shot_groups(counts, tuple(thresholds), rule if rule in ("paper", "authors") else "paper")
     recipe = info.get("recipe") or {}
     data = recipe.get("data", {}) if isinstance(recipe, dict) else {}
     dataset = info.get("dataset")

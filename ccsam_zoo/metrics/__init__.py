@@ -2,10 +2,9 @@
 
 - ``load_metric("lt_accuracy")``: top1, many / medium / few (mean of per-class accuracies), per_class.
 - ``load_metric("open_set")``: AUROC, FPR at 95% TPR, OLTR F-measure.
-- ``shot_groups(class_counts)``: "many" / "medium" / "few" per class, by training count.
 
 ``compute`` writes nothing to disk (``keep_in_memory=True``) but still goes through Arrow: call it once per
-evaluation, on the main process, after gathering predictions.
+evaluation, on the main process, after gathering predictions. Shot groups: ``ccsam_zoo.data.shot_groups``.
 """
 
 from __future__ import annotations
@@ -16,7 +15,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import evaluate
 
-__all__ = ["METRICS", "load_metric", "shot_groups"]
+__all__ = ["METRICS", "load_metric"]
 
 _HERE = Path(__file__).resolve().parent
 METRICS = ("lt_accuracy", "open_set")
@@ -33,23 +32,3 @@ def load_metric(name: str, **kwargs) -> evaluate.EvaluationModule:
 
     kwargs.setdefault("keep_in_memory", True)
     return evaluate.load(str(script), **kwargs)
-
-
-def shot_groups(class_counts, many: int = 100, few: int = 20, rule: str = "paper") -> list[str]:
-    """Shot group of each class by its TRAINING count.
-
-    ``rule="paper"``: many ``n > many``, few ``n < few``; ``rule="authors"``: many ``n >= many``, few ``n <= few``;
-    the rest is medium. Same rule as the lt_accuracy metric.
-    """
-    if rule not in ("paper", "authors"):
-        raise ValueError(f"rule must be 'paper' or 'authors', got {rule!r}")
-    if few > many:
-        raise ValueError(f"few threshold ({few}) must not exceed many threshold ({many})")
-    out = []
-    for n in class_counts:
-        n = int(n)
-        if rule == "paper":
-            out.append("many" if n > many else "few" if n < few else "medium")
-        else:
-            out.append("many" if n >= many else "few" if n <= few else "medium")
-    return out

@@ -6,7 +6,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ["NormedLinear", "FeaturesAndLogits", "linear_head_params"]
+__all__ = ["NormedLinear", "FeaturesAndLogits", "linear_head_params", "unwrap"]
 
 
 class NormedLinear(nn.Module):
@@ -55,3 +55,32 @@ def linear_head_params(head: nn.Module) -> tuple[torch.Tensor, torch.Tensor | No
             "use head='linear' or a block-mode perturbation"
         )
     return head.weight, head.bias
+
+
+def _is_timm_model(module: nn.Module) -> bool:
+    return isinstance(getattr(module, "pretrained_cfg", None), dict) and hasattr(module, "get_classifier")
+
+
+def unwrap(module: nn.Module, *, timm_model: bool = True) -> nn.Module:
+    """The module inside ``torch.compile`` (``_orig_mod``) and DDP / DataParallel (``.module``) wrappers; with
+    ``timm_model`` (default) also inside ``FeaturesAndLogits`` / ``Classifier`` (``.model``), down to the timm
+    model (ValueError when there is none). The one place the project unwraps models."""
+    for _ in range(8):
+        compiled = getattr(module, "_orig_mod", None)  # torch.compile forwards attributes: unwrap it first
+        if isinstance(compiled, nn.Module):
+            module = compiled
+            continue
+        inner = getattr(module, "module", None)
+        if isinstance(inner, nn.Module):
+            module = inner
+            continue
+        if not timm_model or _is_timm_model(module):
+            return module
+        inner = getattr(module, "model", None)
+        if not isinstance(inner, nn.Module):
+            break
+        module = inner
+    raise ValueError(
+        f"expected a timm model (with .pretrained_cfg) inside {type(module).__name__}: create it with "
+        "timm.create_model(...) after `import ccsam_zoo`"
+    )

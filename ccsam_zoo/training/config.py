@@ -10,6 +10,8 @@ from typing import Any
 
 import yaml
 
+from ..ccsam.presets import METHODS
+
 __all__ = [
     "RECIPE_DIR",
     "METHODS",
@@ -23,27 +25,6 @@ __all__ = [
 ]
 
 RECIPE_DIR = Path(os.environ.get("CCSAM_RECIPES", Path(__file__).resolve().parents[2] / "recipes"))
-
-# `method` is one flag that selects both stages; `stage{1,2}.method` dicts override single keys.
-METHODS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
-    "ccsam": ({"name": "ccsam", "preset": "official"}, {"name": "ccsam_adv", "preset": "official"}),
-    "ccsam_paper": ({"name": "ccsam", "preset": "paper"}, {"name": "ccsam_adv", "preset": "paper"}),
-    # paper Table 2 ablations: recommended direction with unit magnitude / Eq. 8 magnitude, random direction
-    "ccsam_dir": (
-        {"name": "ccsam", "preset": "official", "perturbation": "direction", "scale": 1.0},
-        {"name": "crt"},
-    ),
-    "ccsam_mag": (
-        {"name": "ccsam", "preset": "official", "perturbation": "magnitude", "scale": 1.0},
-        {"name": "crt"},
-    ),
-    "ce": ({"name": "ce"}, {"name": "crt"}),
-    "sam": ({"name": "sam"}, {"name": "crt"}),
-    "balanced_softmax": ({"name": "balanced_softmax"}, {"name": "crt"}),
-    # kaidic/LDAM-DRW: cosine head, lr x0.01 at each milestone, DRW, no re-training stage (resolve_recipe)
-    "ldam_drw": ({"name": "ldam_drw"}, {"name": "none"}),
-    "mixup_crt": ({"name": "mixup"}, {"name": "crt"}),
-}
 
 # The schema: every recipe is this dict with some values replaced. Keys outside it are errors.
 DEFAULTS: dict[str, Any] = {

@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 from ..ccsam import build_stage1, build_stage2
 from ..data import build_benchmark
 from ..models import FeaturesAndLogits
+from ..models.heads import unwrap
 from .checkpointing import latest_checkpoint, read_trainer_state, save_training_state
 from .config import resolve_recipe, save_recipe, stage_methods
 from .evaluation import evaluate, penultimate_features
@@ -85,13 +86,13 @@ def train(recipe: dict[str, Any], output_dir: str | Path, *, resume: bool = Fals
         log.info(f"stage 1 skipped: weights from {stage2_init}")
     elif recipe["stage1"]["epochs"] > 0 and not state.get("stage1_done"):
         resume_from = checkpoint if checkpoint is not None and state.get("stage") == "stage1" else None
-        _run_stage1(ctx, model, s1_cfg, resume_from)
+        _run_stage(ctx, "stage1", model, s1_cfg, resume_from)
     elif state.get("stage1_done"):
         _load_stage1(model, output_dir / "stage1")
 
     if recipe["stage2"]["epochs"] > 0 and s2_cfg["name"] != "none":
         resume_from = checkpoint if checkpoint is not None and state.get("stage") == "stage2" else None
-        _run_stage2(ctx, model, s2_cfg, resume_from)
+        _run_stage(ctx, "stage2", model, s2_cfg, resume_from)
 
     if accelerator.is_main_process:
         from .plots import plot_run
@@ -116,62 +117,46 @@ class _Context:
 # ----------------------------------------------------------------------------------------------- stages
 
 
-def _run_stage1(ctx: _Context, model: nn.Module, method_cfg: dict[str, Any], resume_from: Path | None) -> None:
-    cfg, acc = ctx.recipe["stage1"], ctx.accelerator
-    method = build_stage1(method_cfg, ctx.bench.class_counts)
+def _run_stage(
+    ctx: _Context, stage: str, model: nn.Module, method_cfg: dict[str, Any], resume_from: Path | None
+) -> None:
+    """One stage: the method, what it trains (stage 1: everything; stage 2: the classifier on a frozen backbone,
+    re-initialised first for cRT), optimizer, loader, ``prepare``, resume, the epochs, the saved folder."""
+    cfg, acc, counts = ctx.recipe[stage], ctx.accelerator, ctx.bench.class_counts
+    if stage == "stage1":
+        method = build_stage1(method_cfg, counts)
+    else:
+        acc.free_memory()  # forget stage-1 objects: stage 2 re-wraps the model after freezing the backbone
+        method = build_stage2(method_cfg, counts)
+        if method.cfg.get("reinit") and resume_from is None:  # cRT (Kang et al.): a fresh classifier
+            model.reset_classifier(ctx.bench.num_classes)
+            ctx.log.info("stage 2: classifier re-initialised (crt reinit=true)")
+        head = model.get_classifier(name_only=True) if hasattr(model, "get_classifier") else "fc"
+        for name, p in model.named_parameters():
+            p.requires_grad_(name.startswith(head + "."))
     net = FeaturesAndLogits(model)
     if ctx.channels_last:
         net = net.to(memory_format=torch.channels_last)
-    optimizer = _optimizer(net, cfg, decay_bias_and_bn=cfg["decay_bias_and_bn"])
+    trained = net if stage == "stage1" else net.head
+    optimizer = _optimizer(trained, cfg, decay_bias_and_bn=cfg.get("decay_bias_and_bn", True))
     loader = ctx.bench.loader(
         "train",
         cfg["batch_size"],
-        sampler="shuffle",
-        seed=ctx.recipe["seed"],
+        sampler=cfg.get("sampler", "shuffle"),
+        seed=ctx.recipe["seed"] + (0 if stage == "stage1" else 1),
         drop_last=ctx.recipe["train"]["drop_last"],
         num_workers=ctx.recipe["data"]["num_workers"],
     )
     net, optimizer, loader = acc.prepare(net, optimizer, loader)
-    if ctx.recipe["model"]["compile"]:
+    if ctx.recipe["model"]["compile"] and stage == "stage1":
         net = torch.compile(net)
     start = 0
     if resume_from is not None:
         acc.load_state(str(resume_from))
         start = ctx.state["epoch"] + 1
-    ctx.log.info(f"stage 1: {method.name} {json.dumps(method_cfg)}, {cfg['epochs']} epochs from epoch {start}")
-    _fit(ctx, "stage1", net, method, optimizer, loader, cfg, start)
-    _finish_stage(ctx, "stage1", net, method_cfg)
-    ctx.state["stage1_done"] = True
-
-
-def _run_stage2(ctx: _Context, model: nn.Module, method_cfg: dict[str, Any], resume_from: Path | None) -> None:
-    cfg, acc = ctx.recipe["stage2"], ctx.accelerator
-    acc.free_memory()  # forget stage-1 objects: stage 2 re-wraps the model after freezing the backbone
-    method = build_stage2(method_cfg, ctx.bench.class_counts)
-    if method.cfg.get("reinit") and resume_from is None:  # cRT (Kang et al.): a fresh classifier
-        model.reset_classifier(ctx.bench.num_classes)
-        ctx.log.info("stage 2: classifier re-initialised (crt reinit=true)")
-    head_name = model.get_classifier(name_only=True) if hasattr(model, "get_classifier") else "fc"
-    for name, p in model.named_parameters():
-        p.requires_grad_(name.startswith(head_name + "."))
-    net = FeaturesAndLogits(model)
-    optimizer = _optimizer(net.head, cfg, decay_bias_and_bn=True)
-    loader = ctx.bench.loader(
-        "train",
-        cfg["batch_size"],
-        sampler=cfg["sampler"],
-        seed=ctx.recipe["seed"] + 1,
-        drop_last=ctx.recipe["train"]["drop_last"],
-        num_workers=ctx.recipe["data"]["num_workers"],
-    )
-    net, optimizer, loader = acc.prepare(net, optimizer, loader)
-    start = 0
-    if resume_from is not None:
-        acc.load_state(str(resume_from))
-        start = ctx.state["epoch"] + 1
-    ctx.log.info(f"stage 2: {method.name} {json.dumps(method_cfg)}, {cfg['epochs']} epochs")
-    _fit(ctx, "stage2", net, method, optimizer, loader, cfg, start)
-    _finish_stage(ctx, "stage2", net, method_cfg)
+    ctx.log.info(f"{stage}: {method.name} {json.dumps(method_cfg)}, {cfg['epochs']} epochs from epoch {start}")
+    _fit(ctx, stage, net, method, optimizer, loader, cfg, start)
+    _finish_stage(ctx, stage, net, method_cfg)
 
 
 def _fit(ctx: _Context, stage: str, net, method, optimizer, loader, cfg: dict[str, Any], start: int) -> None:
@@ -249,7 +234,7 @@ def _finish_stage(ctx: _Context, stage: str, net, method_cfg: dict[str, Any]) ->
     prototypes, open_set = None, None
     if ctx.recipe["train"]["prototypes"]:
         prototypes, open_set = _prototypes_and_threshold(ctx, net)
-    model = acc.unwrap_model(net).model
+    model = unwrap(net)
     if acc.is_main_process:
         from ..hub import save_pretrained
 
@@ -272,7 +257,8 @@ def _finish_stage(ctx: _Context, stage: str, net, method_cfg: dict[str, Any]) ->
             ),
         )
     ctx.state["epoch"] = ctx.recipe[stage]["epochs"] - 1
-    save_training_state(acc, ctx.output_dir, stage, ctx.state["epoch"], {**ctx.state, f"{stage}_done": True})
+    ctx.state[f"{stage}_done"] = True
+    save_training_state(acc, ctx.output_dir, stage, ctx.state["epoch"], ctx.state)
 
 
 def _prototypes_and_threshold(ctx: _Context, net) -> tuple[torch.Tensor, dict[str, Any] | None]:

@@ -7,6 +7,8 @@ import datasets
 import evaluate
 import numpy as np
 
+from ccsam_zoo.data.counts import shot_groups
+
 _DESCRIPTION = """
 Accuracy for long-tailed recognition. Returns
 
@@ -55,12 +57,6 @@ _CITATION = """
 _RULES = ("paper", "authors")
 
 
-def _group(n: int, many: int, few: int, rule: str) -> str:
-    if rule == "paper":
-        return "many" if n > many else "few" if n < few else "medium"
-    return "many" if n >= many else "few" if n <= few else "medium"
-
-
 @evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS_DESCRIPTION)
 class LtAccuracy(evaluate.Metric):
     """Top-1, many/medium/few-shot (mean of per-class accuracies) and per-class accuracy."""
@@ -105,12 +101,9 @@ class LtAccuracy(evaluate.Metric):
         per_class = [float(hits[c] / totals[c]) if totals[c] else None for c in range(num_classes)]
         out = {"top1": float(correct.mean()), "many": None, "medium": None, "few": None}
         if counts is not None:
+            groups = shot_groups(counts, (many_threshold, few_threshold), rule)
             for name in ("many", "medium", "few"):
-                accs = [
-                    per_class[c]
-                    for c in range(num_classes)
-                    if per_class[c] is not None and _group(counts[c], many_threshold, few_threshold, rule) == name
-                ]
+                accs = [per_class[c] for c in range(num_classes) if per_class[c] is not None and groups[c] == name]
                 out[name] = float(np.mean(accs)) if accs else None
         out["per_class"] = per_class
         return out

@@ -1,0 +1,188 @@
+"""Every method's settings in one place: the stage-1 / stage-2 method tables with their presets, their
+validation, and the recipe-level ``method`` names (``METHODS``) that select both stages.
+
+``stage1_defaults(name, preset)`` / ``stage2_defaults(...)`` list every key with its default. The official
+presets follow the authors' CIFAR code (zzpustc/CC-SAM, file and line in docs/ALGORITHM_OPTIONS.md); the
+paper presets follow Eq. 8-14 as written.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+from typing import Any
+
+__all__ = [
+    "ADV_NORMS",
+    "KINDS",
+    "METHODS",
+    "NORMS",
+    "STAGE1_METHODS",
+    "STAGE2_METHODS",
+    "resolve_method",
+    "stage1_defaults",
+    "stage2_defaults",
+]
+
+NORMS = ("per_tensor", "global")  # Eq. 8-9 gradient norm: per tensor (authors) or one global norm (paper)
+KINDS = ("ccsam", "direction", "magnitude")  # Eq. 9, and the Table 2 "dir" / "mag" ablations
+ADV_NORMS = ("class", "batch", "sample")  # Eq. 12 normalisation: authors' per class, paper's batch, per sample
+
+STAGE1_METHODS = ("ce", "sam", "balanced_softmax", "ldam_drw", "mixup", "ccsam")
+STAGE2_METHODS = ("crt", "ccsam_adv", "none")
+
+_CCSAM_COMMON: dict[str, Any] = {
+    "mode": "head",
+    "blocks": 0,
+    "params": None,
+    "block_batch": "full",
+    "groups": None,
+    "max_ratio": None,
+    "perturbation": "ccsam",
+    "perturbed_targets": "first_label",
+    "tau": 0.0,
+    "global_stats": True,
+    "eps": 1e-12,
+}
+_STAGE1: dict[str, dict[str | None, dict[str, Any]]] = {
+    "ce": {None: {}},
+    "sam": {None: {"rho": 0.05, "adaptive": False, "global_stats": True}},
+    "balanced_softmax": {None: {"tau": 1.0}},
+    # kaidic/LDAM-DRW: drw_epoch None = 80% of the stage's epochs (160 of 200)
+    "ldam_drw": {None: {"max_m": 0.5, "s": 30.0, "drw_epoch": None, "beta": 0.9999}},
+    "mixup": {None: {"alpha": 1.0}},
+    "ccsam": {
+        # authors' CIFAR configs; flat_ratio None = 0.3 for <= 10 classes (CIFAR-10), else 0.5 (CIFAR-100)
+        # g_c from the MIXED loss of each first-label class (train_cifar.py: torch.autograd.grad(loss_ori[idx]
+        # .mean()) with loss_ori = mixup_criterion), the perturbed term plain CE on the first label
+        "official": {"scale": 1e-6, "norm": "per_tensor", "flat_ratio": None, "class_weighting": "instance",
+                     "mixup_alpha": 1.0, **_CCSAM_COMMON, "grad_targets": "mixed"},
+        # Eq. 8-11 as written: s = 1, one gradient norm, pure perturbed objective, classes weighted equally
+        "paper": {"scale": 1.0, "norm": "global", "flat_ratio": 1.0, "class_weighting": "class",
+                  "mixup_alpha": 0.0, **_CCSAM_COMMON, "grad_targets": "first_label"},
+    },
+}
+_STAGE2: dict[str, dict[str | None, dict[str, Any]]] = {
+    "none": {None: {}},
+    # Kang et al. (ICLR 2020): re-initialise the classifier, then class-balanced re-training (reinit=False keeps
+    # the stage-1 classifier: "cRT without re-initialisation")
+    "crt": {None: {"bn": "eval", "reinit": True}},
+    "ccsam_adv": {
+        # authors' code; up_limit None = 1.0 for <= 10 classes (CIFAR-10), else 0.3 (CIFAR-100)
+        "official": {"adv_lambda": 1.0, "adv_norm": "class", "class_weight": "log", "div": 2.0,
+                     "weight_loss": True, "up_limit": None, "bn": "train", "global_stats": True},
+        # Eq. 12-14 as written (unweighted, one gradient norm over the batch), frozen BatchNorm
+        "paper": {"adv_lambda": 1.0, "adv_norm": "batch", "class_weight": "none", "div": 2.0,
+                  "weight_loss": False, "up_limit": 1.0, "bn": "eval", "global_stats": True},
+    },
+}
+_DEFAULT_PRESET = {"ccsam": "official", "ccsam_adv": "official"}
+_CHOICES = {
+    "norm": NORMS,
+    "class_weighting": ("instance", "class"),
+    "mode": ("head", "block"),
+    "block_batch": ("full", "class"),
+    "perturbation": KINDS,
+    "perturbed_targets": ("first_label", "mixed"),
+    "grad_targets": ("first_label", "mixed"),
+    "adv_norm": ADV_NORMS,
+    "class_weight": ("none", "log"),
+    "bn": ("train", "eval"),
+}
+_NULLABLE = {"max_ratio", "params", "groups", "flat_ratio", "up_limit", "drw_epoch"}
+_TYPES = {"params": str, "groups": int, "flat_ratio": float, "up_limit": float, "max_ratio": float, "drw_epoch": int}
+
+
+def _closest(key: str, valid: list[str]) -> str:
+    near = difflib.get_close_matches(key, valid, n=1, cutoff=0.0)
+    return f"; did you mean {near[0]!r}?" if near else ""
+
+
+def _check_value(method: str, key: str, value: Any, default: Any) -> None:
+    if key in _CHOICES:
+        if value not in _CHOICES[key]:
+            raise ValueError(f"{method}: {key} must be one of {_CHOICES[key]}, got {value!r}")
+        return
+    if value is None:
+        if key not in _NULLABLE:
+            raise ValueError(f"{method}: {key} may not be None")
+        return
+    kind = _TYPES.get(key, type(default))
+    ok = (
+        isinstance(value, bool) if kind is bool
+        else isinstance(value, int) and not isinstance(value, bool) if kind is int
+        else isinstance(value, (int, float)) and not isinstance(value, bool) if kind is float
+        else isinstance(value, kind)
+    )
+    if not ok:
+        hint = " (YAML reads 1e-6 as a string: write 1.0e-6)" if isinstance(value, str) else ""
+        raise ValueError(f"{method}: {key} must be {kind.__name__}, got {value!r}{hint}")
+
+
+def resolve_method(table: dict, stage: str, cfg: dict[str, Any], num_classes: int | None) -> dict[str, Any]:
+    cfg = dict(cfg)
+    if "name" not in cfg:
+        raise ValueError(f"{stage} cfg needs a 'name' (one of {tuple(table)})")
+    name = cfg.pop("name")
+    if name not in table:
+        raise ValueError(f"unknown {stage} method {name!r}{_closest(str(name), list(table))} (valid: {tuple(table)})")
+    presets = table[name]
+    preset = cfg.pop("preset", _DEFAULT_PRESET.get(name))
+    if preset not in presets:
+        if None in presets:
+            raise ValueError(f"{stage} method {name!r} has no presets (got preset={preset!r})")
+        raise ValueError(f"{name}: unknown preset {preset!r}{_closest(str(preset), list(presets))}")
+    merged = copy.deepcopy(presets[preset])
+    for key, value in cfg.items():
+        if key not in merged:
+            valid = ["name", *(["preset"] if None not in presets else []), *merged]
+            raise ValueError(f"{name}: unknown cfg key {key!r}{_closest(key, valid)} (valid keys: {valid})")
+        _check_value(name, key, value, merged[key])
+        merged[key] = value
+    if num_classes is not None:
+        auto = {"flat_ratio": (0.3, 0.5), "up_limit": (1.0, 0.3)}
+        for key, (small, large) in auto.items():
+            if key in merged and merged[key] is None:
+                merged[key] = small if num_classes <= 10 else large
+    out = {"name": name}
+    if preset is not None:
+        out["preset"] = preset
+    return out | merged
+
+
+def stage1_defaults(name: str, preset: str | None = None, num_classes: int | None = None) -> dict[str, Any]:
+    """The full stage-1 cfg of ``name`` (with ``preset``): every valid key and its default.
+
+    Without ``num_classes``, ``flat_ratio`` of the "official" preset stays None (resolved at build time:
+    0.3 for <= 10 classes, 0.5 otherwise).
+    """
+    cfg = {"name": name} | ({"preset": preset} if preset is not None else {})
+    return resolve_method(_STAGE1, "stage-1", cfg, num_classes)
+
+
+def stage2_defaults(name: str, preset: str | None = None, num_classes: int | None = None) -> dict[str, Any]:
+    """The full stage-2 cfg of ``name`` (``up_limit`` None in "official" = 1.0 for <= 10 classes, else 0.3)."""
+    cfg = {"name": name} | ({"preset": preset} if preset is not None else {})
+    return resolve_method(_STAGE2, "stage-2", cfg, num_classes)
+
+
+# The recipe's ``method``: one name selecting both stages; ``stage{1,2}.method`` dicts override single keys.
+METHODS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
+    "ccsam": ({"name": "ccsam", "preset": "official"}, {"name": "ccsam_adv", "preset": "official"}),
+    "ccsam_paper": ({"name": "ccsam", "preset": "paper"}, {"name": "ccsam_adv", "preset": "paper"}),
+    # paper Table 2 ablations: recommended direction with unit magnitude / Eq. 8 magnitude, random direction
+    "ccsam_dir": (
+        {"name": "ccsam", "preset": "official", "perturbation": "direction", "scale": 1.0},
+        {"name": "crt"},
+    ),
+    "ccsam_mag": (
+        {"name": "ccsam", "preset": "official", "perturbation": "magnitude", "scale": 1.0},
+        {"name": "crt"},
+    ),
+    "ce": ({"name": "ce"}, {"name": "crt"}),
+    "sam": ({"name": "sam"}, {"name": "crt"}),
+    "balanced_softmax": ({"name": "balanced_softmax"}, {"name": "crt"}),
+    # kaidic/LDAM-DRW: cosine head, lr x0.01 at each milestone, DRW, no re-training stage (resolve_recipe)
+    "ldam_drw": ({"name": "ldam_drw"}, {"name": "none"}),
+    "mixup_crt": ({"name": "mixup"}, {"name": "crt"}),
+}
