@@ -15,13 +15,13 @@ stderr (``--debug`` shows the traceback). Tables by default, ``--json`` for mach
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-import math
 import os
 import sys
 from pathlib import Path
 from typing import Any
+
+from .jsonio import dumps
 
 __all__ = ["main"]
 
@@ -45,29 +45,6 @@ def _load_model(args: argparse.Namespace):
     from ccsam_zoo.hub import from_pretrained
 
     return from_pretrained(args.model, revision=args.revision, device=_device(args.device))
-
-
-def _json_default(o: Any) -> Any:
-    if hasattr(o, "tolist"):
-        return o.tolist()
-    if isinstance(o, Path):
-        return str(o)
-    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
-
-
-def _clean(o: Any) -> Any:
-    """NaN / inf to None so the JSON output is strict JSON."""
-    if isinstance(o, float) and not math.isfinite(o):
-        return None
-    if isinstance(o, dict):
-        return {k: _clean(v) for k, v in o.items()}
-    if isinstance(o, (list, tuple)):
-        return [_clean(v) for v in o]
-    return o
-
-
-def _dumps(obj: Any) -> str:
-    return json.dumps(_clean(obj), indent=2, default=_json_default, allow_nan=False)
 
 
 def _table(rows: list[list[Any]], header: list[str]) -> str:
@@ -98,7 +75,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     for r in bad:
         print(f"skipped: {r['error']}", file=sys.stderr)
     if args.json:
-        print(_dumps(results))
+        print(dumps(results))
     else:
         header = ["image", "label", "prob"] + (["score", "known"] if args.open_set else []) + [f"top-{args.top_k}"]
         rows = []
@@ -195,9 +172,9 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     if args.output:
         out = Path(args.output).expanduser()
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(_dumps(report) + "\n", encoding="utf-8")
+        out.write_text(dumps(report) + "\n", encoding="utf-8")
     if args.json:
-        print(_dumps(report))
+        print(dumps(report))
         return 0
     print(f"model: {args.model}   data: {name} ({args.split}, {result['num_samples']} images)")
     print(
@@ -239,7 +216,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
     rows = [r._asdict() if hasattr(r, "_asdict") else dict(r) for r in list_pretrained()]
     if args.json:
-        print(_dumps(rows))
+        print(dumps(rows))
         return 0
     print(
         _table(

@@ -199,3 +199,19 @@ def test_large_scale_recipes_do_not_use_the_collapsing_paper_preset():
     for name in ("imagenet_lt", "places_lt", "inat2018"):
         recipe = load_recipe(name)
         assert recipe["method"] == "ccsam" and recipe["stage2"]["method"] == {"preset": "paper"}, name
+
+
+def test_sync_bn_converts_only_for_several_cuda_processes():
+    from types import SimpleNamespace
+
+    from ccsam_zoo.training.trainer import _sync_batchnorm
+
+    model = timm.create_model("resnet20_cifar", num_classes=3, widths=(4, 6, 8))
+    one = SimpleNamespace(num_processes=1, device=torch.device("cpu"))
+    assert _sync_batchnorm(model, True, one) is model
+    cuda = SimpleNamespace(num_processes=2, device=torch.device("cuda"))
+    synced = _sync_batchnorm(copy.deepcopy(model), True, cuda)
+    assert any(isinstance(m, torch.nn.SyncBatchNorm) for m in synced.modules())
+    assert synced.state_dict().keys() == model.state_dict().keys()  # saved checkpoints are unchanged
+    with pytest.raises(ValueError, match="model.sync_bn=true needs CUDA"):
+        _sync_batchnorm(model, True, SimpleNamespace(num_processes=2, device=torch.device("cpu")))

@@ -277,6 +277,15 @@ def test_two_processes_match_one_process_on_the_same_global_batch(cifar_slice, t
         for run in ("two", "accum"):  # 2 processes x 16; 1 process x 16 x 2 accumulation steps
             same = distance(run, stage)
             assert same < 1e-3 and same * 10 < other, (run, stage, same, other)
+    # the logged losses too, stage 2 included (its adversarial step and loss reduction under DDP)
+    def losses(run: str) -> list[float]:
+        rows = [json.loads(line) for line in (tmp_path / run / "log.jsonl").read_text().splitlines()]
+        return [r["loss"] for r in rows if "img_per_s" in r]
+
+    one, two, b16 = losses("one"), losses("two"), losses("b16")
+    assert len(one) == len(two) == 3
+    np.testing.assert_allclose(two, one, rtol=1e-3)
+    assert abs(b16[-1] - one[-1]) > 10 * abs(two[-1] - one[-1])
     m1 = json.loads((tmp_path / "one" / "metrics.json").read_text())
     m2 = json.loads((tmp_path / "two" / "metrics.json").read_text())
     assert abs(m1["stage2"]["top1"] - m2["stage2"]["top1"]) <= 2 * 100.0 / 300  # at most two test images

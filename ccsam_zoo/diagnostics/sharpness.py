@@ -20,7 +20,6 @@ losses`` (default cross-entropy). Example::
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 from collections.abc import Callable, Mapping, Sequence
@@ -32,6 +31,7 @@ import torch.nn as nn
 from tqdm.auto import tqdm
 
 from ..data.counts import SHOT_RULES
+from ..jsonio import dumps
 from ._core import (
     _STREAM_ASCENT,
     GROUP_NAMES,
@@ -388,20 +388,6 @@ def worst_case_sharpness(
 # ---------------------------------------------------------------------------------------------- report
 
 
-def _jsonable(obj: Any) -> Any:
-    if isinstance(obj, Mapping):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, torch.Tensor):
-        return _jsonable(obj.tolist())
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, Path):
-        return str(obj)
-    return obj
-
-
 def _summary_table(result: Mapping[str, Any]) -> str:
     summary = result["summary"]
     norms = list(summary["loss_increase"])
@@ -444,7 +430,7 @@ def save_report(result: Mapping[str, Any], out_dir: str | Path, *, name: str | N
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"json": out / f"{name}.json"}
-    paths["json"].write_text(json.dumps(_jsonable(result), indent=2, allow_nan=False) + "\n")
+    paths["json"].write_text(dumps(result) + "\n")
     if kind == "loss_curves":
         paths["png"] = plots.plot_curves(result, out / f"{name}.png")
         paths["summary"] = out / f"{name}_summary.md"
@@ -578,7 +564,7 @@ def run(args: argparse.Namespace) -> int:
             paths["card"].write_text(render_model_card(args.output), encoding="utf-8")
     if args.json:
         payload = {"loss_curves": result, "landscape_2d": land} if land is not None else result
-        print(json.dumps(_jsonable(payload), allow_nan=False))
+        print(dumps(payload, indent=None))
     else:
         cfg = result["config"]
         print(

@@ -16,7 +16,6 @@ Only safetensors are ever read; nothing here calls ``torch.load`` or unpickles a
 from __future__ import annotations
 
 import json
-import math
 import os
 import re
 import shutil
@@ -28,6 +27,8 @@ from typing import Any
 
 import torch
 import torch.nn as nn
+
+from ..jsonio import jsonable
 
 __all__ = ["CheckpointError", "LoadedCheckpoint", "save_pretrained", "load_checkpoint", "read_extras"]
 
@@ -81,25 +82,6 @@ def _unwrap(model: nn.Module) -> nn.Module:
             f"save_pretrained needs a timm model (with .pretrained_cfg), got {type(model).__name__}: "
             "create it with timm.create_model(...) after `import ccsam_zoo`"
         ) from None
-
-
-def _jsonable(value: Any) -> Any:
-    """JSON-safe copy: tensors / numpy to lists, tuples to lists, NaN to None, paths to str."""
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, torch.Tensor):
-        return _jsonable(value.detach().cpu().tolist())
-    if hasattr(value, "tolist") and type(value).__module__.startswith("numpy"):
-        return _jsonable(value.tolist())
-    if isinstance(value, float):
-        return None if math.isnan(value) or math.isinf(value) else value
-    if isinstance(value, (str, int, bool)) or value is None:
-        return value
-    if isinstance(value, os.PathLike):
-        return os.fspath(value)
-    return str(value)
 
 
 def stage_number(stage: Any) -> int | None:
@@ -178,7 +160,7 @@ def _build_extras(model: nn.Module, info: dict[str, Any]) -> dict[str, Any]:
         from .card import paper_result_for
 
         extras["paper_results"] = paper_result_for(extras)
-    return _jsonable(extras)
+    return jsonable(extras)
 
 
 def _write_prototypes(path: Path, prototypes: Any, num_classes: int, num_features: int) -> dict[str, Any]:

@@ -38,6 +38,7 @@ DEFAULTS: dict[str, Any] = {
         "pretrained_file": None,  # local .safetensors with ImageNet weights (Places-LT: ResNet-152)
         "head": None,  # None: "cosine" for method=ldam_drw (LDAM's normalised classifier), else "linear"
         "norm": "batchnorm",  # CIFAR ResNets only; "groupnorm" makes 1- and 2-process runs comparable exactly
+        "sync_bn": False,  # SyncBatchNorm over the global batch when several processes train (CUDA only)
         "channels_last": False,
         "compile": False,
         "drop_rate": 0.0,

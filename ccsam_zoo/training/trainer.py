@@ -76,7 +76,7 @@ def train(recipe: dict[str, Any], output_dir: str | Path, *, resume: bool = Fals
         _write_selection(output_dir / "train_indices.json", bench)
     if recipe["data"]["device_resident"]:
         _keep_on_device(bench, recipe["data"], accelerator.device)
-    model = _create_model(recipe["model"], bench.num_classes)
+    model = _sync_batchnorm(_create_model(recipe["model"], bench.num_classes), recipe["model"]["sync_bn"], accelerator)
     s1_cfg, s2_cfg = stage_methods(recipe)
     ctx = _Context(recipe, output_dir, accelerator, log, bench, state)
 
@@ -330,6 +330,19 @@ def _create_model(cfg: dict[str, Any], num_classes: int) -> nn.Module:
         ) from None
     model.reset_classifier(num_classes)
     return model
+
+
+def _sync_batchnorm(model: nn.Module, enabled: bool, accelerator: Any) -> nn.Module:
+    """``model.sync_bn``: BatchNorm over the global batch when several processes train (torch's SyncBatchNorm
+    runs on CUDA only); one process: unchanged. Saved weights are the same tensors either way."""
+    if not enabled or accelerator.num_processes == 1:
+        return model
+    if accelerator.device.type != "cuda":
+        raise ValueError(
+            f"model.sync_bn=true needs CUDA devices (torch's SyncBatchNorm), got {accelerator.device.type}: "
+            "set model.sync_bn=false, or model.norm=groupnorm (CIFAR ResNets) for batch-independent statistics"
+        )
+    return nn.SyncBatchNorm.convert_sync_batchnorm(model)
 
 
 def _load_stage1(model: nn.Module, folder: Path) -> None:
