@@ -38,6 +38,7 @@ RUNS: dict[str, list[str]] = {
     "balanced_softmax": ["method=balanced_softmax"],
     "ldam_drw": ["method=ldam_drw"],
     "ccsam": ["method=ccsam"],
+    "ccsam_rec": ["method=ccsam_rec"],
     "ccsam_paper": ["method=ccsam_paper"],
     "ccsam_dir": ["method=ccsam_dir"],
     "ccsam_mag": ["method=ccsam_mag"],

@@ -1,14 +1,16 @@
-"""The paper protocol on one GPU: ResNet-32, CIFAR-10-LT IR 100, 200 + 30 epochs, for ccsam and ce.
+"""The paper protocol on one GPU: ResNet-32, CIFAR-10-LT IR 100, 200 + 30 epochs, for ce, mixup_crt, ccsam and
+the project's recommended CC-SAM configuration (``ccsam_rec``).
 
-Both runs start at once on the same GPU (each is small: ResNet-32 at batch 64 leaves the GPU mostly idle,
-so two processes overlap their Python overhead). Each run is the project's own command::
+All runs start at once on the same GPU (each is small: ResNet-32 at batch 64 leaves the GPU mostly idle,
+so the processes overlap their Python overhead). Each run is the project's own command, with the overrides
+of ``bench/compare.py``'s ``RUNS`` for its name::
 
-    python recipes/train.py --recipe cifar10_lt --output-dir OUT/<method> --set data.source=DATA method=<method>
+    python recipes/train.py --recipe cifar10_lt --output-dir OUT/<run> --set data.source=DATA <RUNS[run]>
         train.mixed_precision=bf16 model.channels_last=true data.device_resident=true ...
 
 (data decoded once into a uint8 tensor kept on the GPU; augmentation runs on the GPU batch). Writes
-``OUT/<method>/metrics.json`` and ``OUT/gpu_results.json`` (device, per-run wall time, stage-1/2 top-1,
-many/medium/few) and prints the latter. Target: both runs inside 10 minutes on one H100.
+``OUT/<run>/`` (the whole run folder: stage1/, stage2/, metrics.json, logs) and ``OUT/gpu_results.json``
+(device, per-run wall time, stage-1/2 top-1, many/medium/few) and prints the latter.
 
     # on the GPU machine, from the repository root, with the CIFAR-10 parquet copied to data/cifar10:
     python bench/gpu/reproduce_cifar10_lt.py --data data/cifar10 --out "$OUT"
@@ -27,6 +29,8 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "bench"))
+from compare import RUNS  # noqa: E402  (bench/compare.py: run name -> recipe overrides)
 
 
 def _device() -> str:
@@ -41,7 +45,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, default=Path(os.environ.get("CCSAM_DATA", "../shared/data")) / "cifar10")
     ap.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "runs/gpu")))
-    ap.add_argument("--methods", nargs="+", default=["ccsam", "ce"])
+    ap.add_argument("--runs", "--methods", nargs="+", default=["ce", "mixup_crt", "ccsam", "ccsam_rec"],
+                    choices=list(RUNS), dest="methods", help="run names of bench/compare.py")
     ap.add_argument("--stage1-epochs", type=int, default=200)
     ap.add_argument("--stage2-epochs", type=int, default=30)
     ap.add_argument("--precision", default="bf16", choices=["no", "bf16", "fp16"])
@@ -68,7 +73,7 @@ def main() -> None:
     for method in args.methods:
         folder = args.out / method
         cmd = [sys.executable, str(REPO / "recipes/train.py"), "--recipe", "cifar10_lt", "--output-dir", str(folder)]
-        cmd += ["--set", *common, f"method={method}"]
+        cmd += ["--set", *common, *RUNS[method]]
         log = open(args.out / f"{method}.log", "w")  # noqa: SIM115 - closed below
         procs[method] = (subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT), log, time.time())
     result = {
