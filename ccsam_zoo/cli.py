@@ -32,13 +32,35 @@ class UsageError(Exception):
     """A bad combination of arguments found after parsing (exit code 2)."""
 
 
+# Errors about the user's inputs (model, data, images, files): their message is the whole story. Anything
+# else is reported as unexpected (with how to see the traceback).
+_USER_ERRORS = (ValueError, OSError, ImportError, ArithmeticError)
+
+
 # ----------------------------------------------------------------------------------------------- helpers
 def _device(name: str | None) -> str:
-    if name and name != "auto":
-        return name
+    """``--device``: auto (cuda when available, else cpu) or a device this machine has (a UsageError otherwise)."""
     import torch
 
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    if not name or name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise UsageError(f"--device {name!r} is not a device; use auto, cpu, cuda, cuda:N or mps") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UsageError(f"--device {name}: CUDA is not available on this machine; use --device cpu (or auto)")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise UsageError(
+                f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s) "
+                f"(cuda:0 to cuda:{torch.cuda.device_count() - 1})"
+            )
+    elif dev.type == "mps" and not torch.backends.mps.is_available():
+        raise UsageError(f"--device {name}: MPS is not available on this machine; use --device cpu (or auto)")
+    elif dev.type not in ("cpu", "cuda", "mps"):
+        raise UsageError(f"--device {name}: unsupported device type {dev.type!r}; use auto, cpu, cuda, cuda:N or mps")
+    return name
 
 
 def _load_model(args: argparse.Namespace):
@@ -84,16 +106,28 @@ def _pct(v: float | None) -> str:
 
 # ---------------------------------------------------------------------------------------------- predict
 def _cmd_predict(args: argparse.Namespace) -> int:
+    from ccsam_zoo.inference import ImageInputError
+
     clf = _load_model(args)
-    results = clf.predict(
-        args.images,
-        top_k=args.top_k,
-        open_set=args.open_set,
-        batch_size=args.batch_size,
-        score=args.score,
-        threshold=args.threshold,
-        skip_bad=args.skip_bad,
-    )
+    try:
+        results = clf.predict(
+            args.images,
+            top_k=args.top_k,
+            open_set=args.open_set,
+            batch_size=args.batch_size,
+            score=args.score,
+            threshold=args.threshold,
+            skip_bad=args.skip_bad,
+        )
+    except ImageInputError as err:
+        if not err.others:
+            raise
+        n = err.others
+        raise ImageInputError(
+            f"{err.reason}; the other {n} image{'s were' if n > 1 else ' was'} not classified: add --skip-bad to "
+            "skip unreadable images and classify the rest",
+            err.source,
+        ) from None
     bad = [r for r in results if "error" in r]
     for r in bad:
         print(f"skipped: {r['error']}", file=sys.stderr)
@@ -234,20 +268,29 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 # ------------------------------------------------------------------------------------------ list / card
+_STATUS_HELP = """\
+shipped: inside the package (works offline)   cached: in the Hugging Face cache   local: a registered folder
+not published: nothing uploaded under this name yet; train it: accelerate launch recipes/train.py --recipe RECIPE
+not cached: a registered Hub repo, downloaded on first use"""
+
+
 def _cmd_list(args: argparse.Namespace) -> int:
     from ccsam_zoo.hub import list_pretrained
 
     rows = [r._asdict() if hasattr(r, "_asdict") else dict(r) for r in list_pretrained()]
+    rows.sort(key=lambda r: not r["available_locally"])  # what works now first (stable: registry order)
     if args.json:
         print(_dumps(rows))
         return 0
     print(
         _table(
-            [[r["alias"], r["repo_id"] or "-", r["revision"] or "-", r["dataset"] or "-",
-              "yes" if r["available_locally"] else "no"] for r in rows],
-            ["alias", "repo", "revision", "dataset", "local"],
+            [[r["alias"], r.get("status") or ("yes" if r["available_locally"] else "no"),
+              r.get("architecture") or "-", r["dataset"] or "-", r.get("recipe") or "-",
+              f"{r['repo_id']}@{r['revision']}" if r["repo_id"] else "-"] for r in rows],
+            ["alias", "status", "architecture", "dataset", "recipe", "Hub repo"],
         )
     )  # fmt: skip
+    print(f"\n{_STATUS_HELP}")
     return 0
 
 
@@ -255,15 +298,26 @@ def _cmd_card(args: argparse.Namespace) -> int:
     from ccsam_zoo.hub import render_model_card
 
     run = Path(args.run_dir).expanduser()
-    if not run.is_dir():
-        raise FileNotFoundError(f"{run}: no such folder (pass a run folder or a checkpoint folder)")
-    candidates = [run / args.stage] if args.stage else [run, run / "stage2", run / "stage1"]
-    folder = next((c for c in candidates if (c / "config.json").is_file()), None)
-    if folder is None:
-        raise FileNotFoundError(f"{run}: no checkpoint (config.json) in {', '.join(str(c) for c in candidates)}")
-    card = render_model_card(folder)
+    repo_id = revision = None
+    if run.exists():
+        if not run.is_dir():
+            raise FileNotFoundError(
+                f"{run} is a file; pass a run folder, a checkpoint folder, an alias (ccsam-zoo list) or ORG/NAME"
+            )
+        candidates = [run / args.stage] if args.stage else [run, run / "stage2", run / "stage1"]
+        folder = next((c for c in candidates if (c / "config.json").is_file()), None)
+        if folder is None:
+            raise FileNotFoundError(f"{run}: no checkpoint (config.json) in {', '.join(str(c) for c in candidates)}")
+    else:  # an alias or a Hub repo id, resolved like --model of predict
+        from ccsam_zoo.hub.registry import resolve_checkpoint
+
+        folder, origin = resolve_checkpoint(args.run_dir, "stage1" if args.stage == "stage1" else None)
+        repo_id, revision = origin.get("repo_id"), origin.get("revision")
+    card = render_model_card(folder, repo_id=repo_id, revision=revision)
     if args.output:
-        Path(args.output).expanduser().write_text(card, encoding="utf-8")
+        out = Path(args.output).expanduser()
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(card, encoding="utf-8")
         print(f"wrote {args.output}")
     else:
         print(card)
@@ -281,7 +335,7 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="checkpoint folder, Hub repo id (ORG/NAME) or alias (ccsam-zoo list)")
     p.add_argument("--revision", default=None, help="Hub branch / tag / commit ('stage1' for stage 1)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda when available)")
-    p.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
+    p.add_argument("--batch-size", type=_positive, default=64, help="images per forward pass")
 
 
 def _positive(v: str) -> int:
@@ -289,6 +343,21 @@ def _positive(v: str) -> int:
     if n < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {v}")
     return n
+
+
+def _non_negative(v: str) -> int:
+    n = int(v)
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {v}")
+    return n
+
+
+def _finite(v: str) -> float:
+    """A finite float (``nan`` / ``inf`` would reject or accept every image)."""
+    x = float(v)
+    if not math.isfinite(x):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {v!r}")
+    return x
 
 
 def build_parser(with_sharpness: bool = True) -> argparse.ArgumentParser:
@@ -313,7 +382,7 @@ def build_parser(with_sharpness: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=_positive, default=5)
     p.add_argument("--open-set", action="store_true", help="reject unknown images (label 'unknown')")
     p.add_argument("--score", choices=_SCORES, default=None, help="open-set score (default: the calibrated one)")
-    p.add_argument("--threshold", type=float, default=None, help="open-set threshold (default: the calibrated one)")
+    p.add_argument("--threshold", type=_finite, default=None, help="open-set threshold (default: the calibrated one)")
     p.add_argument("--skip-bad", action="store_true", help="report unreadable images and continue")
     p.add_argument("--json", action="store_true", help="JSON output")
     p.set_defaults(func=_cmd_predict, batch_size=64)
@@ -323,17 +392,19 @@ def build_parser(with_sharpness: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="benchmark name (cifar10_lt, ...) or a parquet / image folder path")
     p.add_argument("--data-source", "--source", dest="data_source", default=None,
                    help="where the benchmark's files are (build_benchmark source=)")  # fmt: skip
-    p.add_argument("--imbalance-ratio", type=float, default=None, help="training imbalance of cifar*_lt (default 100)")
+    p.add_argument(
+        "--imbalance-ratio", type=_finite, default=None, help="training imbalance of cifar*_lt (default 100)"
+    )
     p.add_argument("--split", default="test", choices=["test", "val", "train"])
-    p.add_argument("--val-per-class", type=int, default=0, help="carve a validation split (with --split val)")
+    p.add_argument("--val-per-class", type=_non_negative, default=0, help="carve a validation split (with --split val)")
     p.add_argument("--open-data", default=None, help="open-set images: parquet file / folder or image folder")
     p.add_argument(
         "--scores", default=None, help=f"comma-separated open-set scores (default: all of {','.join(_SCORES)})"
     )
-    p.add_argument("--shot-thresholds", type=int, nargs=2, default=None, metavar=("MANY", "FEW"),
+    p.add_argument("--shot-thresholds", type=_non_negative, nargs=2, default=None, metavar=("MANY", "FEW"),
                    help="default: the checkpoint's (100 20)")  # fmt: skip
     p.add_argument("--shot-rule", choices=["paper", "authors"], default=None, help="default: the checkpoint's")
-    p.add_argument("--num-workers", type=int, default=0, help="loader workers for large images")
+    p.add_argument("--num-workers", type=_non_negative, default=0, help="loader workers for large images")
     p.add_argument("--json", action="store_true", help="JSON output")
     p.add_argument("--output", default=None, help="also write the JSON report to this file")
     p.set_defaults(func=_cmd_evaluate, batch_size=256)
@@ -342,8 +413,11 @@ def build_parser(with_sharpness: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_list)
 
-    p = sub.add_parser("card", parents=[common], help="render the model card of a run / checkpoint folder")
-    p.add_argument("run_dir", help="run folder (stage2/ preferred, else stage1/) or checkpoint folder")
+    p = sub.add_parser("card", parents=[common], help="render the model card of a run / checkpoint folder or alias")
+    p.add_argument(
+        "run_dir", metavar="MODEL",
+        help="run folder (stage2/ preferred, else stage1/), checkpoint folder, alias (ccsam-zoo list) or ORG/NAME",
+    )  # fmt: skip
     p.add_argument("--stage", choices=["stage1", "stage2"], default=None)
     p.add_argument("--output", default=None, help="write the card here instead of stdout")
     p.set_defaults(func=_cmd_card)
@@ -388,6 +462,8 @@ def main(argv: list[str] | None = None) -> int:
         if debug:
             raise
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if not isinstance(e, _USER_ERRORS):  # not a user error we know: likely a bug, say how to see more
+            msg = f"{type(e).__name__}: {msg} (unexpected: rerun with --debug for the traceback and report it)"
         print(f"error: {msg}", file=sys.stderr)
         return 1
 
