@@ -257,14 +257,16 @@ def save_pretrained(model: nn.Module, folder: str | os.PathLike, *, info: dict[s
     class_counts, shot_thresholds, shot_rule, stage, method, recipe, metrics, dataset, data_fingerprint,
     prototypes (C x D tensor or None), open_set ({score, threshold, tpr} or None), paper_results
     (None: looked up from the published table); optional: data_config (timm data config overrides),
-    base_model, license, limitations (list of str), data_source, repo_id (used in the card's usage lines).
+    base_model, license, limitations (list of str), data_source, repo_id (the Hub repo the card's usage
+    lines load from; without it they load from ``folder``, as written).
     Returns the folder's path.
     """
     from safetensors.torch import save_file
     from timm.models._hub import save_config_for_hf  # the config half of timm.models.save_for_hf
 
     model = _unwrap(model)
-    folder = Path(folder).expanduser().resolve()
+    shown = Path(folder).expanduser()  # the path as the caller wrote it: the card's usage lines load from it
+    folder = shown.resolve()
     extras = _build_extras(model, info)
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
@@ -288,7 +290,8 @@ def save_pretrained(model: nn.Module, folder: str | os.PathLike, *, info: dict[s
         from .card import plot_per_class_accuracy, render_model_card
 
         plot_per_class_accuracy(tmp, extras)
-        (tmp / CARD_NAME).write_text(render_model_card(tmp, repo_id=info.get("repo_id")), encoding="utf-8")
+        card = render_model_card(tmp, repo_id=info.get("repo_id"), location=shown)
+        (tmp / CARD_NAME).write_text(card, encoding="utf-8")
         _fsync_dir(tmp)
         _replace_dir(tmp, folder)
     except BaseException:
