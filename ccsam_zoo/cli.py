@@ -100,6 +100,16 @@ def _table(rows: list[list[Any]], header: list[str]) -> str:
     return "\n".join(lines)
 
 
+def _write_output(path: str, text: str) -> None:
+    """``--output``: create the parent folder; an unwritable path is one clear error."""
+    out = Path(path).expanduser()
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text, encoding="utf-8")
+    except OSError as err:
+        raise OSError(f"cannot write --output {path}: {err.strerror or err}") from None
+
+
 def _pct(v: float | None) -> str:
     return "-" if v is None else f"{100 * v:.2f}"
 
@@ -184,6 +194,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     if args.val_per_class:
         kwargs["val_per_class"] = args.val_per_class
     bench = build_benchmark(name, source, **kwargs)
+    if args.split == "val" and getattr(bench, "val", None) is None:
+        raise UsageError(f"{name} has no val split: add --val-per-class N (images per class held out of train)")
     if bench.num_classes != clf.num_classes:
         raise ValueError(
             f"the model has {clf.num_classes} classes but {name} has {bench.num_classes}: wrong --data for this model"
@@ -227,9 +239,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         **result,
     }
     if args.output:
-        out = Path(args.output).expanduser()
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(_dumps(report) + "\n", encoding="utf-8")
+        _write_output(args.output, _dumps(report) + "\n")
     if args.json:
         print(_dumps(report))
         return 0
@@ -315,9 +325,7 @@ def _cmd_card(args: argparse.Namespace) -> int:
         repo_id, revision = origin.get("repo_id"), origin.get("revision")
     card = render_model_card(folder, repo_id=repo_id, revision=revision)
     if args.output:
-        out = Path(args.output).expanduser()
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(card, encoding="utf-8")
+        _write_output(args.output, card)
         print(f"wrote {args.output}")
     else:
         print(card)
@@ -326,6 +334,9 @@ def _cmd_card(args: argparse.Namespace) -> int:
 
 def _cmd_sharpness(args: argparse.Namespace) -> int:
     from ccsam_zoo.diagnostics import sharpness
+
+    if getattr(args, "device", None):
+        _device(args.device)  # an unknown or missing device: a usage error before any work
 
     return int(sharpness.run(args) or 0)
 

@@ -185,6 +185,25 @@ def test_evaluate_json_and_output(capsys, run_dir, tmp_path, ood_dir):
     assert rc == 2 and "energy" in err
 
 
+def test_evaluate_user_errors_name_the_flag(capsys, run_dir, tmp_path):
+    _small_parquet_benchmark(tmp_path / "bench")
+    argv = ["evaluate", "--model", run_dir / "stage2", "--data", tmp_path / "bench"]
+    rc, out, err = _run(capsys, *argv, "--split", "val")
+    assert rc == 2 and out == "" and "has no val split: add --val-per-class N" in err and "Traceback" not in err
+    (tmp_path / "afile").write_text("x")
+    rc, out, err = _run(capsys, *argv, "--output", tmp_path / "afile" / "report.json")
+    assert rc == 1
+    _one_line_error(err, "cannot write --output", "afile")
+
+
+def test_sharpness_bad_device_before_any_work(capsys, monkeypatch):
+    from ccsam_zoo.diagnostics import sharpness
+
+    monkeypatch.setattr(sharpness, "run", lambda args: pytest.fail("sharpness ran with a bad --device"))
+    rc, _, err = _run(capsys, "sharpness", "--model", "m", "--data", "embedded", "--device", "toaster")
+    assert rc == 2 and "--device 'toaster' is not a device" in err
+
+
 def test_list_json(capsys):
     rc, out, _ = _run(capsys, "list", "--json")
     rows = json.loads(out)

@@ -194,6 +194,8 @@ def test_register_local_run_folder(run_dir):
     rows = {r.alias: r for r in list_pretrained()}
     assert rows["my-run"].available_locally and rows["my-run:stage1"].available_locally
     assert rows["my-run"].status == "local"
+    with pytest.raises(CheckpointError, match=r"revision='v2' applies to Hub repos; 'my-run' is a local model"):
+        from_pretrained("my-run", revision="v2")  # was silently ignored
     with pytest.raises(ValueError, match="already registered"):
         register_pretrained("my-run", local_dir=run)
     register_pretrained("my-run", local_dir=run / "stage2", overwrite=True)

@@ -292,6 +292,10 @@ def resolve_checkpoint(name_or_path: str | os.PathLike, revision: str | None = N
         entry = _REGISTRY[base]
         stage1 = rev == STAGE1_REVISION
         looked = []
+        if entry.local_dir is not None and entry.repo_id is None and rev not in (None, "main", STAGE1_REVISION):
+            raise CheckpointError(
+                f"revision={rev!r} applies to Hub repos; {base!r} is a local model (use 'stage1' or 'stage2')"
+            )
         if entry.local_dir is not None:
             found = _local_checkpoint(entry.local_dir, stage1)
             if found is not None:
@@ -309,7 +313,8 @@ def resolve_checkpoint(name_or_path: str | os.PathLike, revision: str | None = N
         if entry.shipped and stage1 and entry.local_dir.exists():
             raise CheckpointError(
                 f"model {name!r} is not available: the package ships stage 2 of {base!r} only; use {base!r}, or "
-                f"{_train_hint(entry.recipe)}"
+                f"train it with `accelerate launch recipes/train.py --recipe {entry.recipe}` and load the run "
+                "folder with revision='stage1'"
             )
         what = "This bundled model is missing from this installation" if entry.shipped else "The folder is gone"
         raise CheckpointError(
