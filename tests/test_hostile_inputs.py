@@ -384,3 +384,48 @@ def test_hf_token_never_printed_or_written(tmp_path, monkeypatch, capsys, files)
     for path in tmp_path.rglob("*"):
         if path.is_file():
             assert sentinel.encode() not in path.read_bytes(), path
+
+
+def test_hf_token_not_leaked_by_a_failed_push_from_the_training_command(tmp_path, monkeypatch, capsys):
+    """``recipes/train.py --push-to-hub`` whose push is refused (training replaced by a copy of a checkpoint)."""
+    from unittest import mock
+
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import HfHubHTTPError
+
+    from ccsam_zoo.training import cli as train_cli
+    from ccsam_zoo.training import trainer
+
+    sentinel = "hf_SENTINELtokenDoNotLeak9876543210"
+    monkeypatch.setenv("HF_TOKEN", sentinel)
+
+    def fake_train(recipe, output_dir, **kwargs):
+        shutil.copytree(SHIPPED, Path(output_dir) / "stage2")
+        return {"stage2": {"top1": 59.9}}
+
+    def no_data(*args, **kwargs):
+        raise AssertionError("training was not intercepted")
+
+    monkeypatch.setattr(trainer, "train", fake_train)
+    monkeypatch.setattr(trainer, "_build_data", no_data)  # never a real run, whatever the CLI imports
+
+    def denied(self, *args, **kwargs):
+        raise HfHubHTTPError(
+            "403 Forbidden: You don't have the rights to create a model under the namespace 'me'.",
+            response=mock.Mock(status_code=403, headers={}, url="https://huggingface.co/api/repos/create"),
+        )
+
+    monkeypatch.setattr(HfApi, "create_repo", denied)
+    out_dir = tmp_path / "run"
+    outputs = []
+    try:
+        rc = train_cli.main(["--recipe", "quickstart", "--output-dir", str(out_dir), "--push-to-hub", "me/x"])
+        outputs.append(str(rc))
+    except BaseException as err:  # noqa: BLE001  (a traceback today; the message is what is checked)
+        outputs.extend([str(err), repr(err)])
+    outputs.extend(capsys.readouterr())
+    assert (out_dir / "stage2" / "model.safetensors").is_file()  # the run's files are intact
+    assert not any(sentinel in o for o in outputs)
+    for path in tmp_path.rglob("*"):
+        if path.is_file():
+            assert sentinel.encode() not in path.read_bytes(), path
