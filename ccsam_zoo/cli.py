@@ -115,10 +115,31 @@ def _pct(v: float | None) -> str:
 
 
 # ---------------------------------------------------------------------------------------------- predict
+def _check_open_set(args: argparse.Namespace, clf: Any) -> None:
+    """``--open-set`` on a model that cannot do it as asked: say which flag fixes it (before reading images)."""
+    if not args.open_set:
+        return
+    stored = clf.open_set or {}
+    score = args.score or stored.get("score") or "cosine"
+    if score != "msp" and clf.prototypes is None:
+        raise ValueError(
+            f"--open-set with score {score!r} needs class prototypes and {args.model} has none: use --score msp "
+            "(OLTR's fixed threshold 0.1, or --threshold T)"
+        )
+    calibrated = stored.get("score") == score and stored.get("threshold") is not None
+    if args.threshold is None and score != "msp" and not calibrated:
+        why = "has no open-set threshold" if stored.get("threshold") is None else f"has no threshold for {score!r}"
+        raise ValueError(
+            f"--open-set: {args.model} {why}; pass --threshold T "
+            f"(a {score} score, higher = more likely known), or --score msp (OLTR's fixed threshold 0.1)"
+        )
+
+
 def _cmd_predict(args: argparse.Namespace) -> int:
     from ccsam_zoo.inference import ImageInputError
 
     clf = _load_model(args)
+    _check_open_set(args, clf)
     try:
         results = clf.predict(
             args.images,

@@ -204,6 +204,26 @@ def test_sharpness_bad_device_before_any_work(capsys, monkeypatch):
     assert rc == 2 and "--device 'toaster' is not a device" in err
 
 
+def test_open_set_without_threshold_or_prototypes_names_the_flag(capsys, run_dir, images, tmp_path):
+    folder = tmp_path / "stage2"
+    shutil.copytree(run_dir / "stage2", folder)
+    extras = json.loads((folder / "ccsam_zoo.json").read_text())
+    (folder / "ccsam_zoo.json").write_text(json.dumps({**extras, "open_set": None}))  # like val_per_class: 0
+    img = images[0][0]
+    rc, out, err = _run(capsys, "predict", "--model", folder, img, "--open-set")
+    assert rc == 1 and out == ""
+    _one_line_error(err, "has no open-set threshold; pass --threshold T", "--score msp")
+    rc, out, _ = _run(capsys, "predict", "--model", folder, img, "--open-set", "--threshold", "0.5", "--json")
+    assert rc == 0 and json.loads(out)[0]["score"] == "cosine"
+    rc, out, _ = _run(capsys, "predict", "--model", folder, img, "--open-set", "--score", "msp", "--json")
+    assert rc == 0 and json.loads(out)[0]["score"] == "msp"
+    (folder / "prototypes.safetensors").unlink()
+    (folder / "ccsam_zoo.json").write_text(json.dumps({**extras, "open_set": None, "prototypes": None}))
+    rc, _, err = _run(capsys, "predict", "--model", folder, img, "--open-set", "--threshold", "0.5")
+    assert rc == 1
+    _one_line_error(err, "needs class prototypes", "use --score msp")
+
+
 def test_list_json(capsys):
     rc, out, _ = _run(capsys, "list", "--json")
     rows = json.loads(out)
