@@ -100,6 +100,20 @@ def _table(rows: list[list[Any]], header: list[str]) -> str:
     return "\n".join(lines)
 
 
+def _check_output(path: str | None) -> None:
+    """Refuse an ``--output`` that cannot be written before any work (a folder, a parent that is a file, ...)."""
+    if not path:
+        return
+    out = Path(path).expanduser()
+    parent = next((p for p in (out.parent, *out.parent.parents) if p.exists()), Path("."))
+    if out.is_dir():
+        raise UsageError(f"--output {path} is a folder; give a file name")
+    if not parent.is_dir():
+        raise UsageError(f"cannot write --output {path}: {parent} is not a folder")
+    if not os.access(parent, os.W_OK):
+        raise UsageError(f"cannot write --output {path}: no write permission in {parent}")
+
+
 def _write_output(path: str, text: str) -> None:
     """``--output``: create the parent folder; an unwritable path is one clear error."""
     out = Path(path).expanduser()
@@ -201,6 +215,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from ccsam_zoo.data import build_benchmark
     from ccsam_zoo.inference import evaluate_model
 
+    _check_output(args.output)
     name, source = _benchmark_spec(args.data, args.data_source)
     scores = tuple(s.strip() for s in args.scores.split(",") if s.strip()) if args.scores else None
     bad = [s for s in scores or () if s not in _SCORES]
@@ -344,6 +359,7 @@ def _cmd_card(args: argparse.Namespace) -> int:
 
         folder, origin = resolve_checkpoint(args.run_dir, "stage1" if args.stage == "stage1" else None)
         repo_id, revision = origin.get("repo_id"), origin.get("revision")
+    _check_output(args.output)
     card = render_model_card(folder, repo_id=repo_id, revision=revision)
     if args.output:
         _write_output(args.output, card)

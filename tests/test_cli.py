@@ -185,15 +185,22 @@ def test_evaluate_json_and_output(capsys, run_dir, tmp_path, ood_dir):
     assert rc == 2 and "energy" in err
 
 
-def test_evaluate_user_errors_name_the_flag(capsys, run_dir, tmp_path):
-    _small_parquet_benchmark(tmp_path / "bench")
+def test_evaluate_user_errors_name_the_flag(capsys, run_dir, tmp_path, monkeypatch):
+    import types
+
+    import ccsam_zoo.data
+
+    (tmp_path / "bench").mkdir()
     argv = ["evaluate", "--model", run_dir / "stage2", "--data", tmp_path / "bench"]
+    (tmp_path / "afile").write_text("x")
+    rc, out, err = _run(capsys, *argv, "--output", tmp_path / "afile" / "report.json")  # refused before any work
+    assert rc == 2 and out == "" and "cannot write --output" in err and "afile is not a folder" in err
+    rc, _, err = _run(capsys, *argv, "--output", tmp_path)
+    assert rc == 2 and "is a folder; give a file name" in err
+    stub = types.SimpleNamespace(val=None, num_classes=10, class_names=[], class_counts=None)
+    monkeypatch.setattr(ccsam_zoo.data, "build_benchmark", lambda *a, **k: stub)
     rc, out, err = _run(capsys, *argv, "--split", "val")
     assert rc == 2 and out == "" and "has no val split: add --val-per-class N" in err and "Traceback" not in err
-    (tmp_path / "afile").write_text("x")
-    rc, out, err = _run(capsys, *argv, "--output", tmp_path / "afile" / "report.json")
-    assert rc == 1
-    _one_line_error(err, "cannot write --output", "afile")
 
 
 def test_sharpness_bad_device_before_any_work(capsys, monkeypatch):
