@@ -90,6 +90,23 @@ def test_non_finite_pixels_are_rejected(clf, make, where):
         clf.predict(make())
 
 
+@pytest.mark.parametrize(
+    "bad, needle",
+    [
+        (np.full((8, 8, 3), None, dtype=object), "unsupported array dtype object"),  # was silently classified
+        (np.full((8, 8, 3), "a"), "unsupported array dtype <U1"),
+        (np.ones((8, 8, 3), dtype=complex), "unsupported array dtype complex128"),
+        (torch.rand(3, 8, 8).to_sparse(), "a sparse_coo tensor holds no dense pixel values"),
+        (torch.empty(3, 8, 8, device="meta"), "a meta tensor holds no dense pixel values"),
+    ],
+)
+def test_arrays_and_tensors_without_pixels_are_rejected(clf, bad, needle):
+    with pytest.raises(ImageInputError, match=needle):
+        clf.predict(bad)
+    with pytest.raises(ValueError, match="raw bytes are not an image input"):
+        clf.predict(b"\x89PNG\r\n")
+
+
 def test_non_finite_pixels_with_skip_bad(clf):
     batch = torch.rand(3, 3, 32, 32)
     batch[1, 0, 0, 0] = float("nan")

@@ -59,6 +59,10 @@ class Item:
 
 def expand_inputs(images: Any) -> list[Item]:
     """Flatten the accepted input forms into items (files are not opened yet)."""
+    if isinstance(images, (bytes, bytearray, memoryview)):
+        raise ValueError(
+            "raw bytes are not an image input: decode them first (PIL.Image.open(io.BytesIO(data))) or save a file"
+        )
     if isinstance(images, (str, os.PathLike, Image.Image, np.ndarray, torch.Tensor)):
         images = [images]
     try:
@@ -225,6 +229,11 @@ def array_to_input(arr: np.ndarray, source: str | int) -> Image.Image | torch.Te
         )
     if arr.shape[0] == 0 or arr.shape[1] == 0:
         raise ImageInputError(f"image {source}: empty image of shape {arr.shape}", source)
+    if not (arr.dtype == bool or np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
+        raise ImageInputError(
+            f"image {source}: unsupported array dtype {arr.dtype}; pass uint8 / integer pixels or floats in [0, 1]",
+            source,
+        )
     _check_finite(arr, source)
     if np.issubdtype(arr.dtype, np.floating):
         if arr.size and (np.nanmin(arr) < -1e-3 or np.nanmax(arr) > 1 + 1e-3):
@@ -239,6 +248,10 @@ def array_to_input(arr: np.ndarray, source: str | int) -> Image.Image | torch.Te
 
 def tensor_to_input(t: torch.Tensor, source: str | int) -> torch.Tensor:
     """CHW tensor (uint8, or float in [0, 1]) to a CHW float RGB tensor in [0, 1] on the CPU."""
+    if t.layout != torch.strided or t.is_meta:
+        kind = "meta" if t.is_meta else str(t.layout).removeprefix("torch.")
+        raise ImageInputError(f"image {source}: a {kind} tensor holds no dense pixel values; pass a dense tensor",
+                              source)  # fmt: skip
     if t.ndim == 2:
         t = t[None]
     if t.ndim != 3 or t.shape[0] not in (1, 2, 3, 4):
