@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import sys
 from pathlib import Path
@@ -32,13 +33,35 @@ class UsageError(Exception):
     """A bad combination of arguments found after parsing (exit code 2)."""
 
 
+# Errors about the user's inputs (model, data, images, files): their message is the whole story. Anything
+# else is reported as unexpected (with how to see the traceback).
+_USER_ERRORS = (ValueError, OSError, ImportError, ArithmeticError)
+
+
 # ----------------------------------------------------------------------------------------------- helpers
 def _device(name: str | None) -> str:
-    if name and name != "auto":
-        return name
+    """``--device``: auto (cuda when available, else cpu) or a device this machine has (a UsageError otherwise)."""
     import torch
 
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    if not name or name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise UsageError(f"--device {name!r} is not a device; use auto, cpu, cuda, cuda:N or mps") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UsageError(f"--device {name}: CUDA is not available on this machine; use --device cpu (or auto)")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise UsageError(
+                f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s) "
+                f"(cuda:0 to cuda:{torch.cuda.device_count() - 1})"
+            )
+    elif dev.type == "mps" and not torch.backends.mps.is_available():
+        raise UsageError(f"--device {name}: MPS is not available on this machine; use --device cpu (or auto)")
+    elif dev.type not in ("cpu", "cuda", "mps"):
+        raise UsageError(f"--device {name}: unsupported device type {dev.type!r}; use auto, cpu, cuda, cuda:N or mps")
+    return name
 
 
 def _load_model(args: argparse.Namespace):
@@ -55,22 +78,79 @@ def _table(rows: list[list[Any]], header: list[str]) -> str:
     return "\n".join(lines)
 
 
+def _check_output(path: str | None) -> None:
+    """Refuse an ``--output`` that cannot be written before any work (a folder, a parent that is a file, ...)."""
+    if not path:
+        return
+    out = Path(path).expanduser()
+    parent = next((p for p in (out.parent, *out.parent.parents) if p.exists()), Path("."))
+    if out.is_dir():
+        raise UsageError(f"--output {path} is a folder; give a file name")
+    if not parent.is_dir():
+        raise UsageError(f"cannot write --output {path}: {parent} is not a folder")
+    if not os.access(parent, os.W_OK):
+        raise UsageError(f"cannot write --output {path}: no write permission in {parent}")
+
+
+def _write_output(path: str, text: str) -> None:
+    """``--output``: create the parent folder; an unwritable path is one clear error."""
+    out = Path(path).expanduser()
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text, encoding="utf-8")
+    except OSError as err:
+        raise OSError(f"cannot write --output {path}: {err.strerror or err}") from None
+
+
 def _pct(v: float | None) -> str:
     return "-" if v is None else f"{100 * v:.2f}"
 
 
 # ---------------------------------------------------------------------------------------------- predict
+def _check_open_set(args: argparse.Namespace, clf: Any) -> None:
+    """``--open-set`` on a model that cannot do it as asked: say which flag fixes it (before reading images)."""
+    if not args.open_set:
+        return
+    stored = clf.open_set or {}
+    score = args.score or stored.get("score") or "cosine"
+    if score != "msp" and clf.prototypes is None:
+        raise ValueError(
+            f"--open-set with score {score!r} needs class prototypes and {args.model} has none: use --score msp "
+            "(OLTR's fixed threshold 0.1, or --threshold T)"
+        )
+    calibrated = stored.get("score") == score and stored.get("threshold") is not None
+    if args.threshold is None and score != "msp" and not calibrated:
+        why = "has no open-set threshold" if stored.get("threshold") is None else f"has no threshold for {score!r}"
+        raise ValueError(
+            f"--open-set: {args.model} {why}; pass --threshold T "
+            f"(a {score} score, higher = more likely known), or --score msp (OLTR's fixed threshold 0.1)"
+        )
+
+
 def _cmd_predict(args: argparse.Namespace) -> int:
+    from ccsam_zoo.inference import ImageInputError
+
     clf = _load_model(args)
-    results = clf.predict(
-        args.images,
-        top_k=args.top_k,
-        open_set=args.open_set,
-        batch_size=args.batch_size,
-        score=args.score,
-        threshold=args.threshold,
-        skip_bad=args.skip_bad,
-    )
+    _check_open_set(args, clf)
+    try:
+        results = clf.predict(
+            args.images,
+            top_k=args.top_k,
+            open_set=args.open_set,
+            batch_size=args.batch_size,
+            score=args.score,
+            threshold=args.threshold,
+            skip_bad=args.skip_bad,
+        )
+    except ImageInputError as err:
+        if not err.others:
+            raise
+        n = err.others
+        raise ImageInputError(
+            f"{err.reason}; the other {n} image{'s were' if n > 1 else ' was'} not classified: add --skip-bad to "
+            "skip unreadable images and classify the rest",
+            err.source,
+        ) from None
     bad = [r for r in results if "error" in r]
     for r in bad:
         print(f"skipped: {r['error']}", file=sys.stderr)
@@ -113,6 +193,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from ccsam_zoo.data import build_benchmark
     from ccsam_zoo.inference import evaluate_model
 
+    _check_output(args.output)
     name, source = _benchmark_spec(args.data, args.data_source)
     scores = tuple(s.strip() for s in args.scores.split(",") if s.strip()) if args.scores else None
     bad = [s for s in scores or () if s not in _SCORES]
@@ -127,6 +208,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     if args.val_per_class:
         kwargs["val_per_class"] = args.val_per_class
     bench = build_benchmark(name, source, **kwargs)
+    if args.split == "val" and getattr(bench, "val", None) is None:
+        raise UsageError(f"{name} has no val split: add --val-per-class N (images per class held out of train)")
     if bench.num_classes != clf.num_classes:
         raise ValueError(
             f"the model has {clf.num_classes} classes but {name} has {bench.num_classes}: wrong --data for this model"
@@ -170,9 +253,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         **result,
     }
     if args.output:
-        out = Path(args.output).expanduser()
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(dumps(report) + "\n", encoding="utf-8")
+        _write_output(args.output, dumps(report) + "\n")
     if args.json:
         print(dumps(report))
         return 0
@@ -211,20 +292,29 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 # ------------------------------------------------------------------------------------------ list / card
+_STATUS_HELP = """\
+shipped: inside the package (works offline)   cached: in the Hugging Face cache   local: a registered folder
+not published: nothing uploaded under this name yet; train it: accelerate launch recipes/train.py --recipe RECIPE
+not cached: a registered Hub repo, downloaded on first use"""
+
+
 def _cmd_list(args: argparse.Namespace) -> int:
     from ccsam_zoo.hub import list_pretrained
 
     rows = [r._asdict() if hasattr(r, "_asdict") else dict(r) for r in list_pretrained()]
+    rows.sort(key=lambda r: not r["available_locally"])  # what works now first (stable: registry order)
     if args.json:
         print(dumps(rows))
         return 0
     print(
         _table(
-            [[r["alias"], r["repo_id"] or "-", r["revision"] or "-", r["dataset"] or "-",
-              "yes" if r["available_locally"] else "no"] for r in rows],
-            ["alias", "repo", "revision", "dataset", "local"],
+            [[r["alias"], r.get("status") or ("yes" if r["available_locally"] else "no"),
+              r.get("architecture") or "-", r["dataset"] or "-", r.get("recipe") or "-",
+              f"{r['repo_id']}@{r['revision']}" if r["repo_id"] else "-"] for r in rows],
+            ["alias", "status", "architecture", "dataset", "recipe", "Hub repo"],
         )
     )  # fmt: skip
+    print(f"\n{_STATUS_HELP}")
     return 0
 
 
@@ -232,15 +322,25 @@ def _cmd_card(args: argparse.Namespace) -> int:
     from ccsam_zoo.hub import render_model_card
 
     run = Path(args.run_dir).expanduser()
-    if not run.is_dir():
-        raise FileNotFoundError(f"{run}: no such folder (pass a run folder or a checkpoint folder)")
-    candidates = [run / args.stage] if args.stage else [run, run / "stage2", run / "stage1"]
-    folder = next((c for c in candidates if (c / "config.json").is_file()), None)
-    if folder is None:
-        raise FileNotFoundError(f"{run}: no checkpoint (config.json) in {', '.join(str(c) for c in candidates)}")
-    card = render_model_card(folder)
+    repo_id = revision = None
+    if run.exists():
+        if not run.is_dir():
+            raise FileNotFoundError(
+                f"{run} is a file; pass a run folder, a checkpoint folder, an alias (ccsam-zoo list) or ORG/NAME"
+            )
+        candidates = [run / args.stage] if args.stage else [run, run / "stage2", run / "stage1"]
+        folder = next((c for c in candidates if (c / "config.json").is_file()), None)
+        if folder is None:
+            raise FileNotFoundError(f"{run}: no checkpoint (config.json) in {', '.join(str(c) for c in candidates)}")
+    else:  # an alias or a Hub repo id, resolved like --model of predict
+        from ccsam_zoo.hub.registry import resolve_checkpoint
+
+        folder, origin = resolve_checkpoint(args.run_dir, "stage1" if args.stage == "stage1" else None)
+        repo_id, revision = origin.get("repo_id"), origin.get("revision")
+    _check_output(args.output)
+    card = render_model_card(folder, repo_id=repo_id, revision=revision)
     if args.output:
-        Path(args.output).expanduser().write_text(card, encoding="utf-8")
+        _write_output(args.output, card)
         print(f"wrote {args.output}")
     else:
         print(card)
@@ -250,6 +350,9 @@ def _cmd_card(args: argparse.Namespace) -> int:
 def _cmd_sharpness(args: argparse.Namespace) -> int:
     from ccsam_zoo.diagnostics import sharpness
 
+    if getattr(args, "device", None):
+        _device(args.device)  # an unknown or missing device: a usage error before any work
+
     return int(sharpness.run(args) or 0)
 
 
@@ -258,7 +361,7 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="checkpoint folder, Hub repo id (ORG/NAME) or alias (ccsam-zoo list)")
     p.add_argument("--revision", default=None, help="Hub branch / tag / commit ('stage1' for stage 1)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda when available)")
-    p.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
+    p.add_argument("--batch-size", type=_positive, default=64, help="images per forward pass")
 
 
 def _positive(v: str) -> int:
@@ -266,6 +369,21 @@ def _positive(v: str) -> int:
     if n < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {v}")
     return n
+
+
+def _non_negative(v: str) -> int:
+    n = int(v)
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {v}")
+    return n
+
+
+def _finite(v: str) -> float:
+    """A finite float (``nan`` / ``inf`` would reject or accept every image)."""
+    x = float(v)
+    if not math.isfinite(x):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {v!r}")
+    return x
 
 
 def build_parser(with_sharpness: bool = True) -> argparse.ArgumentParser:
@@ -290,7 +408,7 @@ def build_parser(with_sharpness: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=_positive, default=5)
     p.add_argument("--open-set", action="store_true", help="reject unknown images (label 'unknown')")
     p.add_argument("--score", choices=_SCORES, default=None, help="open-set score (default: the calibrated one)")
-    p.add_argument("--threshold", type=float, default=None, help="open-set threshold (default: the calibrated one)")
+    p.add_argument("--threshold", type=_finite, default=None, help="open-set threshold (default: the calibrated one)")
     p.add_argument("--skip-bad", action="store_true", help="report unreadable images and continue")
     p.add_argument("--json", action="store_true", help="JSON output")
     p.set_defaults(func=_cmd_predict, batch_size=64)
@@ -300,17 +418,19 @@ def build_parser(with_sharpness: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="benchmark name (cifar10_lt, ...) or a parquet / image folder path")
     p.add_argument("--data-source", "--source", dest="data_source", default=None,
                    help="where the benchmark's files are (build_benchmark source=)")  # fmt: skip
-    p.add_argument("--imbalance-ratio", type=float, default=None, help="training imbalance of cifar*_lt (default 100)")
+    p.add_argument(
+        "--imbalance-ratio", type=_finite, default=None, help="training imbalance of cifar*_lt (default 100)"
+    )
     p.add_argument("--split", default="test", choices=["test", "val", "train"])
-    p.add_argument("--val-per-class", type=int, default=0, help="carve a validation split (with --split val)")
+    p.add_argument("--val-per-class", type=_non_negative, default=0, help="carve a validation split (with --split val)")
     p.add_argument("--open-data", default=None, help="open-set images: parquet file / folder or image folder")
     p.add_argument(
         "--scores", default=None, help=f"comma-separated open-set scores (default: all of {','.join(_SCORES)})"
     )
-    p.add_argument("--shot-thresholds", type=int, nargs=2, default=None, metavar=("MANY", "FEW"),
+    p.add_argument("--shot-thresholds", type=_non_negative, nargs=2, default=None, metavar=("MANY", "FEW"),
                    help="default: the checkpoint's (100 20)")  # fmt: skip
     p.add_argument("--shot-rule", choices=["paper", "authors"], default=None, help="default: the checkpoint's")
-    p.add_argument("--num-workers", type=int, default=0, help="loader workers for large images")
+    p.add_argument("--num-workers", type=_non_negative, default=0, help="loader workers for large images")
     p.add_argument("--json", action="store_true", help="JSON output")
     p.add_argument("--output", default=None, help="also write the JSON report to this file")
     p.set_defaults(func=_cmd_evaluate, batch_size=256)
@@ -319,8 +439,11 @@ def build_parser(with_sharpness: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_list)
 
-    p = sub.add_parser("card", parents=[common], help="render the model card of a run / checkpoint folder")
-    p.add_argument("run_dir", help="run folder (stage2/ preferred, else stage1/) or checkpoint folder")
+    p = sub.add_parser("card", parents=[common], help="render the model card of a run / checkpoint folder or alias")
+    p.add_argument(
+        "run_dir", metavar="MODEL",
+        help="run folder (stage2/ preferred, else stage1/), checkpoint folder, alias (ccsam-zoo list) or ORG/NAME",
+    )  # fmt: skip
     p.add_argument("--stage", choices=["stage1", "stage2"], default=None)
     p.add_argument("--output", default=None, help="write the card here instead of stdout")
     p.set_defaults(func=_cmd_card)
@@ -365,6 +488,8 @@ def main(argv: list[str] | None = None) -> int:
         if debug:
             raise
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if not isinstance(e, _USER_ERRORS):  # not a user error we know: likely a bug, say how to see more
+            msg = f"{type(e).__name__}: {msg} (unexpected: rerun with --debug for the traceback and report it)"
         print(f"error: {msg}", file=sys.stderr)
         return 1
 

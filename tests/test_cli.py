@@ -185,6 +185,52 @@ def test_evaluate_json_and_output(capsys, run_dir, tmp_path, ood_dir):
     assert rc == 2 and "energy" in err
 
 
+def test_evaluate_user_errors_name_the_flag(capsys, run_dir, tmp_path, monkeypatch):
+    import types
+
+    import ccsam_zoo.data
+
+    (tmp_path / "bench").mkdir()
+    argv = ["evaluate", "--model", run_dir / "stage2", "--data", tmp_path / "bench"]
+    (tmp_path / "afile").write_text("x")
+    rc, out, err = _run(capsys, *argv, "--output", tmp_path / "afile" / "report.json")  # refused before any work
+    assert rc == 2 and out == "" and "cannot write --output" in err and "afile is not a folder" in err
+    rc, _, err = _run(capsys, *argv, "--output", tmp_path)
+    assert rc == 2 and "is a folder; give a file name" in err
+    stub = types.SimpleNamespace(val=None, num_classes=10, class_names=[], class_counts=None)
+    monkeypatch.setattr(ccsam_zoo.data, "build_benchmark", lambda *a, **k: stub)
+    rc, out, err = _run(capsys, *argv, "--split", "val")
+    assert rc == 2 and out == "" and "has no val split: add --val-per-class N" in err and "Traceback" not in err
+
+
+def test_sharpness_bad_device_before_any_work(capsys, monkeypatch):
+    from ccsam_zoo.diagnostics import sharpness
+
+    monkeypatch.setattr(sharpness, "run", lambda args: pytest.fail("sharpness ran with a bad --device"))
+    rc, _, err = _run(capsys, "sharpness", "--model", "m", "--data", "embedded", "--device", "toaster")
+    assert rc == 2 and "--device 'toaster' is not a device" in err
+
+
+def test_open_set_without_threshold_or_prototypes_names_the_flag(capsys, run_dir, images, tmp_path):
+    folder = tmp_path / "stage2"
+    shutil.copytree(run_dir / "stage2", folder)
+    extras = json.loads((folder / "ccsam_zoo.json").read_text())
+    (folder / "ccsam_zoo.json").write_text(json.dumps({**extras, "open_set": None}))  # like val_per_class: 0
+    img = images[0][0]
+    rc, out, err = _run(capsys, "predict", "--model", folder, img, "--open-set")
+    assert rc == 1 and out == ""
+    _one_line_error(err, "has no open-set threshold; pass --threshold T", "--score msp")
+    rc, out, _ = _run(capsys, "predict", "--model", folder, img, "--open-set", "--threshold", "0.5", "--json")
+    assert rc == 0 and json.loads(out)[0]["score"] == "cosine"
+    rc, out, _ = _run(capsys, "predict", "--model", folder, img, "--open-set", "--score", "msp", "--json")
+    assert rc == 0 and json.loads(out)[0]["score"] == "msp"
+    (folder / "prototypes.safetensors").unlink()
+    (folder / "ccsam_zoo.json").write_text(json.dumps({**extras, "open_set": None, "prototypes": None}))
+    rc, _, err = _run(capsys, "predict", "--model", folder, img, "--open-set", "--threshold", "0.5")
+    assert rc == 1
+    _one_line_error(err, "needs class prototypes", "use --score msp")
+
+
 def test_list_json(capsys):
     rc, out, _ = _run(capsys, "list", "--json")
     rows = json.loads(out)
@@ -232,3 +278,92 @@ def test_console_script(images):
     p = subprocess.run([exe, "predict", "--model", "./nope", images[0][0]], capture_output=True, text=True, timeout=120)
     assert p.returncode == 1 and p.stdout == ""
     _one_line_error(p.stderr, "nope")
+
+
+# ------------------------------------------------------------------------------------ user errors (issue 14)
+def test_bad_image_among_many_names_it_and_skip_bad(capsys, run_dir, images, tmp_path):
+    paths, broken = images
+    rc, out, err = _run(capsys, "predict", "--model", run_dir / "stage2", paths[0], broken, paths[1])
+    assert rc == 1 and out == ""
+    _one_line_error(err, "broken.jpg", "the other 2 images were not classified", "--skip-bad")
+    assert "skip_bad=True" not in err  # the CLI names its own flag, not the Python argument
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    shutil.copy(paths[0], folder / "a.png")
+    shutil.copy(broken, folder / "b.png")
+    rc, out, err = _run(capsys, "predict", "--model", run_dir / "stage2", folder)
+    assert rc == 1
+    _one_line_error(err, str(folder / "b.png"), "--skip-bad")
+    rc, out, err = _run(capsys, "predict", "--model", run_dir / "stage2", folder, "--skip-bad")
+    assert rc == 0 and "a.png" in out and "b.png" not in out  # the table keeps the good rows
+    assert "skipped:" in err and "b.png" in err
+
+
+@pytest.mark.parametrize(
+    "extra, needle",
+    [
+        (["--threshold", "nan"], "argument --threshold: must be a finite number, got 'nan'"),
+        (["--threshold", "inf"], "argument --threshold: must be a finite number"),
+        (["--batch-size", "0"], "argument --batch-size: must be >= 1, got 0"),
+    ],
+)
+def test_predict_non_finite_and_non_positive_options_are_usage_errors(capsys, run_dir, images, extra, needle):
+    rc, out, err = _run(capsys, "predict", "--model", run_dir / "stage2", images[0][0], "--open-set", *extra)
+    assert rc == 2 and out == "" and needle in err and "Traceback" not in err
+
+
+def test_bad_device_is_one_line(capsys, run_dir, images):
+    rc, _, err = _run(capsys, "predict", "--model", run_dir / "stage2", images[0][0], "--device", "toaster")
+    assert rc == 2 and "--device 'toaster' is not a device; use auto, cpu, cuda" in err
+    assert len(err.strip().splitlines()) == 1
+    if not torch.cuda.is_available():
+        rc, _, err = _run(capsys, "predict", "--model", run_dir / "stage2", images[0][0], "--device", "cuda")
+        assert rc == 2 and "CUDA is not available on this machine; use --device cpu" in err
+
+
+def test_list_says_what_is_shipped_and_what_is_not_published(capsys):
+    rc, out, _ = _run(capsys, "list", "--json")
+    rows = {r["alias"]: r for r in json.loads(out)}
+    assert rc == 0
+    assert rows["ccsam-cifar10-lt-cpu"]["status"] == "shipped"
+    assert rows["ccsam-imagenet-lt"]["status"] == "not published"
+    assert rows["ccsam-imagenet-lt"]["architecture"] == "resnext50_32x4d"
+    rc, out, _ = _run(capsys, "list")
+    lines = out.splitlines()
+    assert rc == 0 and lines[0].split()[:2] == ["alias", "status"]
+    assert lines[2].split()[:2] == ["ccsam-cifar10-lt-cpu", "shipped"]  # what works now comes first
+    row = next(ln for ln in lines if ln.startswith("ccsam-imagenet-lt "))
+    assert "not published" in row and "resnext50_32x4d" in row and "imagenet_lt" in row
+    assert "not published: nothing uploaded under this name yet" in out
+
+
+def test_card_accepts_aliases(capsys, tmp_path):
+    rc, out, err = _run(capsys, "card", "ccsam-cifar10-lt-cpu")
+    assert rc == 0, err
+    assert out.startswith("---") and 'ccsam_zoo.from_pretrained("ccsam-cifar10-lt-cpu")' in out
+    rc, out, err = _run(capsys, "card", "ccsam-imagenet-lt")
+    assert rc == 1 and out == ""
+    _one_line_error(err, "'ccsam-imagenet-lt' is not published yet", "--recipe imagenet_lt")
+    rc, _, err = _run(capsys, "card", "ccsam-cifar10-l")
+    assert rc == 1
+    _one_line_error(err, "Did you mean 'ccsam-cifar10-lt'")
+    afile = tmp_path / "x.png"
+    afile.write_bytes(b"x")
+    rc, _, err = _run(capsys, "card", afile)
+    _one_line_error(err, "x.png is a file; pass a run folder, a checkpoint folder, an alias")
+    rc, out, _ = _run(capsys, "card", "ccsam-cifar10-lt-cpu", "--output", tmp_path / "new" / "card.md")
+    assert rc == 0 and (tmp_path / "new" / "card.md").read_text().startswith("---")
+
+
+def test_unexpected_errors_say_how_to_see_the_traceback(capsys, monkeypatch):
+    import ccsam_zoo.hub
+
+    def broken():
+        raise KeyError("status")
+
+    monkeypatch.setattr(ccsam_zoo.hub, "list_pretrained", broken)
+    rc, _, err = _run(capsys, "list")
+    assert rc == 1
+    _one_line_error(err, "KeyError: 'status'", "rerun with --debug for the traceback")
+    with pytest.raises(KeyError):
+        main(["--debug", "list"])

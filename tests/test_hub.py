@@ -217,8 +217,8 @@ def test_save_validates_info(tmp_path):
 # ------------------------------------------------------------------------------------------------- cards
 
 
-def test_card_round_trips_through_model_card_load(saved):
-    _, folder = saved
+def test_card_round_trips_through_model_card_load(_saved_once):
+    _, folder = _saved_once
     card = ModelCard.load(folder / "README.md")
     data = card.data
     assert data.library_name == "timm" and data.license == "apache-2.0"
@@ -231,11 +231,15 @@ def test_card_round_trips_through_model_card_load(saved):
     assert {r.dataset_split for r in data.eval_results} == {"test"}
     assert {r.task_type for r in data.eval_results} == {"image-classification"}
     text = card.text
-    assert 'ccsam_zoo.from_pretrained("ccsam-zoo/ccsam-cifar10-lt-ir100-resnet20")' in text
-    assert 'timm.create_model("hf-hub:ccsam-zoo/ccsam-cifar10-lt-ir100-resnet20", pretrained=True)' in text
+    # a local folder: loaded from where it is, no Hub repo that does not exist
+    assert f'ccsam_zoo.from_pretrained("{folder}")' in text
+    assert f'timm.create_model("local-dir:{folder}", pretrained=True)' in text
+    assert "hf-hub:" not in text and "ccsam-zoo/" not in text and "not on the Hugging Face Hub" in text
     assert "| Overall | 73.10 | 83.92 | -10.82 |" in text
     assert "per_class_accuracy.png" in text
-    assert "| `stage1.epochs` | 2 |" in text
+    assert "| 2 (this model) | adversarial feature re-training (official preset) | 1 |" in text
+    assert "`stage1.epochs`" not in text and "`train.log_every`" not in text  # no dump of the settings
+    assert "This model has an open-set threshold: an image whose `cosine` score is below 0.42" in text
     assert "Shortened schedule" in text and "fp-1234" in text
     assert "Zhou, Zhipeng and Li, Lanqing and Zhao, Peilin and Heng, Pheng-Ann and Gong, Wei" in text
     assert render_model_card(folder) == (folder / "README.md").read_text()
@@ -418,3 +422,93 @@ def test_channels_last_and_compiled_models_save(tmp_path):
     assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
     with torch.no_grad():  # channels_last convolutions round differently: same weights, near-equal logits
         assert torch.allclose(from_pretrained(folder)(X), model(X), atol=1e-5)
+
+
+def _run_folder(tmp_path: Path, *, logs: bool = True, threshold: bool = False) -> Path:
+    """A run folder as the trainer leaves it: stage1/, stage2/, recipe.yaml, log.jsonl, train.log, metrics.json."""
+    import yaml
+
+    from ccsam_zoo.training.config import apply_overrides, load_recipe, stage_methods
+
+    recipe = apply_overrides(load_recipe("cifar10_lt_cpu"), ["stage1.epochs=2", "stage2.epochs=1"])
+    run = tmp_path / "runs" / "r"
+    run.mkdir(parents=True)
+    (run / "recipe.yaml").write_text(yaml.safe_dump(recipe, sort_keys=False))
+    if logs:
+        line = "12:00:01 accelerate: 2 process(es), device cuda:0, mixed precision bf16, seed 42\n"
+        (run / "train.log").write_text(line)
+        t = 1_700_000_000.0
+        records = [("stage1", 0, 100.0, 60.0), ("stage1", 1, 165.0, 62.0), ("stage1", 1, 400.0, 61.0),  # redone
+                   ("stage2", 0, 430.0, 20.0)]
+        lines = [json.dumps({"time": t + end, "stage": st, "epoch": ep, "loss": 1.0, "img_per_s": 200.0,
+                             "seconds": sec}) for st, ep, end, sec in records]  # fmt: skip
+        (run / "log.jsonl").write_text("\n".join(lines) + "\nnot json\n")
+    s1, s2 = stage_methods(recipe)
+    metrics = {}
+    for n, cfg, top1 in ((1, s1, 0.4412), (2, s2, 0.5634)):
+        m = {"top1": top1, "many": top1 + 0.05, "medium": top1 - 0.1, "few": None, "split": "test"}
+        metrics[f"stage{n}"] = m
+        info = light_info(stage=f"stage{n}", method=cfg, recipe=recipe, metrics=m,
+                          open_set={"score": "cosine", "threshold": 0.8, "tpr": 0.95} if threshold else None)
+        save_pretrained(make_model(), run / f"stage{n}", info=info)
+    (run / "metrics.json").write_text(json.dumps(metrics))
+    return run
+
+
+def test_card_of_a_local_run(tmp_path):
+    run = _run_folder(tmp_path)
+    text = render_model_card(run / "stage2")
+    assert text.splitlines()[text.splitlines().index("---", 1) + 2] == (
+        "# CC-SAM zoo: ResNet-20 on CIFAR-10-LT (IR 100): CC-SAM (official preset) + adversarial feature "
+        "re-training (paper preset), stage-2 model"
+    )
+    assert 'ccsam_zoo.from_pretrained("' + str(run / "stage2") + '")' in text and "hf-hub:" not in text
+    # both stages' numbers, schedules and times; the command, wall time and hardware
+    assert "| 1 | CC-SAM (official preset) | 2 | 128 | 0.1, step | 44.12 | 49.12 | 34.12 | – | 2.0 min |" in text
+    assert ("| 2 (this model) | adversarial feature re-training (paper preset) | 1 | 128, class-balanced | "
+            "0.01, constant | 56.34 | 61.34 | 46.34 | – | 20 s |") in text
+    assert "Reproduce: `accelerate launch recipes/train.py --recipe cifar10_lt_cpu --set stage1.epochs=2 " \
+           "stage2.epochs=1`" in text
+    assert "Wall time: 6.5 min (first to last epoch, log.jsonl); hardware: 2 processes, device cuda:0, mixed " \
+           "precision bf16." in text
+    assert "[`recipe.yaml`](../recipe.yaml)" in text and "`stage1.lr`" not in text
+    # no threshold: the card says so and how to get one
+    assert "This model has no open-set threshold" in text and "--threshold T" in text
+    # stage 1's card names stage 1 as this model, with the same run information
+    text1 = render_model_card(run / "stage1")
+    assert "stage-1 model" in text1 and "| 1 (this model) | CC-SAM (official preset) |" in text1
+    assert 'from_pretrained("' + str(run / "stage1") + '")' in text1
+
+
+def test_card_leaves_out_what_the_run_did_not_record(tmp_path):
+    run = _run_folder(tmp_path, logs=False, threshold=True)
+    (run / "metrics.json").unlink()
+    shutil.rmtree(run / "stage1")
+    text = render_model_card(run / "stage2")
+    assert "Wall time" not in text and "hardware" not in text
+    assert "| 1 | CC-SAM (official preset) | 2 | 128 | 0.1, step | – | – | – | – | – |" in text
+    assert "–: not recorded in this folder" in text
+    assert "This model has an open-set threshold: an image whose `cosine` score is below 0.8" in text
+    (run / "recipe.yaml").unlink()
+    text = render_model_card(run / "stage2")  # the recipe kept in ccsam_zoo.json still gives the command
+    assert "Reproduce: `accelerate launch recipes/train.py --recipe cifar10_lt_cpu --set" in text
+    assert "[`recipe.yaml`]" not in text
+
+
+def test_card_path_as_written_and_hub_repo_only_when_given(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    folder = save_pretrained(make_model(), Path("out") / "stage2", info=light_info())
+    text = (folder / "README.md").read_text()
+    assert 'from_pretrained("out/stage2")' in text and "relative to the folder the card was written from" in text
+    hub = render_model_card(folder, repo_id="me/tiny")
+    assert 'from_pretrained("me/tiny")' in hub and '"hf-hub:me/tiny"' in hub and "not on the Hugging Face" not in hub
+
+
+def test_card_keeps_hand_written_notes(saved):
+    _, folder = saved
+    card = folder / "README.md"
+    notes = "<!-- ccsam_zoo:notes -->\n## How it was made\n\nBy hand, 42.2 min.\n<!-- /ccsam_zoo:notes -->"
+    card.write_text(card.read_text().replace("## Citation", notes + "\n\n## Citation"))
+    again = render_model_card(folder)
+    assert notes in again and again.index(notes) < again.index("## Citation")
+    assert notes in render_model_card(folder, repo_id="me/x")  # push_to_hub's rendering keeps them too

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 from pathlib import Path
@@ -60,10 +61,18 @@ def _isolated(tmp_path, monkeypatch):
     monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
     # the bundled CPU model may be added to the package later: point its alias at an empty place for the tests
     cpu = registry._REGISTRY["ccsam-cifar10-lt-cpu"]
-    registry._REGISTRY["ccsam-cifar10-lt-cpu"] = registry._Entry(
-        cpu.alias, None, "main", tmp_path / "assets" / "ccsam-cifar10-lt-cpu", cpu.dataset, cpu.recipe
+    registry._REGISTRY["ccsam-cifar10-lt-cpu"] = dataclasses.replace(
+        cpu, local_dir=tmp_path / "assets" / "ccsam-cifar10-lt-cpu"
     )
     return cache
+
+
+def _unchained(err: BaseException) -> bool:
+    """One exception in the traceback: no "direct cause" / "during handling" chain."""
+    import traceback
+
+    text = "".join(traceback.format_exception(err))
+    return text.count("Traceback (most recent call last)") == 1
 
 
 def add_to_cache(cache: Path, repo_id: str, branches: dict[str, Path]) -> None:
@@ -96,7 +105,44 @@ def test_builtin_aliases():
         assert rows[alias].repo_id.startswith("ccsam-zoo/") and rows[alias].dataset == dataset
         assert rows[alias].available_locally is False
     cpu = rows["ccsam-cifar10-lt-cpu"]
-    assert cpu.repo_id is None and cpu.available_locally is False
+    assert cpu.repo_id is None and cpu.available_locally is False and cpu.status == "missing"
+
+
+def test_builtin_statuses_are_honest():
+    """Nothing was ever uploaded under the reserved Hub names: they say so; the shipped model says shipped."""
+    registry._REGISTRY["ccsam-cifar10-lt-cpu"] = registry._builtin_entries()["ccsam-cifar10-lt-cpu"]
+    rows = {r.alias: r for r in list_pretrained()}
+    for alias in ("ccsam-cifar10-lt", "ccsam-cifar100-lt", "ccsam-imagenet-lt", "ccsam-places-lt", "ccsam-inat2018"):
+        assert rows[alias].status == rows[f"{alias}:stage1"].status == "not published", alias
+        assert not rows[alias].available_locally
+    assert rows["ccsam-cifar10-lt-cpu"].status == "shipped" and rows["ccsam-cifar10-lt-cpu"].available_locally
+    assert rows["ccsam-cifar10-lt-cpu:stage1"].status == "not shipped"  # the package holds stage 2 only
+
+
+def test_alias_names_tell_the_truth_about_the_backbone():
+    """Each reserved repo name states the backbone that the alias's recipe trains (recipes/*.yaml model.arch)."""
+    from ccsam_zoo.training.config import load_recipe
+
+    for row in list_pretrained():
+        if row.recipe is None or row.alias.endswith(":stage1"):
+            continue
+        arch = load_recipe(row.recipe)["model"]["arch"]
+        assert row.architecture == arch, row
+        if row.repo_id:
+            assert row.repo_id.endswith("-" + arch.removesuffix("_cifar").replace("_", "-")), row
+    assert {r.alias: r.repo_id for r in list_pretrained()}["ccsam-imagenet-lt"] == (
+        "ccsam-zoo/ccsam-imagenet-lt-resnext50-32x4d"
+    )
+
+
+def test_unpublished_alias_is_one_short_message():
+    with pytest.raises(CheckpointError) as err:
+        from_pretrained("ccsam-imagenet-lt")
+    msg = str(err.value)
+    assert msg.startswith("model 'ccsam-imagenet-lt' is not published yet")
+    assert "--recipe imagenet_lt` (resnext50_32x4d on ImageNet-LT)" in msg and "resnet50" not in msg
+    assert len(msg) < 400 and "\n" not in msg
+    assert _unchained(err.value)
 
 
 def test_unknown_alias_lists_known_ones():
@@ -118,12 +164,15 @@ def test_bundled_cpu_model_not_available():
 
 
 def test_uncached_hub_alias_says_where_it_looked(_isolated):
+    register_pretrained("mine", repo_id="me/my-model", recipe="cifar10_lt")
+    assert {r.alias: r.status for r in list_pretrained()}["mine"] == "not cached"
     with pytest.raises(CheckpointError) as err:
-        from_pretrained("ccsam-cifar10-lt")
+        from_pretrained("mine")
     msg = str(err.value)
-    assert "ccsam-zoo/ccsam-cifar10-lt-ir100-resnet32" in msg and "'main'" in msg
-    assert str(_isolated / "models--ccsam-zoo--ccsam-cifar10-lt-ir100-resnet32") in msg
+    assert "me/my-model" in msg and "'main'" in msg
+    assert str(_isolated / "models--me--my-model") in msg
     assert "HF_HUB_OFFLINE=1" in msg and "--recipe cifar10_lt" in msg
+    assert _unchained(err.value)
 
 
 def test_missing_folder_and_non_checkpoint_folder(tmp_path):
@@ -144,6 +193,9 @@ def test_register_local_run_folder(run_dir):
         assert torch.equal(from_pretrained("my-run", revision="stage1")(X), s1(X))
     rows = {r.alias: r for r in list_pretrained()}
     assert rows["my-run"].available_locally and rows["my-run:stage1"].available_locally
+    assert rows["my-run"].status == "local"
+    with pytest.raises(CheckpointError, match=r"revision='v2' applies to Hub repos; 'my-run' is a local model"):
+        from_pretrained("my-run", revision="v2")  # was silently ignored
     with pytest.raises(ValueError, match="already registered"):
         register_pretrained("my-run", local_dir=run)
     register_pretrained("my-run", local_dir=run / "stage2", overwrite=True)
@@ -180,7 +232,7 @@ def test_offline_hub_cache(run_dir, _isolated):
         assert torch.equal(timm.create_model(f"hf-hub:{REPO}@stage1", pretrained=True).eval()(X), s1(X))
     register_pretrained("tiny", repo_id=REPO, dataset="cifar10_lt", recipe="tiny")
     rows = {r.alias: r for r in list_pretrained()}
-    assert rows["tiny"] == ("tiny", REPO, "main", "cifar10_lt", True)
+    assert rows["tiny"][:6] == ("tiny", REPO, "main", "cifar10_lt", True, "cached")
     assert rows["tiny:stage1"].available_locally
     with torch.no_grad():
         assert torch.equal(from_pretrained("tiny:stage1")(X), s1(X))

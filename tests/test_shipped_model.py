@@ -38,6 +38,23 @@ def test_shipped_folder_is_small_and_complete():
     assert meta["architecture"] == "resnet32_cifar" and meta["class_counts"][0] / meta["class_counts"][-1] == 99
 
 
+def test_shipped_card_is_the_current_rendering_with_its_numbers_and_notes():
+    """Re-rendered with the template (no Hub repo named, alias usage), the numbers and hand-written notes intact."""
+    from ccsam_zoo.hub import render_model_card
+
+    text = (FOLDER / "README.md").read_text()
+    assert render_model_card(FOLDER) == text
+    assert 'ccsam_zoo.from_pretrained("ccsam-cifar10-lt-cpu")' in text and "hf-hub:" not in text
+    assert "ccsam-zoo/ccsam-cifar10-lt-ir100-resnet32" not in text  # that repo was never published
+    assert "# CC-SAM zoo: ResNet-32 on CIFAR-10-LT (IR 100): CC-SAM (official preset) + adversarial feature " \
+           "re-training (paper preset), stage-2 model" in text
+    assert "This model has an open-set threshold: an image whose `cosine` score is below 0.8241" in text
+    assert "| Overall | 59.90 | 83.92 | -24.02 |" in text and "| 9 | truck | 50 | medium | 53.60 |" in text
+    assert "| CC-SAM (this model) | 44.02 | **59.90** | 60.99 | 55.55 | – |" in text  # stage 1 vs stage 2
+    assert "42.2 min wall time" in text and "2-core x86_64 CPU" in text
+    assert "`data.num_workers`" not in text  # no dump of the default settings
+
+
 def test_alias_predictions_match_plain_timm_on_the_example_images():
     """32 px CIFAR images and 64 px TinyImageNet images: timm's own eval transform is the reference."""
     clf = ccsam_zoo.from_pretrained("ccsam-cifar10-lt-cpu")

@@ -1,7 +1,13 @@
-"""Model cards: Hub metadata (model-index), usage, recipe, results beside the paper, plot, limits, citation.
+"""Model cards: Hub metadata (model-index), usage, results beside the paper, training, limits, citation.
 
 The card is rendered with ``huggingface_hub.ModelCard.from_template`` from the Jinja template shipped in the
 package (``ccsam_zoo/hub/model_card_template.md``, the single source; ``model_cards/README.md`` documents it).
+
+A card names a Hub repo only when one is given (``push_to_hub`` renders it for its repo); otherwise it says
+how to load the folder itself. For a stage folder inside a run folder it also reads what the run left:
+``metrics.json`` (both stages' numbers), ``log.jsonl`` (epoch times), ``train.log`` (processes, device),
+``recipe.yaml`` (the reproduction command); whatever is missing is left out. Hand-written text between
+``<!-- ccsam_zoo:notes -->`` and ``<!-- /ccsam_zoo:notes -->`` in the folder's README.md is kept.
 """
 
 from __future__ import annotations
@@ -13,6 +19,9 @@ from pathlib import Path
 from typing import Any
 
 __all__ = ["render_model_card", "paper_result_for", "plot_per_class_accuracy", "TEMPLATE_PATH", "default_repo_id"]
+
+NOTES_BEGIN = "<!-- ccsam_zoo:notes -->"
+NOTES_END = "<!-- /ccsam_zoo:notes -->"
 
 TEMPLATE_PATH = Path(__file__).resolve().parent / "model_card_template.md"
 DEFAULT_ORG = "ccsam-zoo"
@@ -89,6 +98,56 @@ def method_names(extras: dict[str, Any]) -> tuple[str | None, str | None]:
     method = extras.get("method")
     current = method.get("name") if isinstance(method, dict) else method
     return (str(top) if top else None), (str(current) if current else None)
+
+
+_METHOD_LABELS = {
+    "ccsam": "CC-SAM",
+    "ccsam_adv": "adversarial feature re-training",
+    "crt": "cRT",
+    "ce": "CE",
+    "sam": "SAM",
+    "asam": "ASAM",
+    "balanced_softmax": "Balanced Softmax",
+    "ldam_drw": "LDAM-DRW",
+    "mixup": "CE + mixup",
+    "none": "none",
+}
+
+
+def _stage_label(cfg: Any) -> str | None:
+    """``{"name": "ccsam", "preset": "official"}`` -> "CC-SAM (official preset)"."""
+    if isinstance(cfg, str):
+        cfg = {"name": cfg}
+    if not isinstance(cfg, dict) or not cfg.get("name"):
+        return None
+    label = _METHOD_LABELS.get(str(cfg["name"]), str(cfg["name"]))
+    details = [f"{cfg['preset']} preset"] if cfg.get("preset") else []
+    if cfg.get("perturbation") and cfg["perturbation"] not in ("both", "full"):
+        details.append(f"{cfg['perturbation']} ablation")
+    return label + (f" ({', '.join(details)})" if details else "")
+
+
+def stage_method_labels(extras: dict[str, Any]) -> dict[int, str | None]:
+    """Both stages' method labels: this stage's from ``method``, the other one's from the recipe."""
+    recipe = extras.get("recipe") if isinstance(extras.get("recipe"), dict) else {}
+    cfgs: dict[int, Any] = {1: None, 2: None}
+    try:
+        from ..training.config import METHODS
+
+        s1, s2 = METHODS[recipe["method"]]
+        for n, base in ((1, s1), (2, s2)):
+            override = (recipe.get(f"stage{n}") or {}).get("method") or {}
+            cfgs[n] = {**base, **override} if isinstance(override, dict) else base
+    except Exception:  # noqa: BLE001  (no recipe, an unknown method flag, a partial recipe)
+        pass
+    stage = extras.get("stage")
+    if stage in (1, 2) and extras.get("method"):
+        cfgs[stage] = extras["method"]
+    init = ((recipe.get("stage2") or {}).get("init")) if recipe else None
+    labels = {n: _stage_label(c) for n, c in cfgs.items()}
+    if init:
+        labels[1] = f"loaded from {init}"
+    return labels
 
 
 def _method_label(extras: dict[str, Any]) -> str:
@@ -243,19 +302,6 @@ def plot_per_class_accuracy(folder: str | os.PathLike, extras: dict[str, Any]) -
 # ------------------------------------------------------------------------------------------------- card
 
 
-def _flatten(d: Any, prefix: str = "") -> list[tuple[str, str]]:
-    rows: list[tuple[str, str]] = []
-    if isinstance(d, dict):
-        if not d and prefix:
-            rows.append((prefix, "{}"))
-        for k, v in d.items():
-            rows.extend(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
-    else:
-        value = ", ".join(map(str, d)) if isinstance(d, list) else str(d)
-        rows.append((prefix, value.replace("|", "\\|").replace("\n", " ")))
-    return rows
-
-
 def _limitations(extras: dict[str, Any], results: list[dict[str, Any]], paper: dict[str, Any] | None) -> list[str]:
     out = [str(x) for x in extras.get("limitations") or []]
     recipe = extras.get("recipe") or {}
@@ -306,7 +352,227 @@ def _sharpness_section(folder: Path) -> dict[str, Any] | None:
     }
 
 
-def _card_context(folder: Path, extras: dict[str, Any], config: dict[str, Any], repo_id: str, revision: str | None):
+def _kept_notes(folder: Path) -> str | None:
+    """Hand-written notes of the folder's current README.md (between the markers), kept across re-renders."""
+    path = folder / "README.md"
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return None
+    start, end = text.find(NOTES_BEGIN), text.find(NOTES_END)
+    if start < 0 or end < start:
+        return None
+    return text[start : end + len(NOTES_END)]
+
+
+def _shipped_alias(location: Path) -> str | None:
+    """The alias of a model folder shipped inside the package (it loads by that name anywhere)."""
+    from .registry import _REGISTRY
+
+    try:
+        here = location.resolve()
+    except OSError:
+        return None
+    for alias, entry in _REGISTRY.items():
+        if entry.shipped and entry.local_dir is not None and entry.local_dir.resolve() == here:
+            return alias
+    return None
+
+
+def _run_folder(location: Path) -> Path | None:
+    """The run folder around a ``stage1`` / ``stage2`` checkpoint folder, if it looks like one."""
+    parent = location.parent
+    if location.name not in ("stage1", "stage2"):
+        return None
+    if any((parent / name).is_file() for name in ("metrics.json", "log.jsonl", "recipe.yaml", "train.log")):
+        return parent
+    return None
+
+
+def _read_json_quietly(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None
+
+
+def _minutes(seconds: float | None) -> str | None:
+    if seconds is None or not math.isfinite(seconds) or seconds < 0:
+        return None
+    return f"{seconds / 60:.1f} min" if seconds >= 60 else f"{seconds:.0f} s"
+
+
+def _epoch_times(run: Path) -> tuple[dict[str, float], float | None]:
+    """Per stage: summed epoch seconds from ``log.jsonl``; and the wall time its epochs span."""
+    records: dict[tuple[str, int], dict[str, Any]] = {}
+    try:
+        lines = (run / "log.jsonl").read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError):
+        return {}, None
+    for line in lines:
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(rec, dict) and isinstance(rec.get("stage"), str) and isinstance(rec.get("epoch"), int):
+            records[(rec["stage"], rec["epoch"])] = rec  # an epoch redone after a resume: the last record counts
+    stages: dict[str, float] = {}
+    starts, ends = [], []
+    for (stage, _), rec in sorted(records.items()):
+        seconds, t = rec.get("seconds"), rec.get("time")
+        if not isinstance(seconds, (int, float)) or isinstance(seconds, bool):
+            continue
+        stages[stage] = stages.get(stage, 0.0) + float(seconds)
+        if isinstance(t, (int, float)) and not isinstance(t, bool):
+            starts.append(float(t) - float(seconds))
+            ends.append(float(t))
+    wall = max(ends) - min(starts) if starts else None
+    return stages, wall
+
+
+def _hardware(run: Path) -> str | None:
+    """"1 process, device cpu, mixed precision no" from the trainer's first line in ``train.log``."""
+    import re
+
+    try:
+        with open(run / "train.log", encoding="utf-8", errors="replace") as f:
+            head = f.read(20000)
+    except OSError:
+        return None
+    m = re.search(r"accelerate: (\d+) process\(es\), device ([^,\s]+), mixed precision ([^,\s]+)", head)
+    if not m:
+        return None
+    n = int(m.group(1))
+    return f"{n} process{'es' if n > 1 else ''}, device {m.group(2)}, mixed precision {m.group(3)}"
+
+
+def _yaml_value(v: Any) -> str:
+    if v is None:
+        return "null"
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (list, tuple)):
+        return "[" + ",".join(_yaml_value(x) for x in v) + "]"
+    text = str(v)
+    return f"'{text}'" if any(c in text for c in " '\"$`\\;&|<>()*?{}") else text
+
+
+def _recipe_changes(base: Any, recipe: Any, prefix: str = "") -> list[tuple[str, Any]]:
+    """Dotted keys whose value in ``recipe`` differs from ``base`` (keys the run's recipe lacks are skipped)."""
+    out: list[tuple[str, Any]] = []
+    if not isinstance(recipe, dict):
+        return out
+    for key, value in recipe.items():
+        dotted = f"{prefix}{key}"
+        old = base.get(key) if isinstance(base, dict) else None
+        if isinstance(value, dict) and value and isinstance(old, dict):
+            out.extend(_recipe_changes(old, value, dotted + "."))
+        elif key != "description" and value != old and not (isinstance(value, dict) and not value and not old):
+            out.append((dotted, value))
+    return out
+
+
+def _reproduce(recipe: dict[str, Any], run: Path | None) -> tuple[str | None, list[str]]:
+    """The training command that rebuilds this recipe, and its ``--set`` overrides of the shipped recipe."""
+    name = recipe.get("name")
+    if not name:
+        return None, []
+    try:
+        from ..training.config import list_recipes, load_recipe
+
+        if name in list_recipes():
+            sets = [f"{k}={_yaml_value(v)}" for k, v in _recipe_changes(load_recipe(name), recipe)]
+            if len(sets) <= 8:
+                cmd = f"accelerate launch recipes/train.py --recipe {name}"
+                return cmd + (" --set " + " ".join(sets) if sets else ""), sets
+    except Exception:  # noqa: BLE001  (recipes not installed, a recipe that no longer loads)
+        pass
+    if run is not None and (run / "recipe.yaml").is_file():
+        return "accelerate launch recipes/train.py --recipe recipe.yaml  # the run folder's recipe.yaml", []
+    return None, []
+
+
+def _run_recipe(run: Path | None, extras: dict[str, Any]) -> dict[str, Any]:
+    """The resolved recipe: the run folder's ``recipe.yaml`` (``yaml.safe_load``), else the one in the extras."""
+    if run is not None and (run / "recipe.yaml").is_file():
+        import yaml
+
+        try:
+            data = yaml.safe_load((run / "recipe.yaml").read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, yaml.YAMLError):
+            data = None
+        if isinstance(data, dict):
+            return data
+    recipe = extras.get("recipe")
+    return recipe if isinstance(recipe, dict) else {}
+
+
+def _training_context(location: Path, extras: dict[str, Any], local: bool) -> dict[str, Any]:
+    """Both stages (method, schedule, numbers, time), the command, wall time and hardware, from what exists."""
+    run = _run_folder(location)
+    recipe = _run_recipe(run, extras)
+    run_metrics = _read_json_quietly(run / "metrics.json") if run else None
+    run_metrics = run_metrics if isinstance(run_metrics, dict) else {}
+    times, wall = _epoch_times(run) if run else ({}, None)
+    labels = stage_method_labels({**extras, "recipe": recipe})
+    this = extras.get("stage")
+    rows = []
+    for n in (1, 2):
+        cfg = recipe.get(f"stage{n}") if isinstance(recipe.get(f"stage{n}"), dict) else {}
+        metrics = run_metrics.get(f"stage{n}")
+        if not isinstance(metrics, dict) and run is not None:
+            sibling = _read_json_quietly(run / f"stage{n}" / "ccsam_zoo.json")
+            metrics = sibling.get("metrics") if isinstance(sibling, dict) else None
+        if not isinstance(metrics, dict) and n == this:
+            metrics = extras.get("metrics")
+        m = metrics_percent(metrics) if isinstance(metrics, dict) else {}
+        lr = cfg.get("lr")
+        schedule = ", ".join(str(x) for x in (lr, cfg.get("schedule")) if x is not None)
+        batch = cfg.get("batch_size")
+        if n == 2 and cfg.get("sampler") and batch is not None:
+            batch = f"{batch}, {str(cfg['sampler']).replace('_', '-')}"
+        epochs = cfg.get("epochs")
+        if n == 1 and (recipe.get("stage2") or {}).get("init"):
+            epochs = "–"
+        rows.append({
+            "stage": f"{n} (this model)" if n == this else str(n),
+            "method": labels.get(n) or "–",
+            "epochs": "–" if epochs is None else epochs,
+            "batch": "–" if batch is None else batch,
+            "lr": schedule or "–",
+            "top1": _fmt(m.get("top1")), "many": _fmt(m.get("many")),
+            "medium": _fmt(m.get("medium")), "few": _fmt(m.get("few")),
+            "time": _minutes(times.get(f"stage{n}")) or "–",
+        })  # fmt: skip
+    if all(r["method"] == "–" and r["epochs"] == "–" for r in rows):
+        rows = []
+    command = run_metrics.get("command") if isinstance(run_metrics.get("command"), str) else None
+    reproduce, sets = _reproduce(recipe, run) if recipe else (None, [])
+    wall_s = run_metrics.get("wall_time_s")
+    wall_s = float(wall_s) if isinstance(wall_s, (int, float)) and not isinstance(wall_s, bool) else wall
+    hardware = run_metrics.get("hardware") if isinstance(run_metrics.get("hardware"), str) else None
+    return {
+        "stage_rows": rows,
+        "stage_gaps": any("–" in (r["top1"], r["time"]) for r in rows),
+        "recipe_name": recipe.get("name"),
+        "recipe_sets": sets,
+        "command": command,
+        "reproduce": None if command else reproduce,
+        "wall_time": _minutes(wall_s),
+        "wall_time_source": "metrics.json" if wall_s is not None and wall_s != wall else "log.jsonl",
+        "hardware": hardware or (_hardware(run) if run else None),
+        "run_recipe_link": local and run is not None and (run / "recipe.yaml").is_file(),
+    }
+
+
+def _card_context(
+    folder: Path,
+    extras: dict[str, Any],
+    config: dict[str, Any],
+    repo_id: str | None,
+    revision: str | None,
+    location: Path,
+):
     from huggingface_hub import EvalResult, ModelCardData
 
     metrics = metrics_percent(extras.get("metrics") or {})
@@ -318,9 +584,9 @@ def _card_context(folder: Path, extras: dict[str, Any], config: dict[str, Any], 
     ds_label = pretty_dataset(dataset) + (f" (IR {ir})" if ir and (dataset or "").startswith("cifar") else "")
     arch = extras.get("architecture") or config.get("architecture")
     stage = extras.get("stage")
-    title = f"CC-SAM zoo: {_pretty_arch(arch)} on {ds_label}, {_method_label(extras)}" + (
-        f", stage {stage}" if stage else ""
-    )
+    labels = stage_method_labels(extras)
+    methods = " + ".join(labels[n] for n in (1, 2) if labels.get(n)) or _method_label(extras)
+    title = f"CC-SAM zoo: {_pretty_arch(arch)} on {ds_label}: {methods}" + (f", stage-{stage} model" if stage else "")
     results = []
     for key, label in _GROUPS:
         ours = metrics.get(key)
@@ -360,7 +626,7 @@ def _card_context(folder: Path, extras: dict[str, Any], config: dict[str, Any], 
         datasets=[hf_dataset] if hf_dataset else None,
         base_model=base_model,
         metrics=["accuracy"],
-        model_name=repo_id.split("/")[-1],
+        model_name=(repo_id or default_repo_id(extras)).split("/")[-1],
         eval_results=eval_results or None,
     )
     names = extras.get("class_names") or config.get("label_names") or []
@@ -380,16 +646,33 @@ def _card_context(folder: Path, extras: dict[str, Any], config: dict[str, Any], 
     pcfg = config.get("pretrained_cfg") or {}
     rev = None if revision in (None, "main") else revision
     pretrained = (recipe.get("model") or {}).get("pretrained") if isinstance(recipe, dict) else None
+    alias = None if repo_id else _shipped_alias(location)
+    open_set = extras.get("open_set") if isinstance(extras.get("open_set"), dict) else None
+    threshold = open_set.get("threshold") if open_set else None
+    tpr = open_set.get("tpr") if open_set else None
+    val_per_class = ((recipe.get("data") or {}).get("val_per_class")) if isinstance(recipe, dict) else None
     return card_data, {
         "title": title,
         "repo_id": repo_id,
         "revision": rev,
+        "alias": alias,
+        "local_path": None if repo_id or alias else str(location),
+        "local_relative": not location.is_absolute(),
+        "has_threshold": threshold is not None,
+        "threshold": f"{threshold:.4g}" if isinstance(threshold, (int, float)) else threshold,
+        "threshold_score": (open_set or {}).get("score") or "cosine",
+        "threshold_tpr": f"{100 * tpr:.0f}%" if isinstance(tpr, (int, float)) else None,
+        "no_val_split": val_per_class == 0,
+        "notes": _kept_notes(folder),
+        **_training_context(location, extras, local=not repo_id),
         "arch": arch,
         "arch_pretty": _pretty_arch(arch),
         "num_classes": config.get("num_classes"),
         "model_args": config.get("model_args") or {},
         "stage": stage,
         "method_label": _method_label(extras),
+        "stage1_method": labels.get(1),
+        "stage2_method": labels.get(2),
         "dataset_label": ds_label,
         "split": split,
         "counts_total": f"{sum(counts):,}" if counts else None,
@@ -401,7 +684,6 @@ def _card_context(folder: Path, extras: dict[str, Any], config: dict[str, Any], 
         "mean": pcfg.get("mean"),
         "std": pcfg.get("std"),
         "pretrained_backbone": pretrained,
-        "recipe_rows": _flatten(recipe),
         "results": results,
         "paper": paper,
         "classes": classes,
@@ -415,23 +697,32 @@ def _card_context(folder: Path, extras: dict[str, Any], config: dict[str, Any], 
     }
 
 
-def render_model_card(folder: str | os.PathLike, repo_id: str | None = None, revision: str | None = None) -> str:
+def render_model_card(
+    folder: str | os.PathLike,
+    repo_id: str | None = None,
+    revision: str | None = None,
+    *,
+    location: str | os.PathLike | None = None,
+) -> str:
     """Render the model card (README.md text) of a checkpoint folder from its config and extras.
 
-    ``repo_id`` / ``revision`` go into the usage lines (default: the zoo's naming, e.g.
-    ``ccsam-zoo/ccsam-cifar10-lt-ir100-resnet32``, revision main).
+    ``repo_id`` / ``revision``: the Hub repo the card is for (``push_to_hub`` passes them); the usage lines
+    load from it. Without a repo the card says how to load the folder itself (by its path, or by its alias
+    for the model shipped in the package) and names no Hub repo. ``location``: where the folder will live
+    when it is rendered elsewhere first (``save_pretrained`` renders into a temporary folder); it is the
+    path shown and the place the run folder (``metrics.json``, ``log.jsonl``, ...) is looked for.
     """
     from huggingface_hub import ModelCard
 
     from .checkpoint import CONFIG_NAME, _read_json, read_extras
 
     folder = Path(folder)
+    location = Path(location) if location is not None else folder
     config = _read_json(folder / CONFIG_NAME, "timm config")
     extras = read_extras(folder)
     extras.setdefault("architecture", config.get("architecture"))
-    repo_id = repo_id or default_repo_id(extras)
-    if revision is None and extras.get("stage") == 1:
+    if repo_id and revision is None and extras.get("stage") == 1:
         revision = "stage1"  # push_to_hub puts stage 1 on the "stage1" branch
-    card_data, context = _card_context(folder, extras, config, repo_id, revision)
+    card_data, context = _card_context(folder, extras, config, repo_id, revision, location)
     card = ModelCard.from_template(card_data, template_path=str(TEMPLATE_PATH), **context)
     return str(card)

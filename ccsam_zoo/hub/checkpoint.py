@@ -16,6 +16,7 @@ Only safetensors are ever read; nothing here calls ``torch.load`` or unpickles a
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import shutil
@@ -227,14 +228,16 @@ def save_pretrained(model: nn.Module, folder: str | os.PathLike, *, info: dict[s
     class_counts, shot_thresholds, shot_rule, stage, method, recipe, metrics, dataset, data_fingerprint,
     prototypes (C x D tensor or None), open_set ({score, threshold, tpr} or None), paper_results
     (None: looked up from the published table); optional: data_config (timm data config overrides),
-    base_model, license, limitations (list of str), data_source, repo_id (used in the card's usage lines).
+    base_model, license, limitations (list of str), data_source, repo_id (the Hub repo the card's usage
+    lines load from; without it they load from ``folder``, as written).
     Returns the folder's path.
     """
     from safetensors.torch import save_file
     from timm.models._hub import save_config_for_hf  # the config half of timm.models.save_for_hf
 
     model = _unwrap(model)
-    folder = Path(folder).expanduser().resolve()
+    shown = Path(folder).expanduser()  # the path as the caller wrote it: the card's usage lines load from it
+    folder = shown.resolve()
     extras = _build_extras(model, info)
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
@@ -258,7 +261,8 @@ def save_pretrained(model: nn.Module, folder: str | os.PathLike, *, info: dict[s
         from .card import plot_per_class_accuracy, render_model_card
 
         plot_per_class_accuracy(tmp, extras)
-        (tmp / CARD_NAME).write_text(render_model_card(tmp, repo_id=info.get("repo_id")), encoding="utf-8")
+        card = render_model_card(tmp, repo_id=info.get("repo_id"), location=shown)
+        (tmp / CARD_NAME).write_text(card, encoding="utf-8")
         _fsync_dir(tmp)
         _replace_dir(tmp, folder)
     except BaseException:
@@ -303,6 +307,128 @@ def _load_safetensors(path: Path, what: str) -> dict[str, torch.Tensor]:
         ) from err
 
 
+def _non_finite(t: torch.Tensor) -> int:
+    """Number of NaN / inf entries of a tensor (0 for integer and bool tensors)."""
+    if not (t.is_floating_point() or t.is_complex()):
+        return 0
+    if t.is_floating_point() and t.element_size() < 2:  # float8 types: isfinite may not be implemented
+        t = t.float()
+    return int((~torch.isfinite(t)).sum())
+
+
+def _check_finite(tensors: dict[str, torch.Tensor], path: Path, effect: str, fix: str) -> None:
+    """Refuse NaN / inf in ``tensors`` (they load silently and turn outputs into NaN)."""
+    for key, t in tensors.items():
+        bad = _non_finite(t)
+        if bad:
+            raise CheckpointError(
+                f"{path}: tensor {key!r} holds {bad} non-finite value{'s' if bad > 1 else ''} (NaN / inf) of "
+                f"{t.numel()}: {effect}. {fix}"
+            )
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _check_config(config: dict[str, Any], path: Path) -> None:
+    """Types of the ``config.json`` fields the loader and the eval transform use (CheckpointError naming the key)."""
+
+    def bad(key: str, want: str) -> CheckpointError:
+        value = config if key == "" else _get(config, key)
+        return CheckpointError(
+            f"{path}: {key!r} must be {want}, got {json.dumps(value)[:80]} ({type(value).__name__}); "
+            "the config is damaged: re-save or re-download the checkpoint"
+        )
+
+    arch = config.get("architecture")
+    if arch is not None and (not isinstance(arch, str) or not arch):
+        raise bad("architecture", "a timm model name (a non-empty string)")
+    num_classes = config.get("num_classes")
+    if num_classes is not None and not (_is_int(num_classes) and num_classes >= 1):
+        raise bad("num_classes", "a positive integer")
+    for key in ("pretrained_cfg", "model_args"):
+        if config.get(key) is not None and not isinstance(config[key], dict):
+            raise bad(key, "a JSON object")
+    labels = config.get("label_names")
+    if labels is not None and not (isinstance(labels, list) and all(isinstance(x, (str, int)) for x in labels)):
+        raise bad("label_names", "a list of class names")
+    pcfg = config.get("pretrained_cfg") or {}
+    arch2 = pcfg.get("architecture")
+    if arch2 is not None and not isinstance(arch2, str):
+        raise bad("pretrained_cfg.architecture", "a timm model name (a string)")
+    size = pcfg.get("input_size")
+    if size is not None and not (isinstance(size, list) and len(size) == 3 and all(_is_int(v) and v > 0 for v in size)):
+        raise bad("pretrained_cfg.input_size", "[channels, height, width] (positive integers)")
+    for key in ("mean", "std"):
+        v = pcfg.get(key)
+        if v is not None and not (isinstance(v, list) and v and all(_is_number(x) for x in v)):
+            raise bad(f"pretrained_cfg.{key}", "a list of finite numbers (one per channel)")
+    if isinstance(pcfg.get("std"), list) and any(x <= 0 for x in pcfg["std"]):
+        raise bad("pretrained_cfg.std", "a list of positive numbers")
+    crop = pcfg.get("crop_pct")
+    if crop is not None and not (_is_number(crop) and 0 < crop <= 2):
+        raise bad("pretrained_cfg.crop_pct", "a number in (0, 2] (usually 0.875 to 1.0)")
+    for key in ("interpolation", "crop_mode"):
+        if pcfg.get(key) is not None and not isinstance(pcfg[key], str):
+            raise bad(f"pretrained_cfg.{key}", "a string")
+    head = pcfg.get("classifier")
+    names = [head] if isinstance(head, str) else head
+    if head is not None and not (isinstance(names, list) and all(isinstance(h, str) for h in names)):
+        raise bad("pretrained_cfg.classifier", "a module name (a string or a list of strings)")
+
+
+def _check_extras(extras: dict[str, Any], path: Path) -> None:
+    """Types of the ``ccsam_zoo.json`` fields that loading and prediction use."""
+
+    def bad(key: str, want: str) -> CheckpointError:
+        value = _get(extras, key)
+        return CheckpointError(
+            f"{path}: {key!r} must be {want}, got {json.dumps(value)[:80]} ({type(value).__name__}); "
+            "the file is damaged: re-save or re-download the checkpoint"
+        )
+
+    names = extras.get("class_names")
+    if names is not None and not (isinstance(names, list) and all(isinstance(x, (str, int)) for x in names)):
+        raise bad("class_names", "a list of class names")
+    counts = extras.get("class_counts")
+    if counts is not None and not (isinstance(counts, list) and all(_is_int(x) and x >= 0 for x in counts)):
+        raise bad("class_counts", "a list of non-negative integers (training images per class) or null")
+    thresholds = extras.get("shot_thresholds")
+    if thresholds is not None and not (
+        isinstance(thresholds, list) and len(thresholds) == 2 and all(_is_int(x) for x in thresholds)
+    ):
+        raise bad("shot_thresholds", "[many, few] (two integers)")
+    for key in ("shot_rule", "dataset", "dataset_name", "data_fingerprint"):
+        if extras.get(key) is not None and not isinstance(extras[key], str):
+            raise bad(key, "a string")
+    for key in ("metrics", "prototypes", "recipe"):
+        if extras.get(key) is not None and not isinstance(extras[key], dict):
+            raise bad(key, "a JSON object or null")
+    open_set = extras.get("open_set")
+    if open_set is None:
+        return
+    if not isinstance(open_set, dict):
+        raise bad("open_set", "{score, threshold, tpr} or null")
+    from ..inference.open_set import SCORES
+
+    if open_set.get("score") is not None and open_set["score"] not in SCORES:
+        raise bad("open_set.score", f"one of {', '.join(SCORES)}")
+    threshold = open_set.get("threshold")
+    if threshold is not None and not _is_number(threshold):
+        raise bad("open_set.threshold", "a finite number (NaN / inf would reject or accept every image) or null")
+
+
+def _get(data: dict[str, Any], dotted: str) -> Any:
+    for part in dotted.split("."):
+        data = data.get(part) if isinstance(data, dict) else None
+    return data
+
+
 def read_extras(folder: str | os.PathLike) -> dict[str, Any]:
     """``ccsam_zoo.json`` of a checkpoint folder ({} for a plain timm checkpoint without it)."""
     path = Path(folder) / EXTRAS_NAME
@@ -315,6 +441,7 @@ def read_extras(folder: str | os.PathLike) -> dict[str, Any]:
             f"{path}: format_version {version!r} is newer than this ccsam_zoo supports ({FORMAT_VERSION}); "
             "upgrade ccsam_zoo"
         )
+    _check_extras(extras, path)
     return extras
 
 
@@ -340,6 +467,7 @@ def load_checkpoint(folder: str | os.PathLike) -> LoadedCheckpoint:
     folder = Path(folder)
     cfg_path = folder / CONFIG_NAME
     config = _read_json(cfg_path, "timm config")
+    _check_config(config, cfg_path)
     arch = config.get("architecture") or (config.get("pretrained_cfg") or {}).get("architecture")
     if not arch:
         raise CheckpointError(f"{cfg_path}: no 'architecture' key; not a timm checkpoint config")
@@ -352,6 +480,10 @@ def load_checkpoint(folder: str | os.PathLike) -> LoadedCheckpoint:
     num_classes = config.get("num_classes")
     extras = read_extras(folder)
     state = _load_safetensors(folder / WEIGHTS_NAME, "model weights")
+    _check_finite(
+        state, folder / WEIGHTS_NAME, "every prediction would be NaN",
+        "The training diverged or the file was altered: re-train, or re-download the checkpoint.",
+    )  # fmt: skip
     classifier = (config.get("pretrained_cfg") or {}).get("classifier")
     rows = _classifier_rows(state, classifier)
     if num_classes is not None and rows is not None and rows[1] != int(num_classes):
@@ -386,4 +518,8 @@ def load_checkpoint(folder: str | os.PathLike) -> LoadedCheckpoint:
             raise CheckpointError(
                 f"{folder / PROTOTYPES_NAME}: expected a 'prototypes' tensor of {model.num_classes} x D, got {shape}"
             )
+        _check_finite(
+            {"prototypes": protos}, folder / PROTOTYPES_NAME, "every prototype open-set score would be NaN",
+            "Fit them again (clf.fit_prototypes(train_data)) and save the checkpoint again.",
+        )  # fmt: skip
     return LoadedCheckpoint(model=model, folder=folder, config=config, extras=extras, prototypes=protos)

@@ -1,7 +1,12 @@
-"""Aliases of published models and ``from_pretrained``: folder, Hub repo id (through the HF cache) or alias.
+"""Model aliases and ``from_pretrained``: folder, Hub repo id (through the HF cache) or alias.
 
 Stage 2 of a run lives on a repo's ``main`` branch and stage 1 on the ``stage1`` branch; pick stage 1 with
 ``revision="stage1"`` or a ``":stage1"`` suffix (``"ccsam-cifar10-lt:stage1"``).
+
+Each alias has a status (``list_pretrained``): ``shipped`` (inside the package, works offline), ``local`` (a
+registered folder), ``cached`` (in the Hugging Face cache), ``not published`` (a built-in name reserved for
+a model nobody has uploaded yet: train it with its recipe), ``not cached`` (a registered Hub repo that is
+downloaded on first use) or ``missing`` (a registered folder that is gone).
 """
 
 from __future__ import annotations
@@ -32,36 +37,57 @@ class _Entry:
     local_dir: Path | None = None
     dataset: str | None = None
     recipe: str | None = None
+    architecture: str | None = None  # the backbone its recipe trains (repo names must agree)
+    shipped: bool = False  # local_dir is inside the package's assets
+    published: bool = True  # False: a reserved Hub name with nothing uploaded yet
 
 
 class PretrainedModel(NamedTuple):
-    """One row of ``list_pretrained()``."""
+    """One row of ``list_pretrained()``.
+
+    ``status``: "shipped", "local", "cached", "not published", "not cached", "missing" or "not shipped"
+    (a shipped alias's stage 1, which the package does not include); ``available_locally`` is True for
+    the first three.
+    """
 
     alias: str
     repo_id: str | None
     revision: str | None
     dataset: str | None
     available_locally: bool
+    status: str = "not cached"
+    architecture: str | None = None
+    recipe: str | None = None
 
 
 _REGISTRY: dict[str, _Entry] = {}
 
 
-def _builtin() -> None:
-    for alias, repo, dataset, recipe in (
-        ("ccsam-cifar10-lt", "ccsam-cifar10-lt-ir100-resnet32", "cifar10_lt", "cifar10_lt"),
-        ("ccsam-cifar100-lt", "ccsam-cifar100-lt-ir100-resnet32", "cifar100_lt", "cifar100_lt"),
-        ("ccsam-imagenet-lt", "ccsam-imagenet-lt-resnet50", "imagenet_lt", "imagenet_lt"),
-        ("ccsam-places-lt", "ccsam-places-lt-resnet152", "places_lt", "places_lt"),
-        ("ccsam-inat2018", "ccsam-inat2018-resnet50", "inat2018", "inat2018"),
-    ):
-        _REGISTRY[alias] = _Entry(alias, f"{ORG}/{repo}", "main", None, dataset, recipe)
-    _REGISTRY["ccsam-cifar10-lt-cpu"] = _Entry(
-        "ccsam-cifar10-lt-cpu", None, "main", ASSETS_DIR / "ccsam-cifar10-lt-cpu", "cifar10_lt", "cifar10_lt_cpu"
-    )
+# Reserved Hub names of the paper's settings. Nothing has been uploaded under them yet (published=False):
+# each repo name states the backbone that its recipe (recipes/<recipe>.yaml, model.arch) trains.
+_BUILTIN_HUB = (
+    # alias, repo name, dataset, recipe, architecture
+    ("ccsam-cifar10-lt", "ccsam-cifar10-lt-ir100-resnet32", "cifar10_lt", "cifar10_lt", "resnet32_cifar"),
+    ("ccsam-cifar100-lt", "ccsam-cifar100-lt-ir100-resnet32", "cifar100_lt", "cifar100_lt", "resnet32_cifar"),
+    ("ccsam-imagenet-lt", "ccsam-imagenet-lt-resnext50-32x4d", "imagenet_lt", "imagenet_lt", "resnext50_32x4d"),
+    ("ccsam-places-lt", "ccsam-places-lt-resnet152", "places_lt", "places_lt", "resnet152"),
+    ("ccsam-inat2018", "ccsam-inat2018-resnet50", "inat2018", "inat2018", "resnet50"),
+)
 
 
-_builtin()
+def _builtin_entries() -> dict[str, _Entry]:
+    out = {
+        alias: _Entry(alias, f"{ORG}/{repo}", "main", None, dataset, recipe, arch, published=False)
+        for alias, repo, dataset, recipe, arch in _BUILTIN_HUB
+    }
+    out["ccsam-cifar10-lt-cpu"] = _Entry(
+        "ccsam-cifar10-lt-cpu", None, "main", ASSETS_DIR / "ccsam-cifar10-lt-cpu", "cifar10_lt", "cifar10_lt_cpu",
+        "resnet32_cifar", shipped=True,
+    )  # fmt: skip
+    return out
+
+
+_REGISTRY.update(_builtin_entries())
 
 
 # ----------------------------------------------------------------------------------------------- registry
@@ -75,6 +101,7 @@ def register_pretrained(
     *,
     dataset: str | None = None,
     recipe: str | None = None,
+    architecture: str | None = None,
     overwrite: bool = False,
 ) -> PretrainedModel:
     """Add an alias for a Hub repo (stage 2 at ``revision``, stage 1 on branch "stage1") and/or a local folder.
@@ -91,13 +118,18 @@ def register_pretrained(
     if alias in _REGISTRY and not overwrite:
         raise ValueError(f"alias {alias!r} is already registered ({_describe(_REGISTRY[alias])}); pass overwrite=True")
     folder = Path(local_dir).expanduser() if local_dir is not None else None
-    entry = _Entry(alias, repo_id, revision or "main", folder, dataset, recipe)
+    entry = _Entry(alias, repo_id, revision or "main", folder, dataset, recipe, architecture)
     _REGISTRY[alias] = entry
     return _row(entry, entry.revision, alias)
 
 
 def list_pretrained() -> list[PretrainedModel]:
-    """Registered aliases (stage 2 and, as ``ALIAS:stage1``, stage 1) and whether each is on this machine."""
+    """Registered aliases (stage 2 and, as ``ALIAS:stage1``, stage 1) and where each one is.
+
+    ``status`` says it honestly: "shipped" (in the package), "local" (a registered folder), "cached" (in the
+    Hugging Face cache), "not published" (a reserved name nobody has uploaded a model under: train it with
+    its ``recipe``), "not cached" (a registered Hub repo, downloaded on first use), "missing" / "not shipped".
+    """
     rows = []
     for entry in _REGISTRY.values():
         rows.append(_row(entry, entry.revision, entry.alias))
@@ -105,11 +137,25 @@ def list_pretrained() -> list[PretrainedModel]:
     return rows
 
 
-def _row(entry: _Entry, revision: str, name: str) -> PretrainedModel:
+def _status(entry: _Entry, revision: str) -> str:
     stage1 = revision == STAGE1_REVISION
-    local = entry.local_dir is not None and _local_checkpoint(entry.local_dir, stage1) is not None
-    cached = entry.repo_id is not None and _in_cache(entry.repo_id, revision)
-    return PretrainedModel(name, entry.repo_id, revision if entry.repo_id else None, entry.dataset, local or cached)
+    if entry.local_dir is not None and _local_checkpoint(entry.local_dir, stage1) is not None:
+        return "shipped" if entry.shipped else "local"
+    if entry.repo_id is not None:
+        if _in_cache(entry.repo_id, revision):
+            return "cached"
+        return "not cached" if entry.published else "not published"
+    if entry.shipped and stage1 and entry.local_dir is not None and entry.local_dir.exists():
+        return "not shipped"  # the package holds stage 2 of this model only
+    return "missing"
+
+
+def _row(entry: _Entry, revision: str, name: str) -> PretrainedModel:
+    status = _status(entry, revision)
+    return PretrainedModel(
+        name, entry.repo_id, revision if entry.repo_id else None, entry.dataset,
+        status in ("shipped", "local", "cached"), status, entry.architecture, entry.recipe,
+    )  # fmt: skip
 
 
 def _in_cache(repo_id: str, revision: str) -> bool:
@@ -193,7 +239,29 @@ def _download(repo_id: str, revision: str, recipe: str | None, label: str) -> Pa
             f"model {label} is not available: looked for Hub repo {repo_id} at revision {revision!r} in the "
             f"Hugging Face cache {cache} (no complete snapshot there) and on the Hub ({hub}). To fix: download it "
             f"while online (snapshot_download({repo_id!r}, revision={revision!r})), or {_train_hint(recipe)}"
-        ) from err
+        ) from None
+
+
+def _unpublished(entry: _Entry, name: str, revision: str) -> Path:
+    """A reserved alias nobody has uploaded: try the Hub once when online, else one short message."""
+    from huggingface_hub import constants
+
+    if not constants.HF_HUB_OFFLINE:
+        try:
+            return _download(entry.repo_id, revision, entry.recipe, repr(name))
+        except CheckpointError:
+            pass
+    from .card import pretty_dataset
+
+    on = f"on {pretty_dataset(entry.dataset)}" if entry.dataset else ""
+    what = " ".join(x for x in (entry.architecture, on) if x)
+    shipped = sorted(a for a, e in _REGISTRY.items() if e.shipped)
+    raise CheckpointError(
+        f"model {name!r} is not published yet: nothing has been uploaded to {entry.repo_id} and it is not in the "
+        f"local cache. Train it with `accelerate launch recipes/train.py --recipe {entry.recipe}`"
+        f"{f' ({what})' if what else ''} and pass the run folder to from_pretrained"
+        + (f"; ready to use now: {', '.join(shipped)}" if shipped else "")
+    )
 
 
 def _looks_like_path(name: str) -> bool:
@@ -224,6 +292,10 @@ def resolve_checkpoint(name_or_path: str | os.PathLike, revision: str | None = N
         entry = _REGISTRY[base]
         stage1 = rev == STAGE1_REVISION
         looked = []
+        if entry.local_dir is not None and entry.repo_id is None and rev not in (None, "main", STAGE1_REVISION):
+            raise CheckpointError(
+                f"revision={rev!r} applies to Hub repos; {base!r} is a local model (use 'stage1' or 'stage2')"
+            )
         if entry.local_dir is not None:
             found = _local_checkpoint(entry.local_dir, stage1)
             if found is not None:
@@ -232,12 +304,21 @@ def resolve_checkpoint(name_or_path: str | os.PathLike, revision: str | None = N
             looked.append(f"{entry.local_dir}{' (stage1/)' if stage1 else ''}: {state}")
         if entry.repo_id is not None:
             rev = rev or entry.revision
-            folder = _download(entry.repo_id, rev, entry.recipe, f"{name!r} (alias of {entry.repo_id})")
+            if not entry.published and not _in_cache(entry.repo_id, rev):
+                folder = _unpublished(entry, name, rev)
+            else:
+                folder = _download(entry.repo_id, rev, entry.recipe, f"{name!r} (alias of {entry.repo_id})")
             origin = {"source": "hub", "alias": base, "repo_id": entry.repo_id, "revision": rev, "path": str(folder)}
             return folder, origin
+        if entry.shipped and stage1 and entry.local_dir.exists():
+            raise CheckpointError(
+                f"model {name!r} is not available: the package ships stage 2 of {base!r} only; use {base!r}, or "
+                f"train it with `accelerate launch recipes/train.py --recipe {entry.recipe}` and load the run "
+                "folder with revision='stage1'"
+            )
+        what = "This bundled model is missing from this installation" if entry.shipped else "The folder is gone"
         raise CheckpointError(
-            f"model {name!r} is not available: looked in {', '.join(looked)}. This bundled model has not been "
-            f"added to this installation; {_train_hint(entry.recipe)}"
+            f"model {name!r} is not available: looked in {', '.join(looked)}. {what}; {_train_hint(entry.recipe)}"
         )
     if base.count("/") == 1 and not _looks_like_path(name):
         rev = rev or "main"
@@ -271,15 +352,21 @@ def from_pretrained(
 
     extras = ckpt.extras
     meta = {**extras, **origin, "name": os.fspath(name_or_path)}
-    clf = Classifier(
-        ckpt.model,
-        class_names=ckpt.class_names,
-        class_counts=extras.get("class_counts"),
-        pretrained_cfg=dict(ckpt.model.pretrained_cfg),
-        prototypes=ckpt.prototypes,
-        open_set=extras.get("open_set"),
-        meta=meta,
-    )
+    try:
+        clf = Classifier(
+            ckpt.model,
+            class_names=ckpt.class_names,
+            class_counts=extras.get("class_counts"),
+            pretrained_cfg=dict(ckpt.model.pretrained_cfg),
+            prototypes=ckpt.prototypes,
+            open_set=extras.get("open_set"),
+            meta=meta,
+        )
+    except (ValueError, TypeError, KeyError, RuntimeError) as err:  # metadata that passed the type checks
+        raise CheckpointError(
+            f"{folder}: cannot use this checkpoint ({CONFIG_NAME} pretrained_cfg / {EXTRAS_NAME}): {err}; re-save "
+            "or re-download it"
+        ) from None
     if device is not None:
         clf = clf.to(device)
     return clf.eval()

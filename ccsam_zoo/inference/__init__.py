@@ -7,8 +7,17 @@ clf.predict(images, open_set=True)          # label "unknown" when the score is 
 evaluate_model(clf, test_set, open_dataset=ood_set)
 """
 
+from ._images import ImageInputError
 from .classifier import Classifier
 from .evaluation import evaluate_model
 from .open_set import SCORES, compute_prototypes, open_set_score, threshold_at_tpr
 
-__all__ = ["SCORES", "Classifier", "compute_prototypes", "evaluate_model", "open_set_score", "threshold_at_tpr"]
+__all__ = [
+    "SCORES",
+    "Classifier",
+    "ImageInputError",
+    "compute_prototypes",
+    "evaluate_model",
+    "open_set_score",
+    "threshold_at_tpr",
+]

@@ -29,6 +29,20 @@ __all__ = ["Classifier"]
 UNKNOWN = "unknown"
 
 
+def _finite_threshold(value: Any, name: str = "threshold") -> float:
+    """``value`` as a float; NaN / inf (which would reject or accept every image) and non-numbers are errors."""
+    try:
+        out = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"open-set {name} must be a number, got {value!r}") from None
+    if not np.isfinite(out):
+        raise ValueError(
+            f"open-set {name} must be a finite number, got {value!r}: NaN or inf would reject (or accept) every "
+            "image; pass a number (e.g. the calibrated one: omit it)"
+        )
+    return out
+
+
 class Classifier(nn.Module):
     """An image classifier ready for inference (always in eval mode).
 
@@ -115,6 +129,11 @@ class Classifier(nn.Module):
         p = torch.as_tensor(prototypes).detach().float()
         if p.ndim != 2 or p.shape[0] != self.num_classes:
             raise ValueError(f"prototypes must be [{self.num_classes}, D], got {tuple(p.shape)}")
+        if not bool(torch.isfinite(p).all()):
+            raise ValueError(
+                f"prototypes hold {int((~torch.isfinite(p)).sum())} non-finite values (NaN / inf): every "
+                "prototype score would be NaN; fit them again with clf.fit_prototypes(train_dataset)"
+            )
         self.prototypes = p.to(self.device)
 
     def open_set_scores(self, x: torch.Tensor, score: str = "cosine") -> torch.Tensor:
@@ -147,7 +166,7 @@ class Classifier(nn.Module):
         if isinstance(p, (str, Path)):
             return _images.open_image(Path(p), self._short_side())
         if isinstance(p, Image.Image):
-            return _images.pil_to_rgb(p)
+            return _images.pil_to_rgb(p, item.source)
         if isinstance(p, np.ndarray):
             return _images.array_to_input(p, item.source)
         return _images.tensor_to_input(p, item.source)
@@ -197,7 +216,7 @@ class Classifier(nn.Module):
                     f"no open-set threshold for score {score!r}: calibrate one with "
                     f"clf.calibrate(held_out_known_images, score={score!r}, tpr=0.95) or pass threshold="
                 )
-        return score, float(threshold)
+        return score, _finite_threshold(threshold)
 
     @torch.inference_mode()
     def predict(
@@ -219,7 +238,9 @@ class Classifier(nn.Module):
         "unknown" when open-set rejects it), ``class_index`` (closed-set top-1), ``probability`` (its
         softmax probability), ``top_k`` (list of (class name, probability)); with ``open_set``: ``score``,
         ``open_set_score`` (higher = more likely known) and ``known`` (``open_set_score >= threshold``).
-        With ``skip_bad=True`` an unreadable image gives ``{"source", "error"}`` instead of raising.
+        With ``skip_bad=True`` an unreadable image gives ``{"source", "error"}`` instead of raising; without it
+        the first one raises ``ImageInputError`` (a ``ValueError``) naming it. Non-finite pixels (NaN / inf) and
+        non-finite thresholds are errors. Only regular files are read (a named pipe or a device is an error).
         """
         if top_k < 1:
             raise ValueError(f"top_k must be >= 1, got {top_k}")
@@ -232,7 +253,10 @@ class Classifier(nn.Module):
         device = self.device
         dtype = next(self.model.parameters()).dtype
         for chunk in _images.iter_chunks(items, batch_size):
-            ready, failures = self._prepare_chunk(chunk, skip_bad)
+            try:
+                ready, failures = self._prepare_chunk(chunk, skip_bad)
+            except _images.ImageInputError as err:
+                raise _images.with_skip_bad_hint(err, len(items) - 1) from None
             chunk_results: dict[int, dict[str, Any]] = {}
             if ready:
                 x = torch.stack([t for _, t in ready]).to(device=device, dtype=dtype, non_blocking=True)
@@ -276,6 +300,11 @@ class Classifier(nn.Module):
                 x = transform(x)
             elif x.dtype == torch.uint8:
                 x = self.preprocess(x)
+            if x.is_floating_point() and not bool(torch.isfinite(x).all()):
+                raise ValueError(
+                    f"a data batch holds {int((~torch.isfinite(x)).sum())} non-finite values (NaN / inf): "
+                    "predictions and scores would be NaN; clean the data (finite pixel values only)"
+                )
             return x.to(dtype), torch.as_tensor(y).long().reshape(-1).cpu()
 
         if (
@@ -409,6 +438,8 @@ class Classifier(nn.Module):
             raise ValueError(
                 f"calibrating score {score!r} needs class prototypes: run clf.fit_prototypes(train_dataset) first"
             )
+        if threshold is not None:
+            threshold = _finite_threshold(threshold)
         if threshold is None:
             if known is None:
                 raise ValueError("calibrate needs held-out known-class images, or an explicit threshold=")
