@@ -478,10 +478,11 @@ def _reproduce(recipe: dict[str, Any], run: Path | None) -> tuple[str | None, li
     if not name:
         return None, []
     try:
-        from ..training.config import list_recipes, load_recipe
+        from ..training.config import list_recipes, load_recipe, resolve_recipe
 
         if name in list_recipes():
-            sets = [f"{k}={_yaml_value(v)}" for k, v in _recipe_changes(load_recipe(name), recipe)]
+            changes = _recipe_changes(resolve_recipe(load_recipe(name)), resolve_recipe(recipe))
+            sets = [f"{k}={_yaml_value(v)}" for k, v in changes]
             if len(sets) <= 8:
                 cmd = f"accelerate launch recipes/train.py --recipe {name}"
                 return cmd + (" --set " + " ".join(sets) if sets else ""), sets
