@@ -100,11 +100,29 @@ def test_predict_table_and_open_set(capsys, run_dir, images):
     paths, _ = images
     rc, out, _ = _run(capsys, "predict", "--model", run_dir / "stage2", paths[0], "--open-set")
     assert rc == 0
-    assert "img0.png" in out and "known" in out and "cosine" in out
+    assert "img0.png" in out and "known" in out and "open-set score: cosine, threshold" in out
     rc, out, _ = _run(capsys, "predict", "--model", run_dir / "stage2", paths[0], "--open-set", "--json",
                       "--score", "msp", "--threshold", "1.5")  # fmt: skip
     r = json.loads(out)[0]
-    assert rc == 0 and r["label"] == "unknown" and r["known"] is False and r["score"] == "msp"
+    assert rc == 0 and r["label"] == "unknown" and r["known"] is False and r["score_type"] == "msp"
+    assert r["threshold"] == 1.5 and r["class_index"] is None and r["probability"] is None
+    assert r["nearest_class"] == r["top_k"][0][0] and r["nearest_probability"] == pytest.approx(r["top_k"][0][1])
+    rc, out, _ = _run(capsys, "predict", "--model", run_dir / "stage2", paths[0], "--open-set",
+                      "--score", "msp", "--threshold", "1.5")  # fmt: skip
+    assert rc == 0 and f"unknown (nearest: {r['nearest_class']}, {r['nearest_probability']:.2f})" in out
+
+
+
+def test_predict_open_set_without_calibration_names_threshold(capsys, run_dir, images, tmp_path):
+    """A checkpoint without a calibrated threshold (e.g. trained without a validation split)."""
+    folder = tmp_path / "uncalibrated"
+    shutil.copytree(run_dir / "stage2", folder)
+    extras = json.loads((folder / "ccsam_zoo.json").read_text())
+    (folder / "ccsam_zoo.json").write_text(json.dumps({**extras, "open_set": None}))
+    rc, _, err = _run(capsys, "predict", "--model", folder, images[0][0], "--open-set")
+    assert rc == 1 and "no open-set threshold for score 'cosine'" in err and "--threshold" in err
+    rc, out, _ = _run(capsys, "predict", "--model", folder, images[0][0], "--open-set", "--threshold", "0.5")
+    assert rc == 0 and "open-set score: cosine, threshold 0.5" in out
 
 
 def test_predict_bad_inputs(capsys, run_dir, images):
@@ -127,7 +145,7 @@ def test_predict_bad_inputs(capsys, run_dir, images):
     [
         ["predict", "x.png"],  # --model missing
         ["predict", "--model", "m", "x.png", "--top-k", "0"],
-        ["predict", "--model", "m", "x.png", "--score", "energy"],
+        ["predict", "--model", "m", "x.png", "--score", "entropy"],
         ["evaluate", "--model", "m"],  # --data missing
         ["frobnicate"],
         [],
@@ -172,8 +190,11 @@ def test_evaluate_json_and_output(capsys, run_dir, tmp_path, ood_dir):
     assert rep == json.loads(out_file.read_text())
     assert rep["data"] == "parquet" and rep["num_samples"] == 30 and rep["num_open"] == 30
     assert set(rep) >= {"top1", "many", "medium", "few", "per_class", "open_set", "class_names", "shot_rule"}
-    assert set(rep["open_set"]) == {"cosine", "euclidean", "reachability", "msp", "hybrid"}
-    assert rep["open_set"]["cosine"]["threshold_source"] == "checkpoint"
+    assert set(rep["open_set"]) == {"msp", "max_logit", "energy", "cosine", "euclidean", "reachability", "hybrid"}
+    assert rep["open_set"]["cosine"]["threshold_source"] == "checkpoint" and rep["default_score"] == "cosine"
+    groups = rep["open_set"]["cosine"]["rejected_known_by_group"]
+    assert set(groups) == {"many", "medium", "few"} and all(0.0 <= v <= 1.0 for v in groups.values())
+    assert rep["open_set_plot"] == str(out_file.with_suffix(".png")) and out_file.with_suffix(".png").stat().st_size
     # the same numbers as the library call
     bench = build_benchmark("parquet", str(tmp_path / "bench"), open_source=str(ood), image_size=32)
     direct = evaluate_model(from_pretrained(run_dir / "stage2"), bench.test, bench.open)
@@ -181,8 +202,11 @@ def test_evaluate_json_and_output(capsys, run_dir, tmp_path, ood_dir):
     assert rep["open_set"]["msp"]["auroc"] == pytest.approx(direct["open_set"]["msp"]["auroc"])
     rc, out, _ = _run(capsys, *argv, "--scores", "msp,cosine")
     assert rc == 0 and "top-1 %" in out and "AUROC" in out and "per class" in out and "airplane" in out
-    rc, _, err = _run(capsys, *argv, "--scores", "msp,energy")
-    assert rc == 2 and "energy" in err
+    assert "many rej. %" in out and "open rej. %" in out and "cosine (default)" in out
+    rc, _, err = _run(capsys, *argv, "--scores", "msp,entropy")
+    assert rc == 2 and "entropy" in err
+    rc, _, err = _run(capsys, *argv, "--scores", "mahalanobis")  # the checkpoint has no open_set_stats
+    assert rc == 1 and "mahalanobis" in err and "fit_open_set" in err
 
 
 def test_list_json(capsys):

@@ -51,7 +51,7 @@ def test_alias_predictions_match_plain_timm_on_the_example_images():
     for row, p in zip(out, probs):
         assert row["class_index"] == int(p.argmax()) and row["probability"] == pytest.approx(float(p.max()), abs=1e-5)
         assert row["label"] in (clf.class_names[row["class_index"]], "unknown")
-        assert row["known"] == (row["open_set_score"] >= clf.open_set["threshold"])
+        assert row["known"] == (row["score"] >= row["threshold"]) and row["score_type"] == clf.open_set["score"]
 
 
 @pytest.mark.slow
