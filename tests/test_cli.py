@@ -256,3 +256,22 @@ def test_console_script(images):
     p = subprocess.run([exe, "predict", "--model", "./nope", images[0][0]], capture_output=True, text=True, timeout=120)
     assert p.returncode == 1 and p.stdout == ""
     _one_line_error(p.stderr, "nope")
+
+
+def test_evaluate_uses_an_oltr_benchmarks_own_open_split(capsys, tmp_path):
+    """ImageNet-LT layout with ImageNet_LT_open.txt: evaluate reports open-set metrics without --open-data."""
+    from ccsam_zoo.hub import save_pretrained
+    from tests.test_data_sources import _write_oltr
+
+    _write_oltr(tmp_path, "ImageNet_LT")
+    torch.manual_seed(0)
+    model = timm.create_model("resnet20_cifar", num_classes=3).eval()
+    info = dict(class_names=["n00", "n01", "n02"], class_counts=[6, 3, 1], stage="stage2", method={"name": "ce"},
+                recipe={}, metrics={}, dataset="imagenet_lt")  # fmt: skip
+    save_pretrained(model, tmp_path / "ckpt", info=info)
+    rc, out, err = _run(capsys, "evaluate", "--model", tmp_path / "ckpt", "--data", "imagenet_lt",
+                        "--source", tmp_path, "--json")  # fmt: skip
+    assert rc == 0, err
+    rep = json.loads(out)
+    assert rep["num_samples"] == 6 and rep["num_open"] == 3 and rep["open_data"] == "the benchmark's open split"
+    assert set(rep["open_set"]) == {"msp", "max_logit", "energy"} and rep["default_score"] == "msp"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -455,8 +456,9 @@ class Classifier(nn.Module):
         acc = StatsAccumulator(self.num_classes, bank_size=bank_size, reference_size=reference_size, k=k, seed=seed)
         try:
             stages = early_stages(self.model)
-        except ValueError:
-            stages = []  # mahalanobis and knn still work; the layer_stats scores are unavailable
+        except ValueError as err:  # mahalanobis and knn still work; the layer_stats scores are unavailable
+            warnings.warn(f"fit_open_set: {err}", stacklevel=2)
+            stages = []
         for x, y in self._batches(dataset, batch_size, transform):
             with capture_stage_statistics(self.model, stages) as captured:
                 z, logits = self._features_logits(x)

@@ -193,7 +193,8 @@ def stage_log_pvalues(stage_features: list[torch.Tensor], stats: OpenSetStats) -
     return torch.stack(cols, dim=1)
 
 
-def _logit_score(name: str, logits: torch.Tensor) -> torch.Tensor:
+def logit_score(name: str, logits: torch.Tensor) -> torch.Tensor:
+    """``msp``, ``max_logit`` or ``energy`` of a logit batch ``[N, C]`` (float32)."""
     lg = logits.float()
     if name == "msp":
         return lg.softmax(dim=1).amax(dim=1)
@@ -243,7 +244,7 @@ def open_set_score(
     """
     _check_inputs(name, features, logits, prototypes, stats, stage_features)
     if name in LOGIT_SCORES:
-        return _logit_score(name, logits)
+        return logit_score(name, logits)
     if name == "mahalanobis":
         d = mahalanobis_distances(features, stats.class_means, stats.precision)
         d = d.masked_fill(~stats.valid_classes.to(d.device)[None, :], float("inf"))
@@ -255,7 +256,7 @@ def open_set_score(
         if name == "layer_stats":
             return fisher
         base = name.split("+")[0]
-        base_logp = log_pvalue(stats.references[base], _logit_score(base, logits).to(fisher.device))
+        base_logp = log_pvalue(stats.references[base], logit_score(base, logits).to(fisher.device))
         return base_logp + log_pvalue(stats.references["layer_stats"], fisher)
     if name == "cosine":
         return _max_cosine(features, prototypes)
@@ -264,7 +265,7 @@ def open_set_score(
     if name == "reachability":
         return _REACH_SCALE / _min_distance(features, prototypes).clamp_min(1e-6)
     c = logits.shape[1]
-    msp = _logit_score("msp", logits)
+    msp = logit_score("msp", logits)
     msp01 = (msp - 1.0 / c) / (1.0 - 1.0 / c) if c > 1 else logits.new_ones(logits.shape[0]).float()
     cos01 = (_max_cosine(features, prototypes) + 1.0) / 2.0
     return (cos01.to(msp01.device) + msp01) / 2.0

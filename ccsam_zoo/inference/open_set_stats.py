@@ -24,7 +24,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .open_set import _logit_score, class_feature_sums, log_pvalue, mahalanobis_distances
+from .open_set import class_feature_sums, log_pvalue, logit_score, mahalanobis_distances
 
 __all__ = ["OpenSetStats", "StatsAccumulator", "capture_stage_statistics", "channel_statistics", "early_stages"]
 
@@ -105,11 +105,6 @@ class OpenSetStats:
     def valid_classes(self) -> torch.Tensor:
         """Classes with training images (the others are ignored by ``mahalanobis``)."""
         return self.class_counts > 0
-
-    def to(self, device: torch.device | str) -> OpenSetStats:
-        """A copy with every tensor on ``device``."""
-        tensors, meta = self.to_tensors()
-        return OpenSetStats.from_tensors({k: v.to(device) for k, v in tensors.items()}, meta)
 
     def to_tensors(self) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
         """(tensors, string metadata) for ``safetensors.torch.save_file``."""
@@ -264,7 +259,7 @@ class StatsAccumulator:
             stage_precisions=stage_precisions,
             num_train=self.n,
         )
-        refs = {name: torch.sort(_logit_score(name, ref["logits"])).values for name in ("msp", "max_logit", "energy")}
+        refs = {name: torch.sort(logit_score(name, ref["logits"])).values for name in ("msp", "max_logit", "energy")}
         stage_known = [
             -mahalanobis_distances(ref[f"stage{i}"], stats.stage_means[i][None, :], stats.stage_precisions[i])[:, 0]
             for i in range(len(stage_names))
