@@ -26,7 +26,10 @@ from .jsonio import dumps
 
 __all__ = ["main"]
 
-_SCORES = ("cosine", "euclidean", "reachability", "msp", "hybrid")  # = inference.SCORES (kept import-free)
+_SCORES = (  # = inference.SCORES (kept import-free)
+    "msp", "max_logit", "energy", "mahalanobis", "knn", "cosine", "euclidean", "reachability", "hybrid",
+    "layer_stats", "msp+layer_stats", "max_logit+layer_stats", "energy+layer_stats",
+)  # fmt: skip
 
 
 class UsageError(Exception):
@@ -163,13 +166,22 @@ def _cmd_predict(args: argparse.Namespace) -> int:
             if "error" in r:
                 continue
             top = ", ".join(f"{name} {p:.3f}" for name, p in r["top_k"])
-            extra = [f"{r['open_set_score']:.4f}", "yes" if r["known"] else "no"] if args.open_set else []
-            rows.append([r["source"], r["label"], f"{r['probability']:.3f}", *extra, top])
+            extra = [f"{r['score']:.4f}", "yes" if r["known"] else "no"] if args.open_set else []
+            if r.get("nearest_class") is not None:  # rejected: say what it was closest to
+                label, prob = f"{r['label']} (nearest: {r['nearest_class']}, {r['nearest_probability']:.2f})", "-"
+            else:
+                label, prob = r["label"], f"{r['probability']:.3f}"
+            rows.append([r["source"], label, prob, *extra, top])
         if rows:
             print(_table(rows, header))
-        if args.open_set and results and "score" in next((r for r in results if "error" not in r), {}):
-            first = next(r for r in results if "error" not in r)
-            print(f"\nopen-set score: {first['score']} (higher = more likely known); 'unknown' = rejected")
+        first = next((r for r in results if "error" not in r), {})
+        if args.open_set and "score_type" in first:
+            thresholds = {r["threshold"] for r in results if "threshold" in r}
+            thr = f"{first['threshold']:.4g}" if len(thresholds) == 1 else "per predicted class"
+            print(
+                f"\nopen-set score: {first['score_type']}, threshold {thr} (higher = more likely known); "
+                "'unknown' = rejected"
+            )
     return 1 if len(bad) == len(results) else 0
 
 
@@ -224,27 +236,39 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
             return ds  # uint8 fast path: normalised with the checkpoint's own data config
         return bench.loader(split, args.batch_size, sampler="sequential", num_workers=args.num_workers)
 
-    if scores is not None and clf.prototypes is None:
-        missing = [s for s in scores if s != "msp"]
-        if missing:
-            raise ValueError(f"scores {missing} need class prototypes and this checkpoint has none; use --scores msp")
+    for s in scores or ():
+        problem = clf._missing(s)
+        if problem is not None:
+            raise ValueError(f"--scores {s}: {problem}")
+    # an OLTR benchmark's own open split (ImageNet_LT_open.txt, Places_LT_open.txt) when present (OLTR Table 4)
+    has_open = bench.open is not None
     result = evaluate_model(
         clf,
         data_of(args.split),
-        data_of("open") if args.open_data else None,
+        data_of("open") if has_open else None,
         batch_size=args.batch_size,
         scores=scores,
         class_counts=counts,
         many_threshold=int(thresholds[0]),
         few_threshold=int(thresholds[1]),
         rule=rule,
+        return_scores=has_open and bool(args.plot or args.output),
     )
+    raw_scores = result.pop("scores", None)
+    plot = args.plot or (str(Path(args.output).expanduser().with_suffix(".png")) if args.output and has_open else None)
+    if raw_scores is not None and plot:
+        from ccsam_zoo.inference import plot_score_histograms
+
+        plot = Path(plot).expanduser()
+        plot.parent.mkdir(parents=True, exist_ok=True)
+        plot_score_histograms(raw_scores, plot, {s: m["threshold"] for s, m in result["open_set"].items()})
     report = {
         "model": str(args.model),
         "data": name,
         "data_source": source,
         "split": args.split,
-        "open_data": args.open_data,
+        "open_data": args.open_data or ("the benchmark's open split" if has_open else None),
+        "open_set_plot": plot if raw_scores is not None else None,
         "data_fingerprint": bench.fingerprint,
         "shot_thresholds": [int(thresholds[0]), int(thresholds[1])],
         "shot_rule": rule,
@@ -273,19 +297,29 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     print("\nper class:")
     print(_table(rows, ["#", "class", "train n", "group", "acc %"]))
     if "open_set" in result:
-        print(f"\nopen set: {args.open_data} ({result['num_open']} images); scores: higher = more likely known")
+        print(
+            f"\nopen set: {report['open_data']} ({result['num_open']} images); scores: higher = more likely known; "
+            f"default: {result['default_score']}"
+        )
+        group_names = [g for g in ("many", "medium", "few") if g in set(groups)]
         rows = [
             [
-                s,
+                s + (" (default)" if s == result["default_score"] else ""),
                 _pct(m["auroc"]),
                 _pct(m["fpr95"]),
                 _pct(m["f_measure"]),
+                *[_pct((m["rejected_known_by_group"] or {}).get(g)) for g in group_names],
+                _pct(m["rejected_open"]),
                 f"{m['threshold']:.4g}",
                 m["threshold_source"],
             ]
             for s, m in result["open_set"].items()
         ]
-        print(_table(rows, ["score", "AUROC %", "FPR95 %", "F %", "threshold", "threshold from"]))
+        header = ["score", "AUROC %", "FPR95 %", "F %", *[f"{g} rej. %" for g in group_names], "open rej. %"]
+        print(_table(rows, [*header, "threshold", "threshold from"]))
+        print("(rej. %: known test images of each shot group rejected, and open images rejected, at the threshold)")
+        if report["open_set_plot"]:
+            print(f"score histograms: {report['open_set_plot']}")
     if args.output:
         print(f"\nwrote {args.output}")
     return 0
@@ -423,7 +457,13 @@ def build_parser(with_sharpness: bool = True) -> argparse.ArgumentParser:
     )
     p.add_argument("--split", default="test", choices=["test", "val", "train"])
     p.add_argument("--val-per-class", type=_non_negative, default=0, help="carve a validation split (with --split val)")
-    p.add_argument("--open-data", default=None, help="open-set images: parquet file / folder or image folder")
+    p.add_argument(
+        "--open-data",
+        default=None,
+        help="open-set images: parquet file / folder or image folder (OLTR benchmarks use their own open split "
+        "when present)",
+    )
+    p.add_argument("--plot", default=None, help="PNG of the open-set score histograms (default: beside --output)")
     p.add_argument(
         "--scores", default=None, help=f"comma-separated open-set scores (default: all of {','.join(_SCORES)})"
     )

@@ -100,11 +100,29 @@ def test_predict_table_and_open_set(capsys, run_dir, images):
     paths, _ = images
     rc, out, _ = _run(capsys, "predict", "--model", run_dir / "stage2", paths[0], "--open-set")
     assert rc == 0
-    assert "img0.png" in out and "known" in out and "cosine" in out
+    assert "img0.png" in out and "known" in out and "open-set score: cosine, threshold" in out
     rc, out, _ = _run(capsys, "predict", "--model", run_dir / "stage2", paths[0], "--open-set", "--json",
                       "--score", "msp", "--threshold", "1.5")  # fmt: skip
     r = json.loads(out)[0]
-    assert rc == 0 and r["label"] == "unknown" and r["known"] is False and r["score"] == "msp"
+    assert rc == 0 and r["label"] == "unknown" and r["known"] is False and r["score_type"] == "msp"
+    assert r["threshold"] == 1.5 and r["class_index"] is None and r["probability"] is None
+    assert r["nearest_class"] == r["top_k"][0][0] and r["nearest_probability"] == pytest.approx(r["top_k"][0][1])
+    rc, out, _ = _run(capsys, "predict", "--model", run_dir / "stage2", paths[0], "--open-set",
+                      "--score", "msp", "--threshold", "1.5")  # fmt: skip
+    assert rc == 0 and f"unknown (nearest: {r['nearest_class']}, {r['nearest_probability']:.2f})" in out
+
+
+
+def test_predict_open_set_without_calibration_names_threshold(capsys, run_dir, images, tmp_path):
+    """A checkpoint without a calibrated threshold (e.g. trained without a validation split)."""
+    folder = tmp_path / "uncalibrated"
+    shutil.copytree(run_dir / "stage2", folder)
+    extras = json.loads((folder / "ccsam_zoo.json").read_text())
+    (folder / "ccsam_zoo.json").write_text(json.dumps({**extras, "open_set": None}))
+    rc, _, err = _run(capsys, "predict", "--model", folder, images[0][0], "--open-set")
+    assert rc == 1 and "no open-set threshold for score 'cosine'" in err and "--threshold" in err
+    rc, out, _ = _run(capsys, "predict", "--model", folder, images[0][0], "--open-set", "--threshold", "0.5")
+    assert rc == 0 and "open-set score: cosine, threshold 0.5" in out
 
 
 def test_predict_bad_inputs(capsys, run_dir, images):
@@ -127,7 +145,7 @@ def test_predict_bad_inputs(capsys, run_dir, images):
     [
         ["predict", "x.png"],  # --model missing
         ["predict", "--model", "m", "x.png", "--top-k", "0"],
-        ["predict", "--model", "m", "x.png", "--score", "energy"],
+        ["predict", "--model", "m", "x.png", "--score", "entropy"],
         ["evaluate", "--model", "m"],  # --data missing
         ["frobnicate"],
         [],
@@ -172,8 +190,11 @@ def test_evaluate_json_and_output(capsys, run_dir, tmp_path, ood_dir):
     assert rep == json.loads(out_file.read_text())
     assert rep["data"] == "parquet" and rep["num_samples"] == 30 and rep["num_open"] == 30
     assert set(rep) >= {"top1", "many", "medium", "few", "per_class", "open_set", "class_names", "shot_rule"}
-    assert set(rep["open_set"]) == {"cosine", "euclidean", "reachability", "msp", "hybrid"}
-    assert rep["open_set"]["cosine"]["threshold_source"] == "checkpoint"
+    assert set(rep["open_set"]) == {"msp", "max_logit", "energy", "cosine", "euclidean", "reachability", "hybrid"}
+    assert rep["open_set"]["cosine"]["threshold_source"] == "checkpoint" and rep["default_score"] == "cosine"
+    groups = rep["open_set"]["cosine"]["rejected_known_by_group"]
+    assert set(groups) == {"many", "medium", "few"} and all(0.0 <= v <= 1.0 for v in groups.values())
+    assert rep["open_set_plot"] == str(out_file.with_suffix(".png")) and out_file.with_suffix(".png").stat().st_size
     # the same numbers as the library call
     bench = build_benchmark("parquet", str(tmp_path / "bench"), open_source=str(ood), image_size=32)
     direct = evaluate_model(from_pretrained(run_dir / "stage2"), bench.test, bench.open)
@@ -181,8 +202,11 @@ def test_evaluate_json_and_output(capsys, run_dir, tmp_path, ood_dir):
     assert rep["open_set"]["msp"]["auroc"] == pytest.approx(direct["open_set"]["msp"]["auroc"])
     rc, out, _ = _run(capsys, *argv, "--scores", "msp,cosine")
     assert rc == 0 and "top-1 %" in out and "AUROC" in out and "per class" in out and "airplane" in out
-    rc, _, err = _run(capsys, *argv, "--scores", "msp,energy")
-    assert rc == 2 and "energy" in err
+    assert "many rej. %" in out and "open rej. %" in out and "cosine (default)" in out
+    rc, _, err = _run(capsys, *argv, "--scores", "msp,entropy")
+    assert rc == 2 and "entropy" in err
+    rc, _, err = _run(capsys, *argv, "--scores", "mahalanobis")  # the checkpoint has no open_set_stats
+    assert rc == 1 and "mahalanobis" in err and "fit_open_set" in err
 
 
 def test_evaluate_user_errors_name_the_flag(capsys, run_dir, tmp_path, monkeypatch):
@@ -367,3 +391,22 @@ def test_unexpected_errors_say_how_to_see_the_traceback(capsys, monkeypatch):
     _one_line_error(err, "KeyError: 'status'", "rerun with --debug for the traceback")
     with pytest.raises(KeyError):
         main(["--debug", "list"])
+
+
+def test_evaluate_uses_an_oltr_benchmarks_own_open_split(capsys, tmp_path):
+    """ImageNet-LT layout with ImageNet_LT_open.txt: evaluate reports open-set metrics without --open-data."""
+    from ccsam_zoo.hub import save_pretrained
+    from tests.test_data_sources import _write_oltr
+
+    _write_oltr(tmp_path, "ImageNet_LT")
+    torch.manual_seed(0)
+    model = timm.create_model("resnet20_cifar", num_classes=3).eval()
+    info = dict(class_names=["n00", "n01", "n02"], class_counts=[6, 3, 1], stage="stage2", method={"name": "ce"},
+                recipe={}, metrics={}, dataset="imagenet_lt")  # fmt: skip
+    save_pretrained(model, tmp_path / "ckpt", info=info)
+    rc, out, err = _run(capsys, "evaluate", "--model", tmp_path / "ckpt", "--data", "imagenet_lt",
+                        "--source", tmp_path, "--json")  # fmt: skip
+    assert rc == 0, err
+    rep = json.loads(out)
+    assert rep["num_samples"] == 6 and rep["num_open"] == 3 and rep["open_data"] == "the benchmark's open split"
+    assert set(rep["open_set"]) == {"msp", "max_logit", "energy"} and rep["default_score"] == "msp"

@@ -102,7 +102,7 @@ def test_scores_match_hand_formulas():
     with pytest.raises(ValueError, match="fit_prototypes"):
         open_set_score("cosine", features=t["z"], logits=t["logits"])
     with pytest.raises(ValueError, match="unknown open-set score"):
-        open_set_score("energy", logits=t["logits"])
+        open_set_score("entropy", logits=t["logits"])
 
 
 @pytest.mark.parametrize("tpr", [0.95, 0.9, 0.5])
@@ -165,33 +165,43 @@ def test_calibrate_and_open_set_predict(clf):
     cal = clf.calibrate((u8, y), score="cosine", tpr=0.9)
     with torch.no_grad():
         s = open_set_score("cosine", features=clf.features(_norm(u8)), prototypes=clf.prototypes)
-    assert cal == {"score": "cosine", "threshold": pytest.approx(threshold_at_tpr(s, 0.9)), "tpr": 0.9}
-    assert clf.open_set["threshold"] == cal["threshold"]
+    assert cal["score"] == "cosine" and cal["tpr"] == 0.9
+    assert cal["threshold"] == pytest.approx(threshold_at_tpr(s, 0.9))
+    # every score this model can compute gets its own threshold at the same TPR
+    assert set(cal["thresholds"]) == {"msp", "max_logit", "energy", "cosine", "euclidean", "reachability", "hybrid"}
+    assert cal["thresholds"]["cosine"] == cal["threshold"] and clf.open_set["threshold"] == cal["threshold"]
+    with torch.no_grad():
+        logits = clf.model(_norm(u8))
+    assert cal["thresholds"]["max_logit"] == pytest.approx(threshold_at_tpr(logits.amax(1), 0.9), abs=1e-5)
     res = clf.predict(u8, open_set=True)
     known = [r["known"] for r in res]
     assert np.mean(known) >= 0.9
     for r, si in zip(res, s.tolist()):
-        assert r["open_set_score"] == pytest.approx(si, abs=1e-5) and r["score"] == "cosine"
+        assert r["score"] == pytest.approx(si, abs=1e-5) and r["score_type"] == "cosine"
+        assert r["threshold"] == cal["threshold"] and r["known"] == (r["score"] >= r["threshold"])
         assert (r["label"] == "unknown") == (not r["known"])
     # images (not a dataset) work as calibration input too
     assert clf.calibrate(list(u8), score="cosine", tpr=0.9)["threshold"] == pytest.approx(cal["threshold"], abs=1e-6)
     # OLTR's fixed softmax threshold
-    assert clf.calibrate(score="msp", threshold=0.1) == {"score": "msp", "threshold": 0.1, "tpr": None}
+    want = {"score": "msp", "threshold": 0.1, "tpr": None, "thresholds": {"msp": 0.1}}
+    assert clf.calibrate(score="msp", threshold=0.1) == want
     res = clf.predict(u8[:3], open_set=True)
-    assert all(r["score"] == "msp" for r in res)
+    assert all(r["score_type"] == "msp" and r["threshold"] == 0.1 for r in res)
     res = clf.predict(u8[:3], open_set=True, score="msp", threshold=1.01)
     assert all(r["label"] == "unknown" and not r["known"] for r in res)
-    with pytest.raises(ValueError, match="calibrate"):
+    with pytest.raises(ValueError, match=r"no open-set threshold for score 'euclidean'.*calibrate.*--threshold"):
         clf.predict(u8[:1], open_set=True, score="euclidean")
 
 
 def test_open_set_without_prototypes_says_how_to_fit(clf):
     bare = Classifier(_model(), class_names=NAMES, pretrained_cfg={})
     with pytest.raises(ValueError, match=r"clf\.fit_prototypes\(train_dataset\)"):
-        bare.predict(_images(1), open_set=True)
+        bare.predict(_images(1), open_set=True, score="cosine")
     with pytest.raises(ValueError, match="fit_prototypes"):
         bare.calibrate(_images(2), score="cosine")
-    assert bare.predict(_images(1), open_set=True, score="msp")[0]["score"] == "msp"  # msp needs none
+    # without prototypes or statistics the default is msp with OLTR's fixed threshold (it needs nothing)
+    r = bare.predict(_images(1), open_set=True)[0]
+    assert r["score_type"] == "msp" and r["threshold"] == 0.1
 
 
 # ------------------------------------------------------------------------------------------ predict inputs
@@ -354,7 +364,7 @@ def test_evaluate_model_on_real_slice(cifar10_dir, ood_dir):
     assert res["many"] == pytest.approx(per_class[0]) and res["few"] == pytest.approx(per_class[3])
     assert res["medium"] == pytest.approx((per_class[1] + per_class[2]) / 2)
     is_known = np.r_[np.ones(200), np.zeros(200)]
-    assert set(res["open_set"]) == {"cosine", "euclidean", "reachability", "msp", "hybrid"}
+    assert set(res["open_set"]) == {"cosine", "euclidean", "reachability", "msp", "max_logit", "energy", "hybrid"}
     for name, m_ in res["open_set"].items():
         s = open_set_score(name, features=z, logits=logits, prototypes=clf.prototypes).numpy()
         assert m_["auroc"] == pytest.approx(roc_auc_score(is_known, s), abs=1e-6), name

@@ -66,9 +66,11 @@ def test_alias_predictions_match_plain_timm_on_the_example_images():
         probs = torch.softmax(model(torch.stack([transform(Image.open(p).convert("RGB")) for p in paths])), 1)
     out = clf.predict(paths, top_k=2, open_set=True)
     for row, p in zip(out, probs):
-        assert row["class_index"] == int(p.argmax()) and row["probability"] == pytest.approx(float(p.max()), abs=1e-5)
-        assert row["label"] in (clf.class_names[row["class_index"]], "unknown")
-        assert row["known"] == (row["open_set_score"] >= clf.open_set["threshold"])
+        index, prob = (row["class_index"], row["probability"]) if row["known"] else (
+            row["nearest_index"], row["nearest_probability"])  # fmt: skip
+        assert index == int(p.argmax()) and prob == pytest.approx(float(p.max()), abs=1e-5)
+        assert row["label"] == (clf.class_names[index] if row["known"] else "unknown")
+        assert row["known"] == (row["score"] >= row["threshold"]) and row["score_type"] == clf.open_set["score"]
 
 
 @pytest.mark.slow

@@ -692,6 +692,7 @@ def _card_context(
         "open_set": extras.get("open_set"),
         "sharpness": _sharpness_section(folder),
         "prototypes": bool(extras.get("prototypes")),
+        "open_set_stats": extras.get("open_set_stats"),
         "fingerprint": extras.get("data_fingerprint"),
         "limitations": _limitations(extras, [{"key": r["key"], "ours": r["ours_value"]} for r in results], paper),
         "citation": CITATION,

@@ -7,6 +7,7 @@ Layout of one stage folder::
     model.safetensors         the timm model's own state dict
     ccsam_zoo.json            extras: classes, counts, shot groups, stage, method, recipe, metrics, ...
     prototypes.safetensors    optional, {"prototypes": C x D float32}
+    open_set_stats.safetensors optional, training statistics of the open-set scores (inference.OpenSetStats)
     per_class_accuracy.png    when the metrics have per-class accuracies
     README.md                 the model card (card.render_model_card)
 
@@ -37,6 +38,7 @@ CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 EXTRAS_NAME = "ccsam_zoo.json"
 PROTOTYPES_NAME = "prototypes.safetensors"
+OPEN_SET_STATS_NAME = "open_set_stats.safetensors"
 CARD_NAME = "README.md"
 PLOT_NAME = "per_class_accuracy.png"
 FORMAT_VERSION = 1
@@ -46,7 +48,10 @@ INFO_KEYS = (
     "class_names", "class_counts", "shot_thresholds", "shot_rule", "stage", "method", "recipe", "metrics",
     "dataset", "data_fingerprint", "prototypes", "open_set", "paper_results",
 )
-OPTIONAL_INFO_KEYS = ("data_config", "base_model", "license", "limitations", "data_source", "repo_id", "shot_groups")
+OPEN_SET_STATS_KEY = "open_set_stats"  # optional info key: an inference.OpenSetStats (or None)
+OPTIONAL_INFO_KEYS = (
+    "data_config", "base_model", "license", "limitations", "data_source", "repo_id", "shot_groups", OPEN_SET_STATS_KEY,
+)
 
 
 class CheckpointError(ValueError):
@@ -62,6 +67,7 @@ class LoadedCheckpoint:
     config: dict[str, Any]
     extras: dict[str, Any] = field(default_factory=dict)
     prototypes: torch.Tensor | None = None
+    open_set_stats: tuple[dict[str, torch.Tensor], dict[str, str]] | None = None  # (tensors, metadata)
 
     @property
     def class_names(self) -> list[str]:
@@ -176,6 +182,19 @@ def _write_prototypes(path: Path, prototypes: Any, num_classes: int, num_feature
     return {"file": PROTOTYPES_NAME, "shape": list(p.shape)}
 
 
+def write_open_set_stats(folder: str | os.PathLike, stats: Any) -> dict[str, Any]:
+    """Write ``stats`` (with ``to_tensors() -> (tensors, metadata)``) as ``open_set_stats.safetensors``.
+
+    Returns the ``ccsam_zoo.json`` entry: file name, size in bytes and the fitted parts.
+    """
+    from safetensors.torch import save_file
+
+    tensors, metadata = stats.to_tensors()
+    path = Path(folder) / OPEN_SET_STATS_NAME
+    save_file(tensors, str(path), metadata={"format": "pt", **metadata})
+    return {"file": OPEN_SET_STATS_NAME, "bytes": path.stat().st_size, **metadata}
+
+
 def _plain_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """The state dict as contiguous CPU tensors, none sharing memory (safetensors refuses shared storage)."""
     out, seen = {}, set()
@@ -226,8 +245,9 @@ def save_pretrained(model: nn.Module, folder: str | os.PathLike, *, info: dict[s
     Everything is written into a temporary folder beside ``folder`` and renamed into place at the end, so
     an interrupted save never leaves a half-written folder that loads. ``info`` keys: class_names,
     class_counts, shot_thresholds, shot_rule, stage, method, recipe, metrics, dataset, data_fingerprint,
-    prototypes (C x D tensor or None), open_set ({score, threshold, tpr} or None), paper_results
-    (None: looked up from the published table); optional: data_config (timm data config overrides),
+    prototypes (C x D tensor or None), open_set ({score, threshold, tpr, ...} or None), paper_results
+    (None: looked up from the published table); optional: open_set_stats (inference.OpenSetStats, written to
+    open_set_stats.safetensors), data_config (timm data config overrides),
     base_model, license, limitations (list of str), data_source, repo_id (the Hub repo the card's usage
     lines load from; without it they load from ``folder``, as written).
     Returns the folder's path.
@@ -257,6 +277,8 @@ def save_pretrained(model: nn.Module, folder: str | os.PathLike, *, info: dict[s
             extras["prototypes"] = _write_prototypes(
                 tmp / PROTOTYPES_NAME, info["prototypes"], int(model.num_classes), int(model.num_features)
             )
+        if info.get(OPEN_SET_STATS_KEY) is not None:
+            extras[OPEN_SET_STATS_KEY] = write_open_set_stats(tmp, info[OPEN_SET_STATS_KEY])
         (tmp / EXTRAS_NAME).write_text(json.dumps(extras, indent=2) + "\n", encoding="utf-8")
         from .card import plot_per_class_accuracy, render_model_card
 
@@ -522,4 +544,17 @@ def load_checkpoint(folder: str | os.PathLike) -> LoadedCheckpoint:
             {"prototypes": protos}, folder / PROTOTYPES_NAME, "every prototype open-set score would be NaN",
             "Fit them again (clf.fit_prototypes(train_data)) and save the checkpoint again.",
         )  # fmt: skip
-    return LoadedCheckpoint(model=model, folder=folder, config=config, extras=extras, prototypes=protos)
+    stats = None
+    if extras.get(OPEN_SET_STATS_KEY) or (folder / OPEN_SET_STATS_NAME).exists():
+        from safetensors import safe_open
+
+        tensors = _load_safetensors(folder / OPEN_SET_STATS_NAME, "open-set statistics")
+        with safe_open(str(folder / OPEN_SET_STATS_NAME), framework="pt") as f:
+            stats = (tensors, dict(f.metadata() or {}))
+        _check_finite(
+            tensors, folder / OPEN_SET_STATS_NAME, "every open-set score that uses them would be NaN",
+            "Fit them again (clf.fit_open_set(train_data)) and save the checkpoint again.",
+        )  # fmt: skip
+    return LoadedCheckpoint(
+        model=model, folder=folder, config=config, extras=extras, prototypes=protos, open_set_stats=stats
+    )

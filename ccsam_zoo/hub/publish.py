@@ -11,6 +11,7 @@ from .checkpoint import (
     CARD_NAME,
     CONFIG_NAME,
     EXTRAS_NAME,
+    OPEN_SET_STATS_NAME,
     PLOT_NAME,
     PROTOTYPES_NAME,
     WEIGHTS_NAME,
@@ -24,6 +25,7 @@ __all__ = ["push_to_hub"]
 _STAGES = (("stage2", "main"), ("stage1", "stage1"))
 # Files this package writes; stale copies of these (and only these) are deleted from the branch.
 _MANAGED = {CONFIG_NAME, WEIGHTS_NAME, EXTRAS_NAME, PROTOTYPES_NAME, CARD_NAME, PLOT_NAME, "pytorch_model.bin"}
+_MANAGED.add(OPEN_SET_STATS_NAME)
 
 
 def _stage_folders(run_dir: Path) -> list[tuple[str, Path, str]]:

@@ -19,14 +19,22 @@ from typing import Any, NamedTuple
 
 import torch
 
-from .checkpoint import CONFIG_NAME, EXTRAS_NAME, PROTOTYPES_NAME, WEIGHTS_NAME, CheckpointError, load_checkpoint
+from .checkpoint import (
+    CONFIG_NAME,
+    EXTRAS_NAME,
+    OPEN_SET_STATS_NAME,
+    PROTOTYPES_NAME,
+    WEIGHTS_NAME,
+    CheckpointError,
+    load_checkpoint,
+)
 
 __all__ = ["PretrainedModel", "from_pretrained", "list_pretrained", "register_pretrained", "resolve_checkpoint"]
 
 ORG = "ccsam-zoo"
 ASSETS_DIR = Path(__file__).resolve().parents[1] / "assets"
 STAGE1_REVISION = "stage1"
-_HUB_FILES = [CONFIG_NAME, WEIGHTS_NAME, EXTRAS_NAME, PROTOTYPES_NAME]
+_HUB_FILES = [CONFIG_NAME, WEIGHTS_NAME, EXTRAS_NAME, PROTOTYPES_NAME, OPEN_SET_STATS_NAME]
 
 
 @dataclass(frozen=True)
@@ -348,9 +356,15 @@ def from_pretrained(
     """
     folder, origin = resolve_checkpoint(name_or_path, revision)
     ckpt = load_checkpoint(folder)
-    from ..inference import Classifier
+    from ..inference import Classifier, OpenSetStats
 
     extras = ckpt.extras
+    stats = None
+    if ckpt.open_set_stats is not None:
+        try:
+            stats = OpenSetStats.from_tensors(*ckpt.open_set_stats)
+        except ValueError as err:
+            raise CheckpointError(f"{folder / OPEN_SET_STATS_NAME}: {err}; re-fit them with clf.fit_open_set") from err
     meta = {**extras, **origin, "name": os.fspath(name_or_path)}
     try:
         clf = Classifier(
@@ -359,6 +373,7 @@ def from_pretrained(
             class_counts=extras.get("class_counts"),
             pretrained_cfg=dict(ckpt.model.pretrained_cfg),
             prototypes=ckpt.prototypes,
+            open_set_stats=stats,
             open_set=extras.get("open_set"),
             meta=meta,
         )

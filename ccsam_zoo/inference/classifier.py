@@ -1,7 +1,8 @@
-"""``Classifier``: a timm model plus everything needed to use it (class names, preprocessing, prototypes)."""
+"""``Classifier``: a timm model plus everything needed to use it (class names, preprocessing, open-set statistics)."""
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -15,14 +16,21 @@ from torch.utils.data import DataLoader, Dataset
 
 from . import _images
 from .open_set import (
+    DEFAULT_SCORE,
+    LAYER_SCORES,
+    LOGIT_SCORES,
     OLTR_MSP_THRESHOLD,
     PROTOTYPE_SCORES,
     SCORES,
+    STATS_SCORES,
     class_feature_sums,
+    class_thresholds_at_tpr,
     open_set_score,
     prototypes_from_sums,
+    score_requirements,
     threshold_at_tpr,
 )
+from .open_set_stats import OpenSetStats, StatsAccumulator, capture_stage_statistics, early_stages
 
 __all__ = ["Classifier"]
 
@@ -53,7 +61,8 @@ class Classifier(nn.Module):
         pretrained_cfg: timm data config (input_size, mean, std, interpolation, crop_pct); missing keys come
             from ``model.pretrained_cfg``. Defines the eval transform (``timm.data.create_transform``).
         prototypes: ``[C, D]`` unit class prototypes (``fit_prototypes``) or None.
-        open_set: ``{"score", "threshold", "tpr"}`` from ``calibrate`` or None.
+        open_set_stats: training statistics of the statistics-based scores (``fit_open_set``) or None.
+        open_set: ``{"score", "threshold", "tpr", "thresholds", ...}`` from ``calibrate`` or None.
         meta: free-form extras (recipe, method, metrics, ...).
     """
 
@@ -65,6 +74,7 @@ class Classifier(nn.Module):
         class_counts: Sequence[int] | None = None,
         pretrained_cfg: dict[str, Any] | None,
         prototypes: torch.Tensor | None = None,
+        open_set_stats: OpenSetStats | None = None,
         open_set: dict[str, Any] | None = None,
         meta: dict[str, Any] | None = None,
     ) -> None:
@@ -89,6 +99,7 @@ class Classifier(nn.Module):
         self.register_buffer("prototypes", None)
         if prototypes is not None:
             self.set_prototypes(prototypes)
+        self.open_set_stats = open_set_stats
         self.open_set = dict(open_set) if open_set else None
         self.meta = dict(meta or {})
         self.eval()
@@ -103,7 +114,10 @@ class Classifier(nn.Module):
         return len(self.class_names)
 
     def extra_repr(self) -> str:
-        return f"num_classes={self.num_classes}, prototypes={self.prototypes is not None}, open_set={self.open_set}"
+        return (
+            f"num_classes={self.num_classes}, prototypes={self.prototypes is not None}, "
+            f"open_set_stats={self.open_set_stats is not None}, open_set={self.open_set}"
+        )
 
     def train(self, mode: bool = True) -> Classifier:
         """Inference wrapper: stays in eval mode (BatchNorm statistics are never updated)."""
@@ -136,19 +150,71 @@ class Classifier(nn.Module):
             )
         self.prototypes = p.to(self.device)
 
-    def open_set_scores(self, x: torch.Tensor, score: str = "cosine") -> torch.Tensor:
-        """Open-set score ``[B]`` (higher = more likely known) of a normalised batch."""
-        with torch.inference_mode():
-            z, logits = self._features_logits(x.to(self.device))
-            return self._score(score, z, logits)
+    def available_scores(self) -> tuple[str, ...]:
+        """The open-set scores this classifier can compute (``SCORES`` order)."""
+        return tuple(s for s in SCORES if self._missing(s) is None)
 
-    def _score(self, score: str, z: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    def default_score(self) -> str:
+        """The calibrated score, else ``DEFAULT_SCORE`` when the statistics are there, else cosine or msp."""
+        cal = (self.open_set or {}).get("score")
+        if cal:
+            return cal
+        for s in (DEFAULT_SCORE, "cosine", "msp"):
+            if self._missing(s) is None:
+                return s
+        return "msp"
+
+    def _missing(self, score: str) -> str | None:
+        """Why ``score`` cannot be computed here, or None."""
+        if score not in SCORES:
+            return f"unknown open-set score {score!r}; choose one of {', '.join(SCORES)}"
         if score in PROTOTYPE_SCORES and self.prototypes is None:
-            raise ValueError(
+            return (
                 f"open-set score {score!r} needs class prototypes and this model has none: fit them once with "
-                "clf.fit_prototypes(train_dataset) (training images, no augmentation), or use score='msp'"
+                "clf.fit_open_set(train_dataset) or clf.fit_prototypes(train_dataset) (training images, no "
+                f"augmentation), or use a logit score ({', '.join(LOGIT_SCORES)})"
             )
-        return open_set_score(score, features=z, logits=logits, prototypes=self.prototypes)
+        if score in STATS_SCORES and (
+            self.open_set_stats is None or (score in LAYER_SCORES and not self.open_set_stats.stage_names)
+        ):
+            return (
+                f"open-set score {score!r} needs {score_requirements(score)} and this model has none (a checkpoint "
+                "stores them in open_set_stats.safetensors): compute them once with clf.fit_open_set(train_dataset) "
+                f"(training images, no augmentation), or use a logit score ({', '.join(LOGIT_SCORES)})"
+            )
+        return None
+
+    def _require(self, score: str) -> None:
+        problem = self._missing(score)
+        if problem is not None:
+            raise ValueError(problem)
+
+    def _run(self, x: torch.Tensor, scores: Sequence[str] = ()) -> tuple[torch.Tensor, torch.Tensor, dict]:
+        """Features, logits and the requested open-set scores of a normalised batch (one forward pass)."""
+        for s in scores:
+            self._require(s)
+        stages = self.open_set_stats.stage_names if any(s in LAYER_SCORES for s in scores) else []
+        with capture_stage_statistics(self.model, stages) as captured:
+            z, logits = self._features_logits(x)
+        stage_features = [captured[n] for n in stages] if stages else None
+        out = {
+            s: open_set_score(
+                s,
+                features=z,
+                logits=logits,
+                prototypes=self.prototypes,
+                stats=self.open_set_stats,
+                stage_features=stage_features,
+            )
+            for s in scores
+        }
+        return z, logits, out
+
+    def open_set_scores(self, x: torch.Tensor, score: str | None = None) -> torch.Tensor:
+        """Open-set score ``[B]`` (higher = more likely known) of a normalised batch (default: ``default_score``)."""
+        score = score or self.default_score()
+        with torch.inference_mode():
+            return self._run(x.to(self.device), [score])[2][score]
 
     # ------------------------------------------------------------ preprocessing
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
@@ -195,28 +261,32 @@ class Classifier(nn.Module):
         return sorted(out.items()), failures
 
     # ------------------------------------------------------------------ predict
-    def _resolve_open_set(self, score: str | None, threshold: float | None) -> tuple[str, float]:
+    def _resolve_open_set(self, score: str | None, threshold: float | None) -> tuple[str, float, list[float] | None]:
+        """(score, global threshold, class-conditional thresholds or None) for open-set prediction."""
         cal = self.open_set or {}
-        score = score or cal.get("score") or "cosine"
-        if score not in SCORES:
-            raise ValueError(f"unknown open-set score {score!r}; choose one of {', '.join(SCORES)}")
-        if score in PROTOTYPE_SCORES and self.prototypes is None:
-            raise ValueError(
-                f"open-set prediction with score {score!r} needs class prototypes and this model has none: fit "
-                "them once with clf.fit_prototypes(train_dataset), then clf.calibrate(held_out_known_images), "
-                "or use score='msp' (OLTR's fixed threshold 0.1)"
-            )
-        if threshold is None:
-            if cal.get("score") == score and cal.get("threshold") is not None:
-                threshold = float(cal["threshold"])
-            elif score == "msp":
-                threshold = OLTR_MSP_THRESHOLD
-            else:
-                raise ValueError(
-                    f"no open-set threshold for score {score!r}: calibrate one with "
-                    f"clf.calibrate(held_out_known_images, score={score!r}, tpr=0.95) or pass threshold="
-                )
-        return score, _finite_threshold(threshold)
+        score = score or self.default_score()
+        self._require(score)
+        if threshold is not None:
+            return score, _finite_threshold(threshold), None
+        stored = (cal.get("thresholds") or {}).get(score)
+        if stored is None and cal.get("score") == score:
+            stored = cal.get("threshold")
+        if stored is not None:
+            per_class = cal.get("class_thresholds") if cal.get("score") == score else None
+            return score, _finite_threshold(stored), [float(t) for t in per_class] if per_class else None
+        if score == "msp":
+            return score, OLTR_MSP_THRESHOLD, None
+        calibrated = sorted((cal.get("thresholds") or {}) or ([cal["score"]] if cal.get("score") else []))
+        have = (
+            f" (calibrated here: {', '.join(calibrated)})"
+            if calibrated
+            else " (this model has no calibrated threshold)"
+        )
+        raise ValueError(
+            f"no open-set threshold for score {score!r}{have}: calibrate one with "
+            f"clf.calibrate(held_out_known_images, score={score!r}, tpr=0.95), or pass threshold= "
+            "(command line: --threshold T, with --score)"
+        )
 
     @torch.inference_mode()
     def predict(
@@ -234,10 +304,14 @@ class Classifier(nn.Module):
         Integer images are taken as 8-bit (16-bit as 16-bit), float images as [0, 1]; every image becomes
         RGB (grayscale replicated, alpha dropped) and goes through the checkpoint's eval transform.
 
-        Returns one dict per image, in input order: ``source`` (path or index), ``label`` (top-1 class name, or
-        "unknown" when open-set rejects it), ``class_index`` (closed-set top-1), ``probability`` (its
-        softmax probability), ``top_k`` (list of (class name, probability)); with ``open_set``: ``score``,
-        ``open_set_score`` (higher = more likely known) and ``known`` (``open_set_score >= threshold``).
+        Returns one dict per image, in input order: ``source`` (path or index), ``label`` (top-1 class name),
+        ``class_index`` (its index), ``probability`` (its softmax probability), ``top_k`` (list of (class name,
+        probability)). With ``open_set`` also ``known`` (``score >= threshold``), ``score`` (the open-set score,
+        higher = more likely known), ``score_type`` (its name: ``score`` argument, else the calibrated one) and
+        ``threshold`` (the one applied: ``threshold`` argument, else the calibrated one, per predicted class when
+        calibrated with ``per_class``). A REJECTED image has ``label`` "unknown", ``class_index`` and
+        ``probability`` None, and ``nearest_class`` / ``nearest_index`` / ``nearest_probability``: the known
+        class it was closest to (closed-set top-1) and its probability.
         With ``skip_bad=True`` an unreadable image gives ``{"source", "error"}`` instead of raising; without it
         the first one raises ``ImageInputError`` (a ``ValueError``) naming it. Non-finite pixels (NaN / inf) and
         non-finite thresholds are errors. Only regular files are read (a named pipe or a device is an error).
@@ -246,7 +320,7 @@ class Classifier(nn.Module):
             raise ValueError(f"top_k must be >= 1, got {top_k}")
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        score_name, thr = self._resolve_open_set(score, threshold) if open_set else (None, None)
+        score_name, thr, class_thr = self._resolve_open_set(score, threshold) if open_set else (None, None, None)
         items = _images.expand_inputs(images)
         k = min(top_k, self.num_classes)
         results: list[dict[str, Any]] = []
@@ -260,9 +334,9 @@ class Classifier(nn.Module):
             chunk_results: dict[int, dict[str, Any]] = {}
             if ready:
                 x = torch.stack([t for _, t in ready]).to(device=device, dtype=dtype, non_blocking=True)
-                z, logits = self._features_logits(x)
+                _, logits, out = self._run(x, [score_name] if open_set else [])
                 top_p, top_i = logits.float().softmax(dim=1).topk(k, dim=1)
-                scores = self._score(score_name, z, logits).float().cpu().tolist() if open_set else None
+                scores = out[score_name].double().cpu().tolist() if open_set else None
                 top_p, top_i = top_p.cpu().tolist(), top_i.cpu().tolist()
                 for j, (pos, _) in enumerate(ready):
                     r: dict[str, Any] = {
@@ -273,9 +347,17 @@ class Classifier(nn.Module):
                         "top_k": [(self.class_names[c], p) for c, p in zip(top_i[j], top_p[j])],
                     }
                     if open_set:
-                        r.update(score=score_name, open_set_score=scores[j], known=scores[j] >= thr)
+                        t = class_thr[top_i[j][0]] if class_thr else thr
+                        r.update(known=scores[j] >= t, score=scores[j], score_type=score_name, threshold=t)
                         if not r["known"]:
-                            r["label"] = UNKNOWN
+                            r.update(
+                                label=UNKNOWN,
+                                class_index=None,
+                                probability=None,
+                                nearest_class=r["label"],
+                                nearest_index=r["class_index"],
+                                nearest_probability=r["probability"],
+                            )
                     chunk_results[pos] = r
             for pos, msg in failures:
                 chunk_results[pos] = {"source": chunk[pos].source, "error": msg}
@@ -383,25 +465,79 @@ class Classifier(nn.Module):
         return self.prototypes
 
     @torch.inference_mode()
+    def fit_open_set(
+        self,
+        dataset: Any,
+        batch_size: int = 256,
+        transform: nn.Module | None = None,
+        *,
+        bank_size: int = 2048,
+        reference_size: int = 4096,
+        k: int = 5,
+        seed: int = 0,
+    ) -> OpenSetStats:
+        """Fit the prototypes and every statistic the open-set scores need, in one pass, and keep them.
+
+        ``dataset``: the TRAINING images without augmentation, in any form ``fit_prototypes`` accepts. ``bank_size``
+        normalised features (a seeded uniform subsample) form the ``knn`` bank with ``k`` neighbours;
+        ``reference_size`` images give the reference scores of the p-values. Returns the ``OpenSetStats``.
+        """
+        acc = StatsAccumulator(self.num_classes, bank_size=bank_size, reference_size=reference_size, k=k, seed=seed)
+        try:
+            stages = early_stages(self.model)
+        except ValueError as err:  # mahalanobis and knn still work; the layer_stats scores are unavailable
+            warnings.warn(f"fit_open_set: {err}", stacklevel=2)
+            stages = []
+        for x, y in self._batches(dataset, batch_size, transform):
+            with capture_stage_statistics(self.model, stages) as captured:
+                z, logits = self._features_logits(x)
+            acc.update(z, logits, y.to(z.device), [captured[n] for n in stages])
+        stats, prototypes = acc.finish(stages)
+        self.open_set_stats = stats
+        self.set_prototypes(prototypes)
+        return stats
+
+    @torch.inference_mode()
     def _collect(
         self, data: Any, batch_size: int, transform: nn.Module | None, scores: Sequence[str]
     ) -> dict[str, torch.Tensor]:
-        """Run the model over ``data``: predictions, labels and each requested score (CPU tensors)."""
+        """Run the model over a dataset: predictions, labels and each requested score (CPU; scores float64)."""
         out: dict[str, list[torch.Tensor]] = {"predictions": [], "references": [], **{s: [] for s in scores}}
         for x, y in self._batches(data, batch_size, transform):
-            z, logits = self._features_logits(x)
+            _, logits, sc = self._run(x, scores)
             out["predictions"].append(logits.argmax(dim=1).cpu())
             out["references"].append(y)
             for s in scores:
-                out[s].append(self._score(s, z, logits).float().cpu())
+                out[s].append(sc[s].double().cpu())
         if not out["predictions"]:
             raise ValueError("the dataset is empty")
         return {k: torch.cat(v) for k, v in out.items()}
 
-    def _scores_of(self, data: Any, score: str, batch_size: int) -> torch.Tensor:
+    @torch.inference_mode()
+    def _collect_images(self, images: Any, batch_size: int, scores: Sequence[str]) -> dict[str, torch.Tensor]:
+        """``_collect`` for unlabelled images in any form ``predict`` accepts (references are -1)."""
+        out: dict[str, list[torch.Tensor]] = {"predictions": [], **{s: [] for s in scores}}
+        dtype = next(self.model.parameters()).dtype
+        for chunk in _images.iter_chunks(_images.expand_inputs(images), batch_size):
+            ready, _ = self._prepare_chunk(chunk, skip_bad=False)
+            x = torch.stack([t for _, t in ready]).to(device=self.device, dtype=dtype)
+            _, logits, sc = self._run(x, scores)
+            out["predictions"].append(logits.argmax(dim=1).cpu())
+            for s in scores:
+                out[s].append(sc[s].double().cpu())
+        if not out["predictions"]:
+            raise ValueError("no images")
+        res = {k: torch.cat(v) for k, v in out.items()}
+        res["references"] = torch.full_like(res["predictions"], -1)
+        return res
+
+    def _collect_any(
+        self, data: Any, scores: Sequence[str], batch_size: int, transform: nn.Module | None = None
+    ) -> dict[str, torch.Tensor]:
         """Scores of known-class data given as images (predict inputs) or as a dataset."""
         is_dataset = (
-            isinstance(data, (Dataset, DataLoader))
+            transform is not None
+            or isinstance(data, (Dataset, DataLoader))
             or hasattr(data, "images")
             or (
                 isinstance(data, tuple)
@@ -413,43 +549,59 @@ class Classifier(nn.Module):
             )
         )
         if is_dataset:
-            return self._collect(data, batch_size, None, [score])[score]
-        res = self.predict(data, top_k=1, open_set=True, batch_size=batch_size, score=score, threshold=0.0)
-        return torch.tensor([r["open_set_score"] for r in res])
+            return self._collect(data, batch_size, transform, scores)
+        return self._collect_images(data, batch_size, scores)
 
     def calibrate(
         self,
         known: Any = None,
-        score: str = "cosine",
+        score: str | None = None,
         tpr: float = 0.95,
         threshold: float | None = None,
         batch_size: int = 64,
+        *,
+        transform: nn.Module | None = None,
+        per_class: bool = False,
+        min_per_class: int = 10,
     ) -> dict[str, Any]:
-        """Set the open-set threshold and store ``{"score", "threshold", "tpr"}`` in ``.open_set``.
+        """Set the open-set thresholds; stores and returns ``.open_set``.
 
         ``known``: HELD-OUT known-class images (anything ``predict`` accepts) or a dataset (as
-        ``fit_prototypes``); the threshold keeps a fraction ``tpr`` of them (``score >= threshold``). With an
+        ``fit_prototypes``; ``transform`` as there). ``score`` (default ``default_score()``) becomes the
+        prediction default; its threshold keeps a fraction ``tpr`` of ``known`` (``score >= threshold``), and so
+        does the threshold stored for every other score this model can compute (``thresholds``). With
+        ``per_class`` the chosen score also gets class-conditional thresholds (``class_thresholds_at_tpr`` by
+        predicted class, ``min_per_class``), a fix for tail classes rejected more often than head ones. With an
         explicit ``threshold`` (e.g. OLTR: ``score="msp", threshold=0.1``) no data is needed and ``tpr``
         becomes the measured rate on ``known`` if given, else None.
+
+        ``.open_set`` = ``{"score", "threshold", "tpr", "thresholds": {score: threshold}}`` (+
+        ``"class_thresholds"``, ``"min_per_class"`` with ``per_class``).
         """
-        if score not in SCORES:
-            raise ValueError(f"unknown open-set score {score!r}; choose one of {', '.join(SCORES)}")
-        if score in PROTOTYPE_SCORES and self.prototypes is None:
-            raise ValueError(
-                f"calibrating score {score!r} needs class prototypes: run clf.fit_prototypes(train_dataset) first"
-            )
+        score = score or self.default_score()
+        self._require(score)
         if threshold is not None:
             threshold = _finite_threshold(threshold)
-        if threshold is None:
-            if known is None:
-                raise ValueError("calibrate needs held-out known-class images, or an explicit threshold=")
-            s = self._scores_of(known, score, batch_size)
-            threshold, rate = threshold_at_tpr(s, tpr), float(tpr)
-        else:
-            rate = (
-                float((self._scores_of(known, score, batch_size) >= threshold).float().mean())
-                if known is not None
-                else None
+            rate = None
+            if known is not None:
+                s = self._collect_any(known, [score], batch_size, transform)[score]
+                rate = float((s >= threshold).double().mean())
+            self.open_set = {
+                "score": score,
+                "threshold": float(threshold),
+                "tpr": rate,
+                "thresholds": {score: float(threshold)},
+            }
+            return dict(self.open_set)
+        if known is None:
+            raise ValueError("calibrate needs held-out known-class images, or an explicit threshold=")
+        scores = [score] + [s for s in self.available_scores() if s != score]
+        got = self._collect_any(known, scores, batch_size, transform)
+        thresholds = {s: threshold_at_tpr(got[s], tpr) for s in scores}
+        self.open_set = {"score": score, "threshold": thresholds[score], "tpr": float(tpr), "thresholds": thresholds}
+        if per_class:
+            self.open_set["class_thresholds"] = class_thresholds_at_tpr(
+                got[score], got["predictions"], self.num_classes, tpr, min_per_class
             )
-        self.open_set = {"score": score, "threshold": float(threshold), "tpr": rate}
+            self.open_set["min_per_class"] = int(min_per_class)
         return dict(self.open_set)

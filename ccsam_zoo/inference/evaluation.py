@@ -9,9 +9,9 @@ import torch
 import torch.nn as nn
 
 from .classifier import Classifier
-from .open_set import OLTR_MSP_THRESHOLD, PROTOTYPE_SCORES, SCORES, threshold_at_tpr
+from .open_set import OLTR_MSP_THRESHOLD, threshold_at_tpr
 
-__all__ = ["evaluate_model"]
+__all__ = ["evaluate_model", "plot_score_histograms"]
 
 
 @cache
@@ -36,6 +36,7 @@ def evaluate_model(
     many_threshold: int = 100,
     few_threshold: int = 20,
     rule: str = "paper",
+    return_scores: bool = False,
 ) -> dict[str, Any]:
     """Evaluate ``clf`` on a labelled test set and, optionally, open-set images.
 
@@ -46,21 +47,25 @@ def evaluate_model(
 
     Returns ``top1``, ``many``, ``medium``, ``few``, ``per_class`` (lt_accuracy module), ``num_samples``; with
     ``open_dataset`` also ``num_open`` and ``open_set[score]`` = ``auroc``, ``fpr95``, ``f_measure``,
-    ``precision``, ``recall``, ``rejected`` (open_set module) plus ``threshold`` and ``threshold_source``,
-    for each score (default: every score the classifier supports; prototype scores need prototypes).
-    The F-measure threshold of a score is, in order: ``thresholds[score]`` ("given"), the checkpoint's
-    calibrated threshold ("checkpoint"), the threshold at ``tpr`` on ``calibration`` data ("calibration"),
-    0.1 for msp ("oltr"), else the threshold keeping ``tpr`` of the known TEST images ("test_tpr": an
-    oracle summary like FPR95, not a deployable threshold).
+    ``precision``, ``recall``, ``rejected``, ``rejected_known``, ``rejected_open`` and
+    ``rejected_known_by_group`` (many / medium / few, by the test image's true class; open_set module) plus
+    ``threshold`` and ``threshold_source``, for each score (default: every score the classifier can compute,
+    ``clf.available_scores()``). The threshold of a score is, in order: ``thresholds[score]`` ("given"), the
+    checkpoint's calibrated threshold ("checkpoint"), the threshold at ``tpr`` on ``calibration`` data
+    ("calibration"), 0.1 for msp ("oltr"), else the threshold keeping ``tpr`` of the known TEST images
+    ("test_tpr": an oracle summary like FPR95, not a deployable threshold). ``default_score`` names the
+    classifier's default. With ``return_scores`` also ``scores[score] = {"known": array, "open": array}``.
     """
     if scores is None:
-        scores = tuple(s for s in SCORES if clf.prototypes is not None or s not in PROTOTYPE_SCORES)
+        scores = clf.available_scores()
     for s in scores:
-        if s not in SCORES:
-            raise ValueError(f"unknown open-set score {s!r}; choose from {', '.join(SCORES)}")
+        clf._require(s)
     want = tuple(scores) if open_dataset is not None else ()
     closed = clf._collect(dataset, batch_size, transform, want)
     counts = class_counts if class_counts is not None else clf.class_counts
+    from ccsam_zoo.metrics import shot_groups
+
+    groups = shot_groups(counts, many_threshold, few_threshold, rule) if counts is not None else None
     result: dict[str, Any] = dict(
         _metric("lt_accuracy").compute(
             predictions=closed["predictions"].numpy(),
@@ -82,13 +87,17 @@ def evaluate_model(
     predictions = torch.cat([closed["predictions"], opened["predictions"]]).numpy()
     references = torch.cat([closed["references"], torch.full_like(opened["references"], -1)]).numpy()
     result["num_open"] = int(opened["references"].numel())
+    result["default_score"] = clf.default_score()
     result["open_set"] = {}
     saved = clf.open_set or {}
+    saved_thresholds = dict(saved.get("thresholds") or {})
+    if saved.get("score") and saved.get("threshold") is not None:
+        saved_thresholds.setdefault(saved["score"], saved["threshold"])
     for s in want:
         if thresholds and s in thresholds:
             thr, src = float(thresholds[s]), "given"
-        elif saved.get("score") == s and saved.get("threshold") is not None:
-            thr, src = float(saved["threshold"]), "checkpoint"
+        elif saved_thresholds.get(s) is not None:
+            thr, src = float(saved_thresholds[s]), "checkpoint"
         elif cal is not None:
             thr, src = threshold_at_tpr(cal[s], tpr), "calibration"
         elif s == "msp":
@@ -100,6 +109,41 @@ def evaluate_model(
             references=references,
             scores=torch.cat([closed[s], opened[s]]).double().numpy(),
             threshold=thr,
+            class_groups=groups,
         )
         result["open_set"][s] = {**m, "threshold": thr, "threshold_source": src}
+    if return_scores:
+        result["scores"] = {s: {"known": closed[s].numpy(), "open": opened[s].numpy()} for s in want}
     return result
+
+
+def plot_score_histograms(scores: dict[str, dict[str, Any]], path: Any, thresholds: dict[str, float] | None = None):
+    """PNG of the score histograms of known versus open images, one panel per score (``return_scores`` form)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    names = list(scores)
+    cols = min(4, max(1, len(names)))
+    rows = -(-len(names) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 2.6 * rows), squeeze=False)
+    for ax, name in zip(axes.flat, names):
+        known, opened = np.asarray(scores[name]["known"]), np.asarray(scores[name]["open"])
+        both = np.concatenate([known, opened])
+        lo, hi = np.percentile(both, [0.5, 100.0])
+        bins = np.linspace(lo, hi if hi > lo else lo + 1.0, 50)
+        ax.hist(np.clip(known, lo, None), bins=bins, alpha=0.55, density=True, label="known")
+        ax.hist(np.clip(opened, lo, None), bins=bins, alpha=0.55, density=True, label="open")
+        if thresholds and thresholds.get(name) is not None:
+            ax.axvline(thresholds[name], color="k", lw=1, ls="--", label="threshold")
+        ax.set_title(name, fontsize=9)
+        ax.tick_params(labelsize=7)
+    for ax in list(axes.flat)[len(names) :]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=7)
+    fig.suptitle("open-set scores (higher = more likely known; lowest 0.5% clipped into the first bin)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

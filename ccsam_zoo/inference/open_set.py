@@ -1,36 +1,97 @@
-"""Class prototypes and open-set scores: pure functions on features, logits and prototypes.
+"""Open-set scores: pure functions on features, logits, prototypes and fitted training statistics.
 
 Every score is oriented HIGHER = MORE LIKELY KNOWN. ``z`` are penultimate features (``forward_head(...,
-pre_logits=True)``), ``z_hat = z / ||z||``; prototypes are unit vectors (``compute_prototypes``).
+pre_logits=True)``), ``z_hat = z / ||z||``; prototypes are unit vectors (``compute_prototypes``); ``stats`` is an
+``OpenSetStats`` (``open_set_stats.py``) fitted once on the training images.
 
-- ``cosine``: ``max_c <z_hat, p_c>`` in [-1, 1] (default).
+Logits only:
+
+- ``msp``: maximum softmax probability (Hendrycks & Gimpel 2017; OLTR rejects below 0.1).
+- ``max_logit``: ``max_c l_c`` (Hendrycks et al. 2022).
+- ``energy``: negative free energy at temperature 1, ``logsumexp_c l_c`` (Liu et al. 2020).
+
+Training statistics (``stats``):
+
+- ``mahalanobis``: ``-min_c (z - mu_c)^T P (z - mu_c)`` with the class means ``mu_c`` of the raw features and
+  the precision ``P`` of the shared (tied) within-class covariance (Lee et al. 2018, penultimate layer).
+- ``knn``: ``-||z_hat - b_(k)||``, the distance to the k-th nearest L2-normalised training feature of a
+  seeded subsample (the bank) of the training set (Sun et al. 2022).
+- ``layer_stats``: far-OOD guard on the EARLY layers. Per early stage, the channel statistics of its feature map
+  (mean and log std of every channel, correlations of the first channels; ``channel_statistics``) are scored
+  by their Mahalanobis distance to the training images' mean (one covariance per stage, Lee et al.'s feature
+  ensemble); each stage's distance becomes a log p-value against the training images, and the stages are
+  combined by Fisher's method: ``sum_s log p_s``.
+- ``msp+layer_stats``, ``max_logit+layer_stats``, ``energy+layer_stats``: Fisher's method again, with equal
+  weights: ``log p(logit score) + log p(layer_stats)``, both p-values against the training images. Nothing is
+  fitted on open-set data.
+
+p-values are empirical: ``p(x) = (#{reference <= x} + 1) / (n + 1)``, so ``log p`` lies in ``[-log(n + 1), 0]``.
+
+Prototypes:
+
+- ``cosine``: ``max_c <z_hat, p_c>`` in [-1, 1].
 - ``euclidean``: ``-min_c ||z_hat - p_c||_2`` in [-2, 0]. With unit prototypes ``||z_hat - p||^2 = 2 - 2 cos``,
   so it ranks samples exactly like ``cosine`` (same AUROC / FPR95); only the threshold scale differs.
 - ``reachability``: OLTR's reachability (Liu et al. 2019, ``MetaEmbeddingClassifier``):
   ``10 / min_c ||z - c||_2`` (Euclidean, not squared, ``scale = 10``) computed here on ``z_hat`` and the unit
   prototypes (OLTR uses raw features and raw centroids; ours are the stored normalised prototypes). The
   distance is clamped at 1e-6. Also a monotone function of ``cosine``.
-- ``msp``: maximum softmax probability (Hendrycks & Gimpel 2017; OLTR rejects below 0.1).
 - ``hybrid``: ``(cos01 + msp01) / 2`` with fixed (batch-independent) min-max maps of each score's range:
   ``cos01 = (cosine + 1) / 2`` and ``msp01 = (msp - 1/C) / (1 - 1/C)``; both in [0, 1].
 
-Prototype rows that are all zero (a class without training samples) are ignored by every score.
+Prototype rows that are all zero (a class without training samples) are ignored by every score; so are the
+class means of such classes in ``mahalanobis``.
 """
 
 from __future__ import annotations
 
 import math
 import warnings
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 
-__all__ = ["SCORES", "PROTOTYPE_SCORES", "compute_prototypes", "open_set_score", "threshold_at_tpr"]
+if TYPE_CHECKING:
+    from .open_set_stats import OpenSetStats
 
-SCORES = ("cosine", "euclidean", "reachability", "msp", "hybrid")
+__all__ = [
+    "DEFAULT_SCORE",
+    "SCORES",
+    "class_thresholds_at_tpr",
+    "compute_prototypes",
+    "open_set_score",
+    "score_requirements",
+    "threshold_at_tpr",
+]
+
+LOGIT_SCORES = ("msp", "max_logit", "energy")
 PROTOTYPE_SCORES = ("cosine", "euclidean", "reachability", "hybrid")
+COMBINED_SCORES = ("msp+layer_stats", "max_logit+layer_stats", "energy+layer_stats")
+STATS_SCORES = ("mahalanobis", "knn", "layer_stats", *COMBINED_SCORES)
+LAYER_SCORES = ("layer_stats", *COMBINED_SCORES)  # need the early-stage channel statistics
+SCORES = (*LOGIT_SCORES, "mahalanobis", "knn", *PROTOTYPE_SCORES, *LAYER_SCORES)
+# Chosen by bench/open_set_report.py on the shipped model: best AUROC on the selection half among the scores
+# that reject >= 99% of generated uniform-noise and constant images (docs/RESULTS.md, open-set section).
+DEFAULT_SCORE = "max_logit+layer_stats"
 OLTR_MSP_THRESHOLD = 0.1
 _REACH_SCALE = 10.0
+
+
+def score_requirements(name: str) -> str:
+    """What a score needs besides logits, in words (for error messages)."""
+    if name in PROTOTYPE_SCORES:
+        return "class prototypes"
+    if name == "mahalanobis":
+        return "the training class means and shared precision matrix"
+    if name == "knn":
+        return "the bank of normalised training features"
+    if name in LAYER_SCORES:
+        return "the early-layer statistics of the training images"
+    return "logits only"
+
+
+# ----------------------------------------------------------------------------------------------- prototypes
 
 
 def class_feature_sums(
@@ -86,8 +147,86 @@ def _min_distance(features: torch.Tensor, prototypes: torch.Tensor) -> torch.Ten
     return d.masked_fill(~valid, float("inf")).amin(dim=1)
 
 
-def _msp(logits: torch.Tensor) -> torch.Tensor:
-    return logits.float().softmax(dim=1).amax(dim=1)
+# ------------------------------------------------------------------------------------ statistics-based parts
+
+
+def mahalanobis_distances(features: torch.Tensor, means: torch.Tensor, precision: torch.Tensor) -> torch.Tensor:
+    """Squared Mahalanobis distances ``[N, M]`` of features ``[N, D]`` to means ``[M, D]`` (float64)."""
+    z = features.double()
+    mu = means.to(z.device, torch.float64)
+    p = precision.to(z.device, torch.float64)
+    if mu.ndim != 2 or mu.shape[1] != z.shape[1] or p.shape != (z.shape[1], z.shape[1]):
+        raise ValueError(
+            f"means [M, {z.shape[1]}] and precision [{z.shape[1]}, {z.shape[1]}] expected, got "
+            f"{tuple(mu.shape)} and {tuple(p.shape)}"
+        )
+    zp = z @ p
+    d = (zp * z).sum(1, keepdim=True) - 2.0 * zp @ mu.T + ((mu @ p) * mu).sum(1)[None, :]
+    return d.clamp_min(0.0)
+
+
+def knn_distance(features: torch.Tensor, bank: torch.Tensor, k: int) -> torch.Tensor:
+    """Euclidean distance ``[N]`` from each L2-normalised feature to its k-th nearest bank row (unit rows)."""
+    if not 1 <= k <= bank.shape[0]:
+        raise ValueError(f"knn needs 1 <= k <= bank size ({bank.shape[0]}), got k={k}")
+    z = F.normalize(features.float(), dim=1)
+    b = F.normalize(bank.to(z.device, torch.float32), dim=1)
+    cos_k = (z @ b.T).topk(k, dim=1).values[:, -1]
+    return (2.0 - 2.0 * cos_k).clamp_min(0.0).sqrt()
+
+
+def log_pvalue(reference: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``log((#{reference <= x} + 1) / (n + 1))`` per element of ``x``; ``reference`` sorted ascending."""
+    ref = reference.to(x.device, torch.float64).contiguous()
+    below = torch.searchsorted(ref, x.double().contiguous(), right=True)
+    return torch.log((below.double() + 1.0) / (ref.numel() + 1.0))
+
+
+def stage_log_pvalues(stage_features: list[torch.Tensor], stats: OpenSetStats) -> torch.Tensor:
+    """``[N, S]`` log p-values of each early stage's channel statistics (Mahalanobis, against training)."""
+    if len(stage_features) != len(stats.stage_names):
+        raise ValueError(f"{len(stage_features)} stage feature tensors for {len(stats.stage_names)} fitted stages")
+    cols = []
+    for s, name in enumerate(stats.stage_names):
+        d = mahalanobis_distances(stage_features[s], stats.stage_means[s][None, :], stats.stage_precisions[s])[:, 0]
+        cols.append(log_pvalue(stats.references[f"stage:{name}"], -d))
+    return torch.stack(cols, dim=1)
+
+
+def logit_score(name: str, logits: torch.Tensor) -> torch.Tensor:
+    """``msp``, ``max_logit`` or ``energy`` of a logit batch ``[N, C]`` (float32)."""
+    lg = logits.float()
+    if name == "msp":
+        return lg.softmax(dim=1).amax(dim=1)
+    if name == "max_logit":
+        return lg.amax(dim=1)
+    return torch.logsumexp(lg, dim=1)
+
+
+# --------------------------------------------------------------------------------------------------- scores
+
+
+def _check_inputs(name, features, logits, prototypes, stats, stage_features) -> None:
+    if name not in SCORES:
+        raise ValueError(f"unknown open-set score {name!r}; choose one of {', '.join(SCORES)}")
+    if (name in LOGIT_SCORES or name in COMBINED_SCORES or name == "hybrid") and logits is None:
+        raise ValueError(f"score {name!r} needs logits")
+    if name in PROTOTYPE_SCORES and prototypes is None:
+        raise ValueError(
+            f"score {name!r} needs class prototypes: fit them with clf.fit_prototypes(train_dataset) "
+            "(or use score='msp')"
+        )
+    if name in STATS_SCORES and stats is None:
+        raise ValueError(
+            f"score {name!r} needs {score_requirements(name)}: fit them with clf.fit_open_set(train_dataset) "
+            "(or use a logit score: msp, max_logit, energy)"
+        )
+    if name in ("mahalanobis", "knn", *PROTOTYPE_SCORES) and features is None:
+        raise ValueError(f"score {name!r} needs features")
+    if name in LAYER_SCORES and not stats.stage_names:
+        raise ValueError(f"score {name!r} needs early-stage statistics and these statistics have none (no stages)")
+    if name in LAYER_SCORES and stage_features is None:
+        raise ValueError(f"score {name!r} needs the early-stage channel statistics (stage_features)")
 
 
 def open_set_score(
@@ -96,32 +235,43 @@ def open_set_score(
     features: torch.Tensor | None = None,
     logits: torch.Tensor | None = None,
     prototypes: torch.Tensor | None = None,
+    stats: OpenSetStats | None = None,
+    stage_features: list[torch.Tensor] | None = None,
 ) -> torch.Tensor:
-    """Score ``name`` (one of ``SCORES``) per sample, shape ``[N]``, higher = more likely known."""
-    if name not in SCORES:
-        raise ValueError(f"unknown open-set score {name!r}; choose one of {', '.join(SCORES)}")
-    if name in ("msp", "hybrid") and logits is None:
-        raise ValueError(f"score {name!r} needs logits")
-    if name in PROTOTYPE_SCORES:
-        if prototypes is None:
-            raise ValueError(
-                f"score {name!r} needs class prototypes: fit them with clf.fit_prototypes(train_dataset) "
-                "(or use score='msp')"
-            )
-        if features is None:
-            raise ValueError(f"score {name!r} needs features")
+    """Score ``name`` (one of ``SCORES``) per sample, shape ``[N]``, higher = more likely known.
+
+    ``stage_features``: ``channel_statistics`` of each of ``stats.stage_names`` (the ``layer_stats`` scores).
+    """
+    _check_inputs(name, features, logits, prototypes, stats, stage_features)
+    if name in LOGIT_SCORES:
+        return logit_score(name, logits)
+    if name == "mahalanobis":
+        d = mahalanobis_distances(features, stats.class_means, stats.precision)
+        d = d.masked_fill(~stats.valid_classes.to(d.device)[None, :], float("inf"))
+        return -d.amin(dim=1)
+    if name == "knn":
+        return -knn_distance(features, stats.bank, stats.k)
+    if name in LAYER_SCORES:
+        fisher = stage_log_pvalues(stage_features, stats).sum(dim=1)
+        if name == "layer_stats":
+            return fisher
+        base = name.split("+")[0]
+        base_logp = log_pvalue(stats.references[base], logit_score(base, logits).to(fisher.device))
+        return base_logp + log_pvalue(stats.references["layer_stats"], fisher)
     if name == "cosine":
         return _max_cosine(features, prototypes)
     if name == "euclidean":
         return -_min_distance(features, prototypes)
     if name == "reachability":
         return _REACH_SCALE / _min_distance(features, prototypes).clamp_min(1e-6)
-    if name == "msp":
-        return _msp(logits)
     c = logits.shape[1]
-    msp01 = (_msp(logits) - 1.0 / c) / (1.0 - 1.0 / c) if c > 1 else logits.new_ones(logits.shape[0]).float()
+    msp = logit_score("msp", logits)
+    msp01 = (msp - 1.0 / c) / (1.0 - 1.0 / c) if c > 1 else logits.new_ones(logits.shape[0]).float()
     cos01 = (_max_cosine(features, prototypes) + 1.0) / 2.0
     return (cos01.to(msp01.device) + msp01) / 2.0
+
+
+# ----------------------------------------------------------------------------------------------- thresholds
 
 
 def threshold_at_tpr(scores, tpr: float = 0.95) -> float:
@@ -135,3 +285,23 @@ def threshold_at_tpr(scores, tpr: float = 0.95) -> float:
         raise ValueError("known-class scores contain NaN or infinite values")
     k = max(1, math.ceil(round(tpr * s.numel(), 9)))
     return float(torch.sort(s, descending=True).values[k - 1])
+
+
+def class_thresholds_at_tpr(
+    scores, predictions, num_classes: int, tpr: float = 0.95, min_count: int = 10
+) -> list[float]:
+    """Class-conditional thresholds: ``threshold_at_tpr`` over the known images PREDICTED as each class.
+
+    At test time the threshold of an image is that of its predicted class (its true class is unknown). Classes
+    with fewer than ``min_count`` such images get the global threshold (tail classes: too few to estimate).
+    """
+    s = torch.as_tensor(scores, dtype=torch.float64).flatten()
+    pred = torch.as_tensor(predictions).long().flatten()
+    if pred.numel() != s.numel():
+        raise ValueError(f"{s.numel()} scores but {pred.numel()} predictions")
+    overall = threshold_at_tpr(s, tpr)
+    out = []
+    for c in range(num_classes):
+        sc = s[pred == c]
+        out.append(threshold_at_tpr(sc, tpr) if sc.numel() >= max(min_count, 1) else overall)
+    return out

@@ -26,7 +26,7 @@ from ..models import FeaturesAndLogits
 from ..models.heads import unwrap
 from .checkpointing import latest_checkpoint, read_trainer_state, save_training_state
 from .config import resolve_recipe, save_recipe, stage_methods
-from .evaluation import evaluate, penultimate_features
+from .evaluation import evaluate
 from .run_log import RunLog
 from .schedule import lr_at
 
@@ -231,9 +231,9 @@ def _finish_stage(ctx: _Context, stage: str, net, method_cfg: dict[str, Any]) ->
         f"{stage} test: top-1 {metrics['top1']:.2f} many {_fmt(metrics['many'])} medium {_fmt(metrics['medium'])} "
         f"few {_fmt(metrics['few'])}"
     )
-    prototypes, open_set = None, None
+    prototypes, open_set, open_set_stats = None, None, None
     if ctx.recipe["train"]["prototypes"]:
-        prototypes, open_set = _prototypes_and_threshold(ctx, net)
+        prototypes, open_set, open_set_stats = _prototypes_and_threshold(ctx, net)
     model = unwrap(net)
     if acc.is_main_process:
         from ..hub import save_pretrained
@@ -254,6 +254,7 @@ def _finish_stage(ctx: _Context, stage: str, net, method_cfg: dict[str, Any]) ->
                 data_fingerprint=bench.fingerprint,
                 prototypes=prototypes,
                 open_set=open_set,
+                open_set_stats=open_set_stats,
             ),
         )
     ctx.state["epoch"] = ctx.recipe[stage]["epochs"] - 1
@@ -261,20 +262,30 @@ def _finish_stage(ctx: _Context, stage: str, net, method_cfg: dict[str, Any]) ->
     save_training_state(acc, ctx.output_dir, stage, ctx.state["epoch"], ctx.state)
 
 
-def _prototypes_and_threshold(ctx: _Context, net) -> tuple[torch.Tensor, dict[str, Any] | None]:
-    """Class prototypes over the training set (no augmentation); threshold on held-out known images."""
-    from ..inference import compute_prototypes, open_set_score, threshold_at_tpr
+def _prototypes_and_threshold(ctx: _Context, net) -> tuple[torch.Tensor | None, dict[str, Any] | None, Any]:
+    """Prototypes and open-set statistics over the training set (no augmentation), thresholds of every score on
+    held-out known images; on the main process only (the others get Nones: only the main process saves).
+
+    Returns ``(prototypes, open_set, open_set_stats)``; ``open_set`` is None without a validation split.
+    """
+    from ..inference import Classifier
 
     acc, bench = ctx.accelerator, ctx.bench
+    if not acc.is_main_process:
+        return None, None, None
     batch = ctx.recipe["eval"]["batch_size"]
-    feats, labels, _ = penultimate_features(net, bench, "train", acc, batch)
-    prototypes = compute_prototypes(feats, labels, bench.num_classes)
-    if bench.val is None:
-        return prototypes, None
-    vfeats, _, vlogits = penultimate_features(net, bench, "val", acc, batch)
-    tpr = ctx.recipe["train"]["calibrate_tpr"]
-    scores = open_set_score("cosine", features=vfeats, logits=vlogits, prototypes=prototypes)
-    return prototypes, {"score": "cosine", "threshold": threshold_at_tpr(scores, tpr), "tpr": tpr}
+    transform = bench.batch_transform(train=False)
+    model = acc.unwrap_model(net).model
+    was_training = model.training
+    clf = Classifier(model, class_names=bench.class_names, class_counts=bench.class_counts, pretrained_cfg=None)
+    train = bench.loader("train", batch, sampler="sequential")
+    stats = clf.fit_open_set(train, transform=transform, seed=ctx.recipe["seed"])
+    open_set = None
+    if bench.val is not None:
+        val = bench.loader("val", batch, sampler="sequential")
+        open_set = clf.calibrate(val, tpr=ctx.recipe["train"]["calibrate_tpr"], transform=transform)
+    model.train(was_training)
+    return clf.prototypes.cpu(), open_set, stats
 
 
 # ---------------------------------------------------------------------------------------------- helpers

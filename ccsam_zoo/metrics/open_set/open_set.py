@@ -19,8 +19,12 @@ similarity to a class prototype). Returns
 - with ``threshold`` (samples with ``score < threshold`` are rejected, i.e. predicted "open"), the OLTR
   F-measure ``f_measure = 2PR / (P + R)`` with ``P = TP / (TP + FP)``, ``R = TP / (TP + FN)`` and
   TP = known and correctly classified (not rejected), FP = known and misclassified OR rejected,
-  FN = open and not rejected (as OLTR's ``utils.F_measure``); also ``precision``, ``recall`` and
-  ``rejected`` (fraction of all samples rejected). Without ``threshold`` these are ``None``.
+  FN = open and not rejected (as OLTR's ``utils.F_measure``); also ``precision``, ``recall``,
+  ``rejected`` (fraction of all samples rejected), ``rejected_known`` and ``rejected_open`` (fraction of the
+  known / open samples rejected) and, with ``class_groups`` (a group name per class, e.g. many / medium /
+  few by training count), ``rejected_known_by_group``: the fraction of known samples of each group (by TRUE
+  class) rejected, ``None`` for a group without known samples. Without ``threshold`` these are ``None``.
+  ``threshold`` may be one value or one per class (class-conditional thresholds, applied by PREDICTED class).
 """
 
 _KWARGS_DESCRIPTION = """
@@ -28,9 +32,12 @@ Args:
     predictions (list[int]): closed-set predicted class (argmax) of every sample, known and open.
     references (list[int]): true class, -1 for open-set samples.
     scores (list[float]): known-ness score per sample, higher = more likely known.
-    threshold (float, optional): reject samples with ``score < threshold`` for the F-measure.
+    threshold (float or list[float], optional): reject samples with ``score < threshold`` (per predicted
+        class when a list) for the F-measure and the rejection rates.
+    class_groups (list[str], optional): group name of each class for ``rejected_known_by_group``.
 Returns:
-    dict with ``auroc``, ``fpr95``, ``f_measure``, ``precision``, ``recall``, ``rejected`` (float or None).
+    dict with ``auroc``, ``fpr95``, ``f_measure``, ``precision``, ``recall``, ``rejected``, ``rejected_known``,
+    ``rejected_open`` (float or None) and ``rejected_known_by_group`` (dict or None).
 Example:
     >>> m = ccsam_zoo.metrics.load_metric("open_set")
     >>> m.compute(predictions=[0, 1, 0], references=[0, 1, -1], scores=[0.9, 0.8, 0.2], threshold=0.5)
@@ -82,7 +89,7 @@ class OpenSet(evaluate.Metric):
             ),
         )
 
-    def _compute(self, predictions, references, scores, threshold=None) -> dict:
+    def _compute(self, predictions, references, scores, threshold=None, class_groups=None) -> dict:
         preds = np.asarray(predictions, dtype=np.int64).reshape(-1)
         refs = np.asarray(references, dtype=np.int64).reshape(-1)
         s = np.asarray(scores, dtype=np.float64).reshape(-1)
@@ -96,9 +103,24 @@ class OpenSet(evaluate.Metric):
         if pos.size and neg.size:
             out["auroc"] = _auroc(pos, neg)
             out["fpr95"] = _fpr_at_tpr(pos, neg, 0.95)
-        out.update(f_measure=None, precision=None, recall=None, rejected=None)
+        out.update(
+            f_measure=None,
+            precision=None,
+            recall=None,
+            rejected=None,
+            rejected_known=None,
+            rejected_open=None,
+            rejected_known_by_group=None,
+        )
         if threshold is not None:
-            rejected = s < float(threshold)
+            thr = np.asarray(threshold, dtype=np.float64)
+            if thr.ndim == 1:
+                if preds.size and (preds.min() < 0 or preds.max() >= thr.size):
+                    raise ValueError(f"open_set: {thr.size} class thresholds but predictions outside [0, {thr.size})")
+                thr = thr[preds]
+            elif thr.ndim != 0:
+                raise ValueError("open_set: threshold must be a number or a list with one value per class")
+            rejected = s < thr
             tp = int(np.sum(known & ~rejected & (preds == refs)))
             fp = int(np.sum(known & (rejected | (preds != refs))))
             fn = int(np.sum(~known & ~rejected))
@@ -109,5 +131,17 @@ class OpenSet(evaluate.Metric):
                 precision=p,
                 recall=r,
                 rejected=float(rejected.mean()),
+                rejected_known=float(rejected[known].mean()) if known.any() else None,
+                rejected_open=float(rejected[~known].mean()) if (~known).any() else None,
             )
+            if class_groups is not None:
+                groups = np.asarray([str(g) for g in class_groups])
+                if known.any() and refs[known].max() >= groups.size:
+                    raise ValueError(f"open_set: {groups.size} class groups but references up to {refs[known].max()}")
+                true_group = groups[refs[known]]
+                rej_known = rejected[known]
+                out["rejected_known_by_group"] = {
+                    g: float(rej_known[true_group == g].mean()) if (true_group == g).any() else None
+                    for g in dict.fromkeys(groups.tolist())
+                }
         return out
