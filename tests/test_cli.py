@@ -120,7 +120,7 @@ def test_predict_open_set_without_calibration_names_threshold(capsys, run_dir, i
     extras = json.loads((folder / "ccsam_zoo.json").read_text())
     (folder / "ccsam_zoo.json").write_text(json.dumps({**extras, "open_set": None}))
     rc, _, err = _run(capsys, "predict", "--model", folder, images[0][0], "--open-set")
-    assert rc == 1 and "no open-set threshold for score 'cosine'" in err and "--threshold" in err
+    assert rc == 1 and "has no open-set threshold" in err and "--threshold T (a cosine score" in err
     rc, out, _ = _run(capsys, "predict", "--model", folder, images[0][0], "--open-set", "--threshold", "0.5")
     assert rc == 0 and "open-set score: cosine, threshold 0.5" in out
 
@@ -245,9 +245,9 @@ def test_open_set_without_threshold_or_prototypes_names_the_flag(capsys, run_dir
     assert rc == 1 and out == ""
     _one_line_error(err, "has no open-set threshold; pass --threshold T", "--score msp")
     rc, out, _ = _run(capsys, "predict", "--model", folder, img, "--open-set", "--threshold", "0.5", "--json")
-    assert rc == 0 and json.loads(out)[0]["score"] == "cosine"
+    assert rc == 0 and json.loads(out)[0]["score_type"] == "cosine"
     rc, out, _ = _run(capsys, "predict", "--model", folder, img, "--open-set", "--score", "msp", "--json")
-    assert rc == 0 and json.loads(out)[0]["score"] == "msp"
+    assert rc == 0 and json.loads(out)[0]["score_type"] == "msp"
     (folder / "prototypes.safetensors").unlink()
     (folder / "ccsam_zoo.json").write_text(json.dumps({**extras, "open_set": None, "prototypes": None}))
     rc, _, err = _run(capsys, "predict", "--model", folder, img, "--open-set", "--threshold", "0.5")

@@ -262,7 +262,7 @@ def test_non_finite_prototypes_are_refused_at_load(ckpt):
         ("ccsam_zoo.json", "open_set", "x", "'open_set' must be"),
         ("ccsam_zoo.json", "open_set.threshold", float("nan"), "'open_set.threshold' must be a finite number"),
         ("ccsam_zoo.json", "open_set.threshold", "0.8", "'open_set.threshold' must be a finite number"),
-        ("ccsam_zoo.json", "open_set.score", "energy", "'open_set.score' must be one of"),
+        ("ccsam_zoo.json", "open_set.score", "entropy", "'open_set.score' must be one of"),
     ],
 )
 def test_wrong_types_in_json_are_checkpoint_errors(ckpt, file, key, value, message):

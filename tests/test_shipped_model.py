@@ -48,7 +48,7 @@ def test_shipped_card_is_the_current_rendering_with_its_numbers_and_notes():
     assert "ccsam-zoo/ccsam-cifar10-lt-ir100-resnet32" not in text  # that repo was never published
     assert "# CC-SAM zoo: ResNet-32 on CIFAR-10-LT (IR 100): CC-SAM (official preset) + adversarial feature " \
            "re-training (paper preset), stage-2 model" in text
-    assert "This model has an open-set threshold: an image whose `cosine` score is below 0.8241" in text
+    assert "This model has an open-set threshold: an image whose `max_logit+layer_stats` score is below -4.908" in text
     assert "| Overall | 59.90 | 83.92 | -24.02 |" in text and "| 9 | truck | 50 | medium | 53.60 |" in text
     assert "| CC-SAM (this model) | 44.02 | **59.90** | 60.99 | 55.55 | – |" in text  # stage 1 vs stage 2
     assert "42.2 min wall time" in text and "2-core x86_64 CPU" in text

@@ -63,9 +63,9 @@ def evaluate_model(
     want = tuple(scores) if open_dataset is not None else ()
     closed = clf._collect(dataset, batch_size, transform, want)
     counts = class_counts if class_counts is not None else clf.class_counts
-    from ccsam_zoo.metrics import shot_groups
+    from ccsam_zoo.data.counts import shot_groups
 
-    groups = shot_groups(counts, many_threshold, few_threshold, rule) if counts is not None else None
+    groups = shot_groups(counts, (many_threshold, few_threshold), rule) if counts is not None else None
     result: dict[str, Any] = dict(
         _metric("lt_accuracy").compute(
             predictions=closed["predictions"].numpy(),
