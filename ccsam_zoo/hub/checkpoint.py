@@ -26,8 +26,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-import torch.nn as nn
+from .._lazy import lazy_module
+
+torch = lazy_module("torch")  # imported on first use: `ccsam-zoo list` stays fast
+nn = lazy_module("torch.nn")
 
 __all__ = ["CheckpointError", "LoadedCheckpoint", "save_pretrained", "load_checkpoint", "read_extras"]
 
