@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .._fs import apply_umask
 from .._lazy import lazy_module
 
 torch = lazy_module("torch")  # imported on first use: `ccsam-zoo list` stays fast
@@ -291,6 +292,7 @@ def save_pretrained(model: nn.Module, folder: str | os.PathLike, *, info: dict[s
 
         plot_per_class_accuracy(tmp, extras)
         (tmp / CARD_NAME).write_text(render_model_card(tmp, repo_id=info.get("repo_id")), encoding="utf-8")
+        apply_umask(tmp)  # mkdtemp makes 0700, safetensors 0600: give the folder the user's umask
         _fsync_dir(tmp)
         _replace_dir(tmp, folder)
     except BaseException:
