@@ -396,6 +396,13 @@ def check_recipe(recipe: dict[str, Any]) -> None:
         )
     if d["device_resident"] and d["num_workers"]:
         raise RecipeError("data.device_resident=true needs data.num_workers=0 (workers cannot share device tensors)")
+    if s2["init"] and not (Path(str(s2["init"])).expanduser() / "model.safetensors").is_file():
+        raise RecipeError(
+            f"stage2.init={s2['init']}: no model.safetensors there; give a stage-1 checkpoint folder (RUN_DIR/stage1)"
+        )
+    file = recipe["model"]["pretrained_file"]
+    if file and not (str(file).endswith(".safetensors") and Path(str(file)).expanduser().is_file()):
+        raise RecipeError(f"model.pretrained_file={file}: expected an existing .safetensors file")
     trains_stage2 = s2["epochs"] > 0 and stage_methods(recipe)[1].get("name") != "none"
     if s1["epochs"] == 0 and not s2["init"]:
         if not trains_stage2:

@@ -4,13 +4,44 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from pathlib import Path
 from typing import Any
 
 from accelerate import Accelerator
 
-__all__ = ["RunLog"]
+__all__ = ["RunLog", "drop_records_after"]
+
+_STAGES = {"stage1": 0, "stage2": 1}
+
+
+def drop_records_after(path: Path, stage: str | None, epoch: int) -> int:
+    """Remove the epoch records of ``log.jsonl`` past ``(stage, epoch)`` (all of them when ``stage`` is None):
+    a resumed run redoes those epochs, and its curves must show each epoch once. Returns how many went."""
+    if not path.is_file():
+        return 0
+    kept, dropped = [], 0
+    limit = (_STAGES.get(stage, -1), epoch) if stage is not None else None
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:  # a line cut by a kill
+            dropped += 1
+            continue
+        if not isinstance(record, dict):
+            kept.append(line)
+            continue
+        key = (_STAGES.get(record.get("stage"), -1), record.get("epoch"))
+        if isinstance(key[1], int) and (limit is None or key > limit):
+            dropped += 1
+            continue
+        kept.append(line)
+    if dropped:
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text("".join(f"{line}\n" for line in kept))
+        os.replace(tmp, path)
+    return dropped
 
 
 class RunLog:
