@@ -35,7 +35,7 @@ from .config import (
 )
 from .evaluation import evaluate, penultimate_features
 from .run_dir import check_run_dir, prepare_run_dir
-from .run_log import RunLog, drop_records_after
+from .run_log import RunLog, drop_records_after, readable_metrics
 from .schedule import lr_at
 
 __all__ = ["train"]
@@ -130,14 +130,23 @@ def train(
         resume_from = checkpoint if checkpoint is not None and state.get("stage") == "stage2" else None
         _run_stage2(ctx, model, s2_cfg, resume_from)
 
+    metrics = readable_metrics(state["metrics"], bench.class_names)
     if accelerator.is_main_process:
         from .plots import plot_run
 
-        (output_dir / "metrics.json").write_text(json.dumps(state["metrics"], indent=1))
-        plot_run(output_dir, state["metrics"], bench.class_counts, _read_jsonl(output_dir / "log.jsonl"))
+        (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")
+        plot_run(
+            output_dir,
+            metrics,
+            bench.class_counts,
+            _read_jsonl(output_dir / "log.jsonl"),
+            class_names=bench.class_names,
+            shot_groups=bench.shot_groups,
+            title=f"{recipe['name']}, method={recipe['method']}",
+        )
     accelerator.wait_for_everyone()
     accelerator.end_training()
-    return state["metrics"]
+    return metrics
 
 
 class _Context:
