@@ -371,10 +371,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["train"]:  # its own command line: recipes/train.py's, also `python -m ccsam_zoo.train`
         from ccsam_zoo.training.cli import main as train_main
 
-        try:
-            return train_main(argv[1:], prog="ccsam-zoo train")
-        except SystemExit as e:  # --help: 0; usage errors: 2
-            return int(e.code or 0) if not isinstance(e.code, str) else 2
+        return train_main(argv[1:], prog="ccsam-zoo train")
     parser = build_parser(with_sharpness="sharpness" in argv)
     try:
         args = parser.parse_args(argv)

@@ -48,18 +48,30 @@ def _parser(prog: str) -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None, prog: str = "recipes/train.py") -> int:
-    parser = _parser(prog)
-    args = parser.parse_args(argv)
+def _usage_problem(args: argparse.Namespace) -> str | None:
     if args.recipe is None and args.resume is None:
-        parser.error("give --recipe NAME to start a run, or --resume RUN_DIR to continue one")
+        return "give --recipe NAME to start a run, or --resume RUN_DIR to continue one"
     if args.resume is not None and args.overwrite:
-        parser.error("--resume continues a run and --overwrite deletes it: give only one of them")
+        return "--resume continues a run and --overwrite deletes it: give only one of them"
     if args.resume is not None and args.output_dir is not None and args.output_dir != args.resume:
-        parser.error("--resume DIR continues the run in DIR: leave out --output-dir")
+        return "--resume DIR continues the run in DIR: leave out --output-dir"
     repo = args.push_to_hub
     if repo is not None and (repo.count("/") != 1 or not all(repo.split("/"))):
-        parser.error(f"--push-to-hub {repo}: expected ORG/NAME, e.g. my-org/ccsam-cifar10-lt")
+        return f"--push-to-hub {repo}: expected ORG/NAME, e.g. my-org/ccsam-cifar10-lt"
+    return None
+
+
+def main(argv: list[str] | None = None, prog: str = "recipes/train.py") -> int:
+    """Returns the exit code: 0 done, 1 a user error or a failed push (one ``error:`` line), 2 bad usage."""
+    parser = _parser(prog)
+    try:
+        args = parser.parse_args(argv)
+        problem = _usage_problem(args)
+        if problem:
+            parser.error(problem)
+    except SystemExit as e:  # --help: 0; usage errors: 2 (argparse printed the message)
+        return int(e.code or 0) if not isinstance(e.code, str) else 2
+    repo = args.push_to_hub
     try:
         if args.resume is not None:
             output_dir = args.resume
