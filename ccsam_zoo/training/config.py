@@ -141,9 +141,15 @@ class RecipeError(ValueError):
 # enum (choices or a function returning them), list_int (whole numbers >= 0), pair (two whole numbers
 # many >= few >= 0), source (string or mapping), dict, bool_or_int (cutout), bool_or_str (autoaugment).
 def _benchmarks() -> tuple[str, ...]:
-    from ..data.benchmarks import BENCHMARKS
+    from ..data._names import BENCHMARKS
 
     return tuple(BENCHMARKS)
+
+
+def _selections() -> tuple[str, ...]:
+    from ..data._names import SELECTIONS
+
+    return tuple(SELECTIONS)
 
 
 def _profiles() -> tuple[str, ...]:
@@ -163,6 +169,8 @@ def _optimizers() -> tuple[str, ...]:
 
     return tuple(list_optimizers())
 
+
+_COMMON_OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam", "adamw", "rmsprop", "lamb", "lars")  # no timm import
 
 def _schedules() -> tuple[str, ...]:
     from .schedule import SCHEDULES
@@ -203,7 +211,7 @@ _SPEC: dict[str, tuple[str, Any, bool]] = {
     "data.source": ("source", None, True),
     "data.imbalance_ratio": ("num", (1.0, None, False, False), True),
     "data.profile": ("enum", _profiles, False),
-    "data.selection": ("enum", ("first", "shuffle"), False),
+    "data.selection": ("enum", _selections, False),
     "data.seed": ("int", 0, False),
     "data.max_count": ("int", 1, True),
     "data.shot_rule": ("enum", _shot_rules, False),
@@ -297,7 +305,7 @@ def _valid(spec: tuple[str, Any, bool], v: Any) -> bool:
     if kind == "str":
         return isinstance(v, str)
     if kind == "enum":
-        return isinstance(v, str) and v in _choices(spec)
+        return isinstance(v, str) and ((detail is _optimizers and v in _COMMON_OPTIMIZERS) or v in _choices(spec))
     if kind == "list_int":
         return isinstance(v, list) and all(_is_int(x) and x >= 0 for x in v)
     if kind == "pair":
