@@ -354,8 +354,14 @@ def test_failed_push_says_where_the_run_is_and_keeps_it(capsys, tmp_path, monkey
 
     monkeypatch.setattr(ccsam_zoo.training.trainer, "train", fake_train)
     monkeypatch.setattr(ccsam_zoo.hub.publish, "push_to_hub", failing_push)
-    assert main(["--recipe", "quickstart", "--output-dir", str(run), "--push-to-hub", "me/model"]) == 1
+    argv = ["--recipe", "quickstart", "--output-dir", str(run), "--push-to-hub", "me/model"]
+    assert main(argv) == 2  # found before training: the tests run offline
+    assert "--push-to-hub needs the Hub but HF_HUB_OFFLINE is set" in capsys.readouterr().err
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.setenv("HF_TOKEN", "hf_secretsecretsecret")
+    assert main(argv) == 1
     out = capsys.readouterr()
+    assert "hf_secret" not in out.out + out.err
     assert f"done: {run}" in out.out
     assert out.err.strip() == f"error: saved in {run}; push failed: 401 Client Error: Unauthorized for url " + (
         "https://huggingface.co/api/repos/create"

@@ -7,6 +7,7 @@ code 1, before any work where it can be found before; ``--debug`` shows the trac
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -56,8 +57,15 @@ def _usage_problem(args: argparse.Namespace) -> str | None:
     if args.resume is not None and args.output_dir is not None and args.output_dir != args.resume:
         return "--resume DIR continues the run in DIR: leave out --output-dir"
     repo = args.push_to_hub
-    if repo is not None and (repo.count("/") != 1 or not all(repo.split("/"))):
-        return f"--push-to-hub {repo}: expected ORG/NAME, e.g. my-org/ccsam-cifar10-lt"
+    if repo is not None:  # found now, not after hours of training
+        if repo.count("/") != 1 or not all(repo.split("/")):
+            return f"--push-to-hub {repo}: expected ORG/NAME, e.g. my-org/ccsam-cifar10-lt"
+        if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+            return "--push-to-hub needs the Hub but HF_HUB_OFFLINE is set: unset it, or push the run later"
+        from huggingface_hub import get_token
+
+        if not get_token():
+            return "--push-to-hub needs a Hugging Face token: run `hf auth login` or set HF_TOKEN"
     return None
 
 

@@ -75,7 +75,8 @@ def train(
     if state.get("data_fingerprint") not in (None, bench.fingerprint):
         raise ValueError(
             f"--resume {output_dir}: the data differs from the checkpoint's (fingerprint {bench.fingerprint[:12]}, "
-            f"checkpoint {state['data_fingerprint'][:12]}); point data.source at the data the run started with"
+            f"checkpoint {state['data_fingerprint'][:12]}: other files, or for image folders and split files the "
+            "same files under another path); point data.source at the data the run started with"
         )
     if recipe["data"]["device_resident"]:
         _keep_on_device(bench, recipe["data"], accelerator.device)
@@ -365,7 +366,6 @@ def _check_classes(bench) -> None:
             + f": per-class and many/medium/few accuracy need test images of all {bench.num_classes} classes; "
             "check the training labels (a label outside the test split's classes) or the test split"
         )
-
 
 
 def _build_data(recipe: dict[str, Any]):
