@@ -66,9 +66,10 @@ def _run_one(recipe: str, name: str, seed: int, out: Path, threads: int, extra: 
         cmd += ["--resume", str(folder)]
     else:
         cmd += ["--recipe", recipe, "--output-dir", str(folder), "--set", *RUNS[name], *extra, f"seed={seed}"]
-    folder.mkdir(parents=True, exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
-    log = open(folder / "stdout.log", "a")  # noqa: SIM115 - closed with the process
+    # beside the run folder: a new run needs an empty (or missing) --output-dir
+    log = open(out / f"{folder.name}.stdout.log", "a")  # noqa: SIM115 - closed with the process
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
     proc.folder, proc.t0, proc.peak, proc.logfile = folder, time.time(), 0, log  # type: ignore[attr-defined]
     proc.resumed = resumed  # type: ignore[attr-defined]

@@ -1,4 +1,4 @@
-"""The ``ccsam-zoo`` command: predict, evaluate, list, card, sharpness.
+"""The ``ccsam-zoo`` command: predict, evaluate, list, card, sharpness, train.
 
 Exit codes: 0 success, 1 runtime failure (bad model, data or images), 2 usage error. Errors are one line on
 stderr (``--debug`` shows the traceback). Tables by default, ``--json`` for machines.
@@ -10,6 +10,7 @@ stderr (``--debug`` shows the traceback). Tables by default, ``--json`` for mach
     ccsam-zoo list
     ccsam-zoo card ./run
     ccsam-zoo sharpness --model ./run/stage2 --data cifar10_lt
+    ccsam-zoo train --recipe quickstart --output-dir runs/quickstart
 """
 
 from __future__ import annotations
@@ -488,6 +489,9 @@ def build_parser(with_sharpness: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--output", default=None, help="write the card here instead of stdout")
     p.set_defaults(func=_cmd_card)
 
+    p = sub.add_parser("train", add_help=False, help="train a recipe in two stages (ccsam-zoo train --help)")
+    p.add_argument("args", nargs=argparse.REMAINDER)  # main() hands `train ...` to ccsam_zoo.training.cli
+
     p = sub.add_parser("sharpness", parents=[common], help="per-group sharpness / loss landscape")
     p.set_defaults(func=_cmd_sharpness)
     if with_sharpness:
@@ -504,6 +508,10 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of ``ccsam-zoo``; returns the exit code."""
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["train"]:  # its own command line: recipes/train.py's, also `python -m ccsam_zoo.train`
+        from ccsam_zoo.training.cli import main as train_main
+
+        return train_main(argv[1:], prog="ccsam-zoo train")
     parser = build_parser(with_sharpness="sharpness" in argv)
     try:
         args = parser.parse_args(argv)

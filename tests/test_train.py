@@ -22,6 +22,8 @@ from ccsam_zoo.training.config import resolve_recipe
 from tests.conftest import REPO
 from tests.training_utils import tiny_overrides, write_cifar10_slice
 
+CLASS_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+
 
 @pytest.fixture(scope="module")
 def cifar_slice(cifar10_dir, tmp_path_factory) -> Path:
@@ -78,14 +80,15 @@ def test_two_stage_run_end_to_end(cifar_slice, tmp_path):
         assert m["split"] == "test" and m["epoch"] == recipe[stage]["epochs"]
         assert len(m["per_class"]) == 10 and 0.0 <= m["top1"] <= 100.0
         top1, per_class = _independent_top1(tmp_path / stage, cifar_slice)
-        assert m["top1"] == pytest.approx(top1, abs=1e-6)
-        np.testing.assert_allclose(m["per_class"], per_class, atol=1e-6)
+        assert m["top1"] == pytest.approx(top1, abs=1e-4)  # metrics.json holds 4 decimals
+        np.testing.assert_allclose(m["per_class"], per_class, atol=1e-4)
+        assert list(m["per_class_by_name"]) == CLASS_NAMES and list(m["per_class_by_name"].values()) == m["per_class"]
         counts = [int(120 * 0.1 ** (i / 9)) for i in range(10)]  # IR 10 from 120 per class
         many = [a for a, n in zip(per_class, counts) if n > 100]
         few = [a for a, n in zip(per_class, counts) if n < 20]
         assert many and few
-        assert m["many"] == pytest.approx(np.mean(many), abs=1e-6)
-        assert m["few"] == pytest.approx(np.mean(few), abs=1e-6)
+        assert m["many"] == pytest.approx(np.mean(many), abs=1e-4)
+        assert m["few"] == pytest.approx(np.mean(few), abs=1e-4)
         for name in ("config.json", "model.safetensors", "README.md"):
             assert (tmp_path / stage / name).exists()
     # stage 2 re-trains the head only: the backbone weights are identical to stage 1's

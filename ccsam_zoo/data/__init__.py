@@ -11,18 +11,27 @@ timm transforms in the loader workers.
         x = augment(images)
 """
 
-from .augment import BatchAugment
-from .benchmarks import BENCHMARKS, LongTailedBenchmark, build_benchmark
-from .counts import long_tailed_counts, shot_groups
-from .samplers import ClassBalancedSampler, ShuffleSampler
+from __future__ import annotations
 
-__all__ = [
-    "BENCHMARKS",
-    "BatchAugment",
-    "ClassBalancedSampler",
-    "LongTailedBenchmark",
-    "ShuffleSampler",
-    "build_benchmark",
-    "long_tailed_counts",
-    "shot_groups",
-]
+import importlib
+from typing import Any
+
+# Loaded on first use: ``long_tailed_counts`` / ``shot_groups`` need no torch.
+_LAZY = {
+    "BENCHMARKS": "benchmarks",
+    "BatchAugment": "augment",
+    "ClassBalancedSampler": "samplers",
+    "LongTailedBenchmark": "benchmarks",
+    "ShuffleSampler": "samplers",
+    "build_benchmark": "benchmarks",
+    "long_tailed_counts": "counts",
+    "shot_groups": "counts",
+}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

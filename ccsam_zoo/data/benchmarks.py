@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler, SequentialSampler
 
 from ..models.cifar_resnet import CIFAR_MEAN, CIFAR_STD
 from ._cache import cache_root, hash_json
+from ._names import BENCHMARKS, SAMPLERS, SELECTIONS
 from .augment import BatchAugment
 from .counts import PROFILES, SHOT_RULES, long_tailed_counts, shot_groups
 from .image_data import ImageSplit, timm_transform
@@ -21,9 +22,6 @@ from .samplers import ClassBalancedSampler, ShuffleSampler
 from .sources import BaseData, Split, open_split, resolve
 from .tensor_data import TensorSplit, decode_rows, passthrough_collate
 
-BENCHMARKS = ("cifar10_lt", "cifar100_lt", "imagenet_lt", "places_lt", "inat2018", "imagefolder", "parquet", "embedded")
-SELECTIONS = ("first", "shuffle")
-SAMPLERS = ("shuffle", "class_balanced", "sequential")
 _MAX_TENSOR_SIZE = 64
 _DEFAULT_LARGE_SIZE = 224
 _DEFAULT_IR = {"cifar10_lt": 100.0, "cifar100_lt": 100.0}

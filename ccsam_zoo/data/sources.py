@@ -217,7 +217,14 @@ def _encode_labels(
     if names is None:
         names = [str(i) for i in range(num)]
     elif num > len(names):
-        raise ValueError(f"labels of {where} go up to {num - 1} but only {len(names)} class names are declared")
+        split, values = next((k, v) for k, v in out.items() if len(v) and int(v.max()) >= len(names))
+        bad = sorted({int(x) for x in values[values >= len(names)]})
+        row = int(np.flatnonzero(values >= len(names))[0])
+        raise ValueError(
+            f"{split} labels of {where} outside the {len(names)} declared class names ({names[0]!r} .. "
+            f"{names[-1]!r}, labels 0..{len(names) - 1}): {bad[:5]}" + (" ..." if len(bad) > 5 else "")
+            + f", first at row {row}; fix those labels (or the class names in the file's metadata)"
+        )
     return out, names
 
 
@@ -384,16 +391,26 @@ def _split_root(source: Any, key: str, name: str, example: str) -> tuple[Path, P
     return root, folder
 
 
+# Where the split / annotation files come from (named when they are missing).
+_FILES_FROM = {
+    "imagenet_lt": "the OLTR release, https://github.com/zhmiao/OpenLongTailRecognition-OLTR",
+    "places_lt": "the OLTR release, https://github.com/zhmiao/OpenLongTailRecognition-OLTR",
+    "inat2018": "https://github.com/visipedia/inat_comp/tree/master/2018",
+}
+
+
 def _find_files(folders: list[Path], required: list[str], optional: list[str], name: str) -> tuple[Path, ...]:
     for folder in folders:
         if all((folder / r).is_file() for r in required):
             return tuple(folder / r for r in required) + tuple(
                 (folder / o) if (folder / o).is_file() else None for o in optional
             )
+    origin = f" (from {_FILES_FROM[name]})" if name in _FILES_FROM else ""
     raise FileNotFoundError(
         f"{name}: split files not found in {[str(f) for f in folders]}; expected {required}"
         + (f" (optionally {optional})" if optional else "")
-        + "; pass the folder that holds them as source={'root': ..., ...}"
+        + f"{origin}; pass the folder that holds them: source='IMAGE_ROOT{os.pathsep}FOLDER' "
+        "(recipes: --set data.source=IMAGE_ROOT" + os.pathsep + "FOLDER) or source={'root': ..., ...}"
     )
 
 

@@ -11,10 +11,19 @@
 
 from __future__ import annotations
 
-from .card import render_model_card
-from .checkpoint import CheckpointError, save_pretrained
-from .publish import push_to_hub
-from .registry import from_pretrained, list_pretrained, register_pretrained
+import importlib
+from typing import Any
+
+# Loaded on first use (``ccsam-zoo list`` needs the registry only, not torch).
+_LAZY = {
+    "CheckpointError": "checkpoint",
+    "save_pretrained": "checkpoint",
+    "push_to_hub": "publish",
+    "render_model_card": "card",
+    "from_pretrained": "registry",
+    "list_pretrained": "registry",
+    "register_pretrained": "registry",
+}
 
 __all__ = [
     "CheckpointError",
@@ -25,3 +34,9 @@ __all__ = [
     "render_model_card",
     "save_pretrained",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -27,10 +27,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-import torch.nn as nn
-
+from .._fs import apply_umask
+from .._lazy import lazy_module
 from ..jsonio import jsonable
+
+torch = lazy_module("torch")  # imported on first use: `ccsam-zoo list` stays fast
+nn = lazy_module("torch.nn")
 
 __all__ = ["CheckpointError", "LoadedCheckpoint", "save_pretrained", "load_checkpoint", "read_extras"]
 
@@ -285,6 +287,7 @@ def save_pretrained(model: nn.Module, folder: str | os.PathLike, *, info: dict[s
         plot_per_class_accuracy(tmp, extras)
         card = render_model_card(tmp, repo_id=info.get("repo_id"), location=shown)
         (tmp / CARD_NAME).write_text(card, encoding="utf-8")
+        apply_umask(tmp)  # mkdtemp makes 0700, safetensors 0600: give the folder the user's umask
         _fsync_dir(tmp)
         _replace_dir(tmp, folder)
     except BaseException:

@@ -17,8 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
-import torch
-
+from .._lazy import lazy_module
 from .checkpoint import (
     CONFIG_NAME,
     EXTRAS_NAME,
@@ -28,6 +27,8 @@ from .checkpoint import (
     CheckpointError,
     load_checkpoint,
 )
+
+torch = lazy_module("torch")  # imported on first use: `ccsam-zoo list` stays fast
 
 __all__ = ["PretrainedModel", "from_pretrained", "list_pretrained", "register_pretrained", "resolve_checkpoint"]
 

@@ -1,18 +1,40 @@
-"""Atomic Accelerate checkpoints of the training state, and finding the one to resume from."""
+"""Atomic Accelerate checkpoints of the training state, and finding the one to resume from.
+
+Each checkpoint's ``trainer_state.json`` is written last and lists the size and sha256 of every file of
+the checkpoint, so a truncated or damaged checkpoint is found before it is loaded (``choose_checkpoint``)
+and the previous complete one is used instead.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 from typing import Any
 
 from accelerate import Accelerator
 
-__all__ = ["save_training_state", "latest_checkpoint", "read_trainer_state"]
+from .._fs import apply_umask
+
+__all__ = [
+    "CheckpointBroken",
+    "choose_checkpoint",
+    "latest_checkpoint",
+    "read_trainer_state",
+    "save_training_state",
+    "set_aside",
+    "verify_checkpoint",
+]
 
 _STATE_FILE = "trainer_state.json"
+_NAME = re.compile(r"^stage[12]-epoch\d+$")
+
+
+class CheckpointBroken(ValueError):
+    """Every checkpoint of a run is incomplete or damaged: nothing to resume from."""
 
 
 def save_training_state(
@@ -22,6 +44,7 @@ def save_training_state(
 
     The state goes into a temporary folder that is renamed when complete, so a crash at any moment
     leaves either the previous checkpoint or the new one, never a half-written folder that loads.
+    ``keep`` > 0 keeps that many of the newest checkpoints (0: all).
     """
     root = output_dir / "checkpoints"
     final = root / f"{stage}-epoch{epoch:04d}"
@@ -31,15 +54,27 @@ def save_training_state(
         root.mkdir(parents=True, exist_ok=True)
     accelerator.wait_for_everyone()
     accelerator.save_state(str(tmp), safe_serialization=True)
+    accelerator.wait_for_everyone()  # every rank's random_states_<i>.pkl is in place
     if accelerator.is_main_process:
-        (tmp / _STATE_FILE).write_text(json.dumps({**trainer_state, "stage": stage, "epoch": epoch}, indent=1))
+        files = {p.name: _describe(p) for p in sorted(tmp.iterdir()) if p.is_file()}
+        state = {**trainer_state, "stage": stage, "epoch": epoch, "files": files}
+        (tmp / _STATE_FILE).write_text(json.dumps(state, indent=1))
+        apply_umask(tmp)  # safetensors writes 0600 files: use the user's umask like every other file
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
-        done = sorted((p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")), key=_order)
+        done = sorted((p for p in root.iterdir() if p.is_dir() and _NAME.match(p.name)), key=_order)
         for old in done[:-keep] if keep > 0 else []:
             shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
     return final
+
+
+def _describe(path: Path) -> dict[str, Any]:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return {"bytes": path.stat().st_size, "sha256": digest.hexdigest()}
 
 
 def _order(path: Path) -> tuple[int, int]:
@@ -47,15 +82,114 @@ def _order(path: Path) -> tuple[int, int]:
     return (1 if stage == "stage2" else 0, int(epoch))
 
 
-def latest_checkpoint(output_dir: Path) -> Path | None:
-    """The most advanced complete checkpoint under ``output_dir/checkpoints`` (None if there is none)."""
+def verify_checkpoint(checkpoint: Path) -> str | None:
+    """None when the checkpoint is complete and intact, else what is wrong with it."""
+    state_file = checkpoint / _STATE_FILE
+    if not state_file.is_file():
+        return f"no {_STATE_FILE} (the write did not finish)"
+    try:
+        state = json.loads(state_file.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        return f"{_STATE_FILE} is unreadable ({err})"
+    if not isinstance(state, dict) or "epoch" not in state or "stage" not in state:
+        return f"{_STATE_FILE} lacks the stage and epoch"
+    files = state.get("files")
+    if not isinstance(files, dict):  # written before the file list existed: check what can be checked
+        return None if any(checkpoint.glob("model*.safetensors")) else "no model weights"
+    for name, expected in files.items():
+        path = checkpoint / name
+        if not path.is_file():
+            return f"{name} is missing"
+        size = path.stat().st_size
+        if size != expected.get("bytes"):
+            return f"{name} has {size} bytes, {expected.get('bytes')} were written (truncated or replaced)"
+        if _describe(path)["sha256"] != expected.get("sha256"):
+            return f"{name} does not match its sha256 (the file is damaged)"
+    return None
+
+
+def _scan(output_dir: Path) -> tuple[Path | None, list[tuple[Path, str]]]:
+    """The newest intact checkpoint (or None) and the newer ones found broken, as ``(path, problem)``."""
     root = Path(output_dir) / "checkpoints"
     if not root.is_dir():
+        return None, []
+    found = sorted((p for p in root.iterdir() if p.is_dir() and _NAME.match(p.name)), key=_order, reverse=True)
+    broken: list[tuple[Path, str]] = []
+    for candidate in found:
+        problem = verify_checkpoint(candidate)
+        if problem is None:
+            return candidate, broken
+        broken.append((candidate, problem))
+    return None, broken
+
+
+def _end_of_stage1(output_dir: Path) -> dict[str, Any] | None:
+    """The trainer state at the end of stage 1, rebuilt from the saved ``stage1/`` folder and ``log.jsonl``
+    (None when that folder is missing or damaged): where stage 2 starts again without a checkpoint."""
+    from safetensors import safe_open
+
+    folder = Path(output_dir) / "stage1"
+    try:
+        extras = json.loads((folder / "ccsam_zoo.json").read_text())
+        with safe_open(str(folder / "model.safetensors"), framework="pt") as f:
+            for key in f.keys():  # reads every tensor: a truncated file fails here
+                f.get_tensor(key)
+        metrics = extras["metrics"]
+        epoch = int(metrics["epoch"]) - 1
+    except Exception:  # noqa: BLE001  (any damage: no fallback)
         return None
-    done = [p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".") and (p / _STATE_FILE).exists()]
-    return max(done, key=_order) if done else None
+    history = []
+    log = Path(output_dir) / "log.jsonl"
+    for line in log.read_text().splitlines() if log.is_file() else []:
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict) and record.get("stage") == "stage1" and "loss" in record:
+            history.append({k: v for k, v in record.items() if k != "time"})
+    state = {"metrics": {"stage1": metrics}, "history": history, "stage1_done": True, "stage": "stage1"}
+    return {**state, "epoch": epoch, "recipe": extras.get("recipe")}
+
+
+def choose_checkpoint(output_dir: Path) -> tuple[Path | None, dict[str, Any] | None, list[tuple[Path, str]]]:
+    """Where a resumed run starts: ``(checkpoint to load or None, trainer state or None, broken checkpoints)``.
+
+    The newest intact checkpoint wins; the newer broken ones are returned as ``(path, problem)`` to be set
+    aside. When every checkpoint is broken, a run past stage 1 restarts stage 2 from its ``stage1/`` folder
+    (the previous complete save, also with ``train.keep_checkpoints=1``); otherwise ``CheckpointBroken`` says
+    which checkpoint is broken and what to do. Reads only.
+    """
+    chosen, broken = _scan(output_dir)
+    if chosen is not None:
+        return chosen, read_trainer_state(chosen), broken
+    if not broken:
+        return None, None, []
+    path, problem = broken[0]
+    state = _end_of_stage1(output_dir) if path.name.startswith("stage2") else None
+    if state is not None:
+        return None, state, broken
+    raise CheckpointBroken(
+        f"checkpoint {path} is broken: {problem}; there is no earlier intact checkpoint to fall back to "
+        "(train.keep_checkpoints=1 keeps only the newest; 2 keeps a fallback). Nothing was changed: to train "
+        "this run again from the start, rerun with --overwrite instead of --resume"
+    )
+
+
+def set_aside(checkpoint: Path) -> Path:
+    """Move a broken checkpoint out of the way (``checkpoints/.broken-<name>``), kept for inspection."""
+    target = checkpoint.with_name(f".broken-{checkpoint.name}")
+    shutil.rmtree(target, ignore_errors=True)
+    os.replace(checkpoint, target)
+    return target
+
+
+def latest_checkpoint(output_dir: Path) -> Path | None:
+    """The most advanced intact checkpoint under ``output_dir/checkpoints`` (None if there is none)."""
+    return _scan(output_dir)[0]
 
 
 def read_trainer_state(checkpoint: Path) -> dict[str, Any]:
     """The trainer's own bookkeeping stored beside Accelerate's state."""
-    return json.loads((checkpoint / _STATE_FILE).read_text())
+    state = json.loads((checkpoint / _STATE_FILE).read_text())
+    state.pop("files", None)
+    return state

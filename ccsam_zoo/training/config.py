@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -22,9 +23,13 @@ __all__ = [
     "stage_methods",
     "save_recipe",
     "resolve_recipe",
+    "check_recipe",
+    "check_values",
+    "recipe_differences",
 ]
 
-RECIPE_DIR = Path(os.environ.get("CCSAM_RECIPES", Path(__file__).resolve().parents[2] / "recipes"))
+# The shipped recipes are package data (ccsam_zoo/recipes/*.yaml); CCSAM_RECIPES points at another folder.
+RECIPE_DIR = Path(os.environ.get("CCSAM_RECIPES") or Path(__file__).resolve().parents[1] / "recipes")
 
 # The schema: every recipe is this dict with some values replaced. Keys outside it are errors.
 DEFAULTS: dict[str, Any] = {
@@ -112,8 +117,295 @@ class RecipeError(ValueError):
     """A recipe name, file or key that does not exist, or a value of the wrong type."""
 
 
+# ------------------------------------------------------------------------------------------ value schema
+# The type and range of every schema key, checked before any work (``check_values``): (kind, detail, nullable).
+# kinds: int (whole number >= detail), num ((low, high or None, low exclusive, high exclusive)), bool, str,
+# enum (choices or a function returning them), list_int (whole numbers >= 0), pair (two whole numbers
+# many >= few >= 0), source (string or mapping), dict, bool_or_int (cutout), bool_or_str (autoaugment).
+def _benchmarks() -> tuple[str, ...]:
+    from ..data._names import BENCHMARKS
+
+    return tuple(BENCHMARKS)
+
+
+def _selections() -> tuple[str, ...]:
+    from ..data._names import SELECTIONS
+
+    return tuple(SELECTIONS)
+
+
+def _profiles() -> tuple[str, ...]:
+    from ..data.counts import PROFILES
+
+    return tuple(PROFILES)
+
+
+def _shot_rules() -> tuple[str, ...]:
+    from ..data.counts import SHOT_RULES
+
+    return tuple(SHOT_RULES)
+
+
+def _optimizers() -> tuple[str, ...]:
+    from timm.optim import list_optimizers
+
+    return tuple(list_optimizers())
+
+
+_COMMON_OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam", "adamw", "rmsprop", "lamb", "lars")  # no timm import
+
+def _schedules() -> tuple[str, ...]:
+    from .schedule import SCHEDULES
+
+    return tuple(SCHEDULES)
+
+
+_RATE = ("num", (0.0, None, False, False), False)
+_STAGE = {
+    "epochs": ("int", 0, False),
+    "batch_size": ("int", 1, False),
+    "optimizer": ("enum", _optimizers, False),
+    "lr": _RATE,
+    "momentum": _RATE,
+    "weight_decay": _RATE,
+    "decay_bias_and_bn": ("bool", None, False),
+    "schedule": ("enum", _schedules, False),
+    "warmup_epochs": ("int", 0, False),
+    "milestones": ("list_int", None, False),
+    "gamma": ("num", (0.0, None, True, False), True),
+    "method": ("dict", None, False),
+    "init": ("str", None, True),
+    "sampler": ("enum", ("shuffle", "class_balanced"), False),
+}
+_SPEC: dict[str, tuple[str, Any, bool]] = {
+    "name": ("str", None, False),
+    "description": ("str", None, True),
+    "seed": ("int", 0, False),
+    "model.arch": ("str", None, False),
+    "model.pretrained": ("bool", None, False),
+    "model.pretrained_file": ("str", None, True),
+    "model.head": ("enum", ("linear", "cosine"), True),
+    "model.norm": ("enum", ("batchnorm", "groupnorm"), False),
+    "model.channels_last": ("bool", None, False),
+    "model.compile": ("bool", None, False),
+    "model.drop_rate": ("num", (0.0, 1.0, False, True), False),
+    "data.name": ("enum", _benchmarks, False),
+    "data.source": ("source", None, True),
+    "data.imbalance_ratio": ("num", (1.0, None, False, False), True),
+    "data.profile": ("enum", _profiles, False),
+    "data.selection": ("enum", _selections, False),
+    "data.seed": ("int", 0, False),
+    "data.max_count": ("int", 1, True),
+    "data.shot_rule": ("enum", _shot_rules, False),
+    "data.shot_thresholds": ("pair", None, False),
+    "data.val_per_class": ("int", 0, False),
+    "data.num_workers": ("int", 0, False),
+    "data.device_resident": ("bool", None, False),
+    "data.image_size": ("int", 1, True),
+    "data.augment": ("bool", None, False),
+    "data.autoaugment": ("bool_or_str", None, False),
+    "data.cutout": ("bool_or_int", None, False),
+    **{f"{stage}.{k}": v for stage in ("stage1", "stage2") for k, v in _STAGE.items()},
+    "eval.every": ("int", 0, False),
+    "eval.batch_size": ("int", 1, False),
+    "eval.select_on": ("enum", ("last",), False),
+    "train.mixed_precision": ("enum", ("no", "fp16", "bf16"), False),
+    "train.grad_accum": ("int", 1, False),
+    "train.checkpoint_every": ("int", 0, False),
+    "train.keep_checkpoints": ("int", 0, False),
+    "train.log_every": ("int", 1, False),
+    "train.drop_last": ("bool", None, False),
+    "train.tracker": ("str", None, True),
+    "train.prototypes": ("bool", None, False),
+    "train.calibrate_tpr": ("num", (0.0, 1.0, True, False), False),
+}
+_HINTS = {
+    "data.imbalance_ratio": " (n_max / n_min: an imbalance factor of 0.01 is data.imbalance_ratio=100)",
+    "train.keep_checkpoints": " (0 keeps every checkpoint)",
+    "train.checkpoint_every": " (0: only at the end of each stage)",
+    "eval.every": " (0: only at the end of each stage)",
+}
+
+
+def _choices(spec: tuple[str, Any, bool]) -> tuple[str, ...]:
+    return tuple(spec[1]() if callable(spec[1]) else spec[1])
+
+
+def _expected(spec: tuple[str, Any, bool]) -> str:
+    kind, detail, nullable = spec
+    if kind == "int":
+        text = f"a whole number >= {detail}"
+    elif kind == "num":
+        low, high, low_open, high_open = detail
+        text = f"a number {'>' if low_open else '>='} {low:g}"
+        if high is not None:
+            text += f" and {'<' if high_open else '<='} {high:g}"
+    elif kind == "bool":
+        text = "true or false"
+    elif kind == "str":
+        text = "a string"
+    elif kind == "enum":
+        choices = _choices(spec)
+        shown = ", ".join(choices[:12]) + (f", ... ({len(choices)} in all)" if len(choices) > 12 else "")
+        text = f"one of {shown}"
+    elif kind == "list_int":
+        text = "a list of whole numbers >= 0, e.g. [160, 180]"
+    elif kind == "pair":
+        text = "two whole numbers [many, few] with many >= few >= 0, e.g. [100, 20]"
+    elif kind == "source":
+        text = "a path, a Hub id or a mapping"
+    elif kind == "dict":
+        text = "a mapping of method settings, e.g. {preset: paper}"
+    elif kind == "bool_or_int":
+        text = "false or a whole number >= 0 (the Cutout size)"
+    else:  # bool_or_str
+        text = "true, false or an AutoAugment policy name"
+    return f"null or {text}" if nullable else text
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_num(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _valid(spec: tuple[str, Any, bool], v: Any) -> bool:
+    kind, detail, nullable = spec
+    if v is None:
+        return nullable
+    if kind == "int":
+        return _is_int(v) and v >= detail
+    if kind == "num":
+        low, high, low_open, high_open = detail
+        if not _is_num(v) or v < low or (low_open and v == low):
+            return False
+        return high is None or v < high or (v == high and not high_open)
+    if kind == "bool":
+        return isinstance(v, bool)
+    if kind == "str":
+        return isinstance(v, str)
+    if kind == "enum":
+        return isinstance(v, str) and ((detail is _optimizers and v in _COMMON_OPTIMIZERS) or v in _choices(spec))
+    if kind == "list_int":
+        return isinstance(v, list) and all(_is_int(x) and x >= 0 for x in v)
+    if kind == "pair":
+        return isinstance(v, list) and len(v) == 2 and all(_is_int(x) and x >= 0 for x in v) and v[0] >= v[1]
+    if kind == "source":
+        return isinstance(v, (str, dict))
+    if kind == "dict":
+        return isinstance(v, dict)
+    if kind == "bool_or_int":
+        return isinstance(v, bool) or (_is_int(v) and v >= 0)
+    return isinstance(v, (bool, str))  # bool_or_str
+
+
+def _check_value(key: str, value: Any, where: str = "") -> None:
+    spec = _SPEC.get(key)
+    if spec is None or _valid(spec, value):
+        return
+    example = _flat_defaults().get(key)
+    fix = ""
+    if example is not None and spec[0] not in ("dict", "enum"):
+        fix = f"; e.g. {key}={example if isinstance(example, str) else _yaml_text(example)}"
+    close = ""
+    if spec[0] == "enum" and isinstance(value, str):
+        match = difflib.get_close_matches(value, _choices(spec), n=1)
+        close = f"; did you mean {match[0]!r}?" if match else ""
+    raise RecipeError(
+        f"{where}{key}={_yaml_text(value)} is not valid: expected {_expected(spec)}{_HINTS.get(key, '')}{close or fix}"
+    )
+
+
+def _yaml_text(value: Any) -> str:
+    if isinstance(value, (str, float)):
+        return repr(value)
+    return yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
+
+
+def _flat_defaults() -> dict[str, Any]:
+    return _flatten(DEFAULTS)
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and key not in _FREE:
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def check_values(recipe: dict[str, Any], where: str = "") -> None:
+    """Raise ``RecipeError`` naming the first key whose value has the wrong type or range."""
+    for key, value in _flatten(recipe).items():
+        _check_value(key, value, where)
+
+
+# Where the data of the benchmarks that are not downloaded comes from (shown when data.source is missing).
+_DATA_HELP = {
+    "places_lt": (
+        "IMAGE_ROOT:SPLIT_DIR",
+        "IMAGE_ROOT holds the Places-365 images (Places365-Standard, http://places2.csail.mit.edu) and SPLIT_DIR "
+        "the OLTR split files Places_LT_train.txt, Places_LT_test.txt (and Places_LT_val.txt, Places_LT_open.txt) "
+        "from https://github.com/zhmiao/OpenLongTailRecognition-OLTR",
+    ),
+    "imagenet_lt": (
+        "IMAGE_ROOT:SPLIT_DIR",
+        "IMAGE_ROOT holds the ImageNet-2012 (ILSVRC2012) images and SPLIT_DIR the OLTR split files "
+        "ImageNet_LT_train.txt, ImageNet_LT_test.txt (and ImageNet_LT_val.txt, ImageNet_LT_open.txt) from "
+        "https://github.com/zhmiao/OpenLongTailRecognition-OLTR",
+    ),
+    "inat2018": (
+        "IMAGE_ROOT:ANNOTATION_DIR",
+        "IMAGE_ROOT holds the iNaturalist 2018 images and ANNOTATION_DIR train2018.json and val2018.json, both "
+        "from https://github.com/visipedia/inat_comp/tree/master/2018",
+    ),
+    "imagefolder": ("FOLDER", "FOLDER holds train/ and test/ with one sub-folder of images per class"),
+    "parquet": ("FOLDER", "FOLDER holds train.parquet and test.parquet"),
+}
+_FIXED_IMBALANCE = ("imagenet_lt", "places_lt", "inat2018")
+
+
+def check_recipe(recipe: dict[str, Any]) -> None:
+    """Everything about a recipe that can be checked before any work: value types and ranges, that the data
+    is named, and combinations that cannot train. Raises ``RecipeError`` with the fix."""
+    check_values(recipe)
+    _check_method(recipe["method"])
+    d, s1, s2 = recipe["data"], recipe["stage1"], recipe["stage2"]
+    if d["source"] is None and d["name"] in _DATA_HELP:
+        form, where = _DATA_HELP[d["name"]]
+        raise RecipeError(f"{d['name']} needs its data: set --set data.source={form} ({where})")
+    if d["name"] in _FIXED_IMBALANCE and d["imbalance_ratio"] is not None:
+        raise RecipeError(
+            f"{d['name']}'s imbalance is fixed by its split files: remove data.imbalance_ratio "
+            f"(or set data.imbalance_ratio=null)"
+        )
+    if d["device_resident"] and d["num_workers"]:
+        raise RecipeError("data.device_resident=true needs data.num_workers=0 (workers cannot share device tensors)")
+    if s2["init"] and not (Path(str(s2["init"])).expanduser() / "model.safetensors").is_file():
+        raise RecipeError(
+            f"stage2.init={s2['init']}: no model.safetensors there; give a stage-1 checkpoint folder (RUN_DIR/stage1)"
+        )
+    file = recipe["model"]["pretrained_file"]
+    if file and not (str(file).endswith(".safetensors") and Path(str(file)).expanduser().is_file()):
+        raise RecipeError(f"model.pretrained_file={file}: expected an existing .safetensors file")
+    trains_stage2 = s2["epochs"] > 0 and stage_methods(recipe)[1].get("name") != "none"
+    if s1["epochs"] == 0 and not s2["init"]:
+        if not trains_stage2:
+            raise RecipeError("stage1.epochs=0 and no stage 2: nothing to train; set stage1.epochs >= 1")
+        if not (recipe["model"]["pretrained"] or recipe["model"]["pretrained_file"]):
+            raise RecipeError(
+                "stage1.epochs=0 would re-train the classifier on a randomly initialised backbone: set "
+                "stage1.epochs >= 1, or stage2.init=RUN_DIR/stage1 to start stage 2 from a trained stage 1"
+            )
+
+
 def list_recipes() -> list[str]:
-    """Names of the recipes shipped in ``recipes/``."""
+    """Names of the shipped recipes (``ccsam_zoo/recipes/*.yaml``, or ``$CCSAM_RECIPES``)."""
     return sorted(p.stem for p in RECIPE_DIR.glob("*.yaml"))
 
 
@@ -130,7 +422,12 @@ def _flat_keys(d: dict[str, Any], prefix: str = "") -> list[str]:
 def _unknown_key(key: str) -> RecipeError:
     close = difflib.get_close_matches(key, _flat_keys(DEFAULTS), n=1, cutoff=0.5)
     hint = f"; did you mean '{close[0]}'?" if close else ""
-    return RecipeError(f"unknown recipe key '{key}'{hint} (valid keys: see recipes/README.md)")
+    section = key.split(".")[0] if "." in key else ""
+    if isinstance(DEFAULTS.get(section), dict):
+        valid = f"keys of {section}: {', '.join(DEFAULTS[section])}"
+    else:
+        valid = f"top-level keys: {', '.join(DEFAULTS)}"
+    return RecipeError(f"unknown recipe key '{key}'{hint} ({valid})")
 
 
 def _merge(base: dict[str, Any], new: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -147,8 +444,36 @@ def _merge(base: dict[str, Any], new: dict[str, Any], prefix: str = "") -> dict[
                 raise RecipeError(f"recipe key '{key}' is a section; give '{key}.<name>=value'")
             out[k] = _merge(out[k], v, key + ".")
         else:
-            out[k] = copy.deepcopy(v)
+            out[k] = _coerce(key, copy.deepcopy(v))
     return out
+
+
+def _coerce(key: str, value: Any) -> Any:
+    """YAML 1.1 reads ``no`` as false: give the string back to keys whose choices include "no"."""
+    spec = _SPEC.get(key)
+    if spec is not None and spec[0] == "enum" and isinstance(value, bool) and not callable(spec[1]):
+        word = {False: "no", True: "yes"}[value]
+        if word in spec[1]:
+            return word
+    return value
+
+
+def _read_yaml(path: Path) -> Any:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise RecipeError(f"cannot read recipe {path}: {err}") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        context = getattr(err, "context", None)
+        raise RecipeError(
+            f"{where}: YAML syntax error: {problem}" + (f" ({context})" if context else "")
+            + "; fix the file (recipes are plain YAML mappings: key: value)"
+        ) from None
 
 
 def load_recipe(name_or_path: str | Path) -> dict[str, Any]:
@@ -163,7 +488,9 @@ def load_recipe(name_or_path: str | Path) -> dict[str, Any]:
             f"unknown recipe '{name_or_path}': not a shipped recipe nor a YAML file.{hint} "
             f"Shipped recipes: {', '.join(list_recipes())}"
         )
-    raw = yaml.safe_load(path.read_text()) or {}
+    if path.is_dir():
+        raise RecipeError(f"recipe {path} is a folder; give a YAML file or a shipped recipe name")
+    raw = _read_yaml(path) or {}
     if not isinstance(raw, dict):
         raise RecipeError(f"{path}: a recipe must be a YAML mapping")
     recipe = _merge(DEFAULTS, raw)
@@ -171,11 +498,23 @@ def load_recipe(name_or_path: str | Path) -> dict[str, Any]:
     if recipe["name"] == "custom":
         recipe["name"] = path.stem
     _check_method(recipe["method"])
+    check_values(recipe, where=f"{path}: ")
     return recipe
 
 
-def _parse_value(text: str) -> Any:
-    value = yaml.safe_load(text) if text != "" else ""
+def _parse_value(text: str, key: str | None = None) -> Any:
+    """A ``--set`` value: YAML, except that string keys keep the text as typed (``mixed_precision=no``)."""
+    spec = _SPEC.get(key or "")
+    try:
+        value = yaml.safe_load(text) if text != "" else ""
+    except yaml.YAMLError as err:
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise RecipeError(
+            f"--set {key}={text}: not a valid YAML value ({problem}); quote it or fix the brackets"
+        ) from None
+    if spec is not None and spec[0] in ("str", "enum", "source", "bool_or_str") and value is not None:
+        if not isinstance(value, (str, dict, list)) and not (spec[0] == "bool_or_str" and isinstance(value, bool)):
+            return text.strip()
     if isinstance(value, str):  # PyYAML reads 1e-2 (no dot) as a string
         try:
             return float(value)
@@ -187,6 +526,7 @@ def _parse_value(text: str) -> Any:
 def apply_overrides(recipe: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """Apply ``key.sub=value`` overrides (values parsed as YAML: 1e-2, true, [160, 180], null).
 
+    Each value is checked against the schema's type and range (``RecipeError`` naming the key and the fix).
     ``method=X`` is applied first and, when it changes the method, clears the recipe's
     ``stage1.method`` / ``stage2.method`` keys (they were written for the old method); other
     ``stage{1,2}.method.*`` overrides given alongside it still apply.
@@ -197,7 +537,8 @@ def apply_overrides(recipe: dict[str, Any], overrides: list[str]) -> dict[str, A
         if "=" not in item:
             raise RecipeError(f"override '{item}' must look like key=value, e.g. stage1.epochs=30")
         key, text = item.split("=", 1)
-        parts = key.strip().split(".")
+        key = key.strip()
+        parts = key.split(".")
         node, schema = out, DEFAULTS
         for i, part in enumerate(parts[:-1]):
             prefix = ".".join(parts[: i + 1])
@@ -214,7 +555,10 @@ def apply_overrides(recipe: dict[str, Any], overrides: list[str]) -> dict[str, A
         last = parts[-1]
         if schema is not None and last not in node:
             raise _unknown_key(key)
-        value = _parse_value(text)
+        if schema is not None and isinstance(node[last], dict) and key not in _FREE:
+            raise RecipeError(f"recipe key '{key}' is a section; give '{key}.<name>=value'")
+        value = _parse_value(text, key)
+        _check_value(key, value)
         if parts == ["method"] and value != out["method"]:
             out["stage1"]["method"], out["stage2"]["method"] = {}, {}
         node[last] = value
@@ -268,6 +612,40 @@ def resolve_recipe(recipe: dict[str, Any]) -> dict[str, Any]:
             "(the last epoch; the test split is never used for selection)"
         )
     return out
+
+
+# Keys a resumed run may change: where the data is read from, speed and bookkeeping; never the numbers.
+RESUMABLE_KEYS = (
+    "description",
+    "data.source",
+    "data.num_workers",
+    "data.device_resident",
+    "eval.batch_size",
+    "train.log_every",
+    "train.tracker",
+    "train.checkpoint_every",
+    "train.keep_checkpoints",
+)
+
+
+def recipe_differences(old: dict[str, Any], new: dict[str, Any], ignore: tuple[str, ...] = RESUMABLE_KEYS) -> list[str]:
+    """``key: old -> new`` for every key where two recipes differ once resolved (method-dependent defaults
+    filled, keys missing from an older recipe taken from the schema's defaults), except ``ignore``."""
+
+    def flat(recipe: dict[str, Any]) -> dict[str, Any]:
+        full = _merge(DEFAULTS, {k: v for k, v in recipe.items() if k in DEFAULTS})
+        try:
+            full = resolve_recipe(full)
+        except RecipeError:
+            pass
+        return _flatten(full)
+
+    a, b = flat(old), flat(new)
+    return [
+        f"{k}: {_yaml_text(a.get(k))} -> {_yaml_text(b.get(k))}"
+        for k in sorted(a.keys() | b.keys(), key=list({**a, **b}).index)
+        if a.get(k) != b.get(k) and k not in ignore
+    ]
 
 
 def save_recipe(recipe: dict[str, Any], path: Path) -> None:

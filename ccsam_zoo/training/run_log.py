@@ -4,13 +4,72 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from pathlib import Path
 from typing import Any
 
 from accelerate import Accelerator
 
-__all__ = ["RunLog"]
+__all__ = ["RunLog", "drop_records_after", "readable_metrics"]
+
+_STAGES = {"stage1": 0, "stage2": 1}
+
+
+def drop_records_after(path: Path, stage: str | None, epoch: int) -> int:
+    """Remove the epoch records of ``log.jsonl`` past ``(stage, epoch)`` (all of them when ``stage`` is None):
+    a resumed run redoes those epochs, and its curves must show each epoch once. Returns how many went."""
+    if not path.is_file():
+        return 0
+    kept, dropped = [], 0
+    limit = (_STAGES.get(stage, -1), epoch) if stage is not None else None
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:  # a line cut by a kill
+            dropped += 1
+            continue
+        if not isinstance(record, dict):
+            kept.append(line)
+            continue
+        key = (_STAGES.get(record.get("stage"), -1), record.get("epoch"))
+        if isinstance(key[1], int) and (limit is None or key > limit):
+            dropped += 1
+            continue
+        kept.append(line)
+    if dropped:
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text("".join(f"{line}\n" for line in kept))
+        os.replace(tmp, path)
+    return dropped
+
+
+def _round(value: Any, digits: int) -> Any:
+    if isinstance(value, float):
+        return round(value, digits)
+    if isinstance(value, list):
+        return [_round(v, digits) for v in value]
+    if isinstance(value, dict):
+        return {k: _round(v, digits) for k, v in value.items()}
+    return value
+
+
+def readable_metrics(metrics: dict[str, Any], class_names: list[str], digits: int = 4) -> dict[str, Any]:
+    """``metrics.json``'s content: values rounded to ``digits`` decimals and, beside each stage's ``per_class``
+    list (kept for code that reads it), ``per_class_by_name`` (class name -> accuracy %)."""
+    out = {}
+    for stage, m in metrics.items():
+        m = _round(m, digits)
+        if isinstance(m, dict) and isinstance(m.get("per_class"), list) and len(m["per_class"]) == len(class_names):
+            seen: dict[str, int] = {}
+            named = {}
+            for c, (name, acc) in enumerate(zip(class_names, m["per_class"])):
+                key = str(name) if str(name) not in seen else f"{name} ({c})"
+                seen[key] = c
+                named[key] = acc
+            m = {**m, "per_class_by_name": named}
+        out[stage] = m
+    return out
 
 
 class RunLog:

@@ -24,22 +24,39 @@ from ..ccsam import build_stage1, build_stage2
 from ..data import build_benchmark
 from ..models import FeaturesAndLogits
 from ..models.heads import unwrap
-from .checkpointing import latest_checkpoint, read_trainer_state, save_training_state
-from .config import resolve_recipe, save_recipe, stage_methods
+from .checkpointing import choose_checkpoint, save_training_state, set_aside
+from .config import (
+    RecipeError,
+    check_recipe,
+    load_recipe,
+    recipe_differences,
+    resolve_recipe,
+    save_recipe,
+    stage_methods,
+)
 from .evaluation import evaluate
-from .run_log import RunLog
+from .run_dir import check_run_dir, prepare_run_dir
+from .run_log import RunLog, drop_records_after, readable_metrics
 from .schedule import lr_at
 
 __all__ = ["train"]
 
 
-def train(recipe: dict[str, Any], output_dir: str | Path, *, resume: bool = False) -> dict[str, Any]:
+def train(
+    recipe: dict[str, Any], output_dir: str | Path, *, resume: bool = False, overwrite: bool = False
+) -> dict[str, Any]:
     """Run both stages of ``recipe`` into ``output_dir``; returns the metrics written to ``metrics.json``.
 
-    With ``resume`` the run continues from the latest complete checkpoint in ``output_dir``.
+    A new run needs a missing or empty ``output_dir``; ``overwrite`` first deletes an earlier run there.
+    With ``resume`` the run continues from the newest intact checkpoint in ``output_dir`` (a broken one is
+    set aside, and said so); its recipe must be the folder's ``recipe.yaml`` and the checkpoint's.
     """
     output_dir = Path(output_dir)
+    check_recipe(recipe)
     recipe = resolve_recipe(recipe)
+    check_run_dir(output_dir, resume=resume, overwrite=overwrite)  # reads only: nothing is written yet
+    if resume:
+        _check_same_recipe(recipe, load_recipe(output_dir / "recipe.yaml"), f"{output_dir / 'recipe.yaml'}")
     tcfg = recipe["train"]
     accelerator = Accelerator(
         mixed_precision=tcfg["mixed_precision"],
@@ -48,16 +65,42 @@ def train(recipe: dict[str, Any], output_dir: str | Path, *, resume: bool = Fals
         project_dir=str(output_dir),
     )
     set_seed(recipe["seed"])
-    log = RunLog(output_dir, accelerator)
-    state: dict[str, Any] = {"metrics": {}, "history": []}
-    checkpoint = latest_checkpoint(output_dir) if resume else None
-    if resume and checkpoint is None:
-        log.info(f"--resume: no checkpoint in {output_dir / 'checkpoints'}; starting from scratch")
-    if checkpoint is not None:
-        state = read_trainer_state(checkpoint)
-        log.info(f"resuming from {checkpoint.name}")
+    checkpoint, saved_state, broken = choose_checkpoint(output_dir) if resume else (None, None, [])
+    state: dict[str, Any] = saved_state or {"metrics": {}, "history": []}
+    if state.get("recipe") is not None:
+        _check_same_recipe(recipe, state["recipe"], f"checkpoint {checkpoint or output_dir / 'stage1'}")
+    # Data and model first: a missing dataset or a bad label leaves no run folder behind.
+    with accelerator.main_process_first():  # rank 0 decodes into the cache, the others read it
+        bench = _build_data(recipe)
+    _check_classes(bench)
+    if state.get("data_fingerprint") not in (None, bench.fingerprint):
+        raise ValueError(
+            f"--resume {output_dir}: the data differs from the checkpoint's (fingerprint {bench.fingerprint[:12]}, "
+            f"checkpoint {state['data_fingerprint'][:12]}: other files, or for image folders and split files the "
+            "same files under another path); point data.source at the data the run started with"
+        )
+    if recipe["data"]["device_resident"]:
+        _keep_on_device(bench, recipe["data"], accelerator.device)
+    model = _sync_batchnorm(_create_model(recipe["model"], bench.num_classes), recipe["model"]["sync_bn"], accelerator)
+    accelerator.wait_for_everyone()  # every process has checked the folder before the main one writes to it
     if accelerator.is_main_process:
-        output_dir.mkdir(parents=True, exist_ok=True)
+        prepare_run_dir(output_dir, overwrite=overwrite)
+    accelerator.wait_for_everyone()
+    log = RunLog(output_dir, accelerator)
+    if accelerator.is_main_process:
+        for path, problem in broken:
+            aside = set_aside(path)
+            log.info(f"checkpoint {path.name} is broken ({problem}); moved to {aside} (delete it when done)")
+        if resume:
+            drop_records_after(output_dir / "log.jsonl", state.get("stage"), state.get("epoch", -1))
+    if checkpoint is not None:
+        log.info(f"resuming from {checkpoint.name}" + (" (the previous complete checkpoint)" if broken else ""))
+    elif saved_state is not None:
+        log.info(f"resuming from the end of stage 1 ({output_dir / 'stage1'}): stage 2 starts again")
+    elif resume:
+        log.info(f"--resume: no checkpoint in {output_dir / 'checkpoints'}; starting from scratch")
+    state.update(recipe=recipe, data_fingerprint=bench.fingerprint)
+    if accelerator.is_main_process:
         save_recipe(recipe, output_dir / "recipe.yaml")
     if tcfg["tracker"]:
         accelerator.init_trackers(recipe["name"], config=_flat(recipe))
@@ -66,17 +109,12 @@ def train(recipe: dict[str, Any], output_dir: str | Path, *, resume: bool = Fals
         f"accelerate: {accelerator.num_processes} process(es), device {accelerator.device}, "
         f"mixed precision {accelerator.mixed_precision}, seed {recipe['seed']}"
     )
-    with accelerator.main_process_first():  # rank 0 decodes into the cache, the others read it
-        bench = _build_data(recipe)
     log.info(
         f"data {bench.name}: {len(bench.train)} train images, {bench.num_classes} classes, counts "
         f"{bench.class_counts[:3]}...{bench.class_counts[-3:]}, fingerprint {bench.fingerprint[:12]}"
     )
     if accelerator.is_main_process and bench.options.get("imbalance_ratio") is not None:
         _write_selection(output_dir / "train_indices.json", bench)
-    if recipe["data"]["device_resident"]:
-        _keep_on_device(bench, recipe["data"], accelerator.device)
-    model = _sync_batchnorm(_create_model(recipe["model"], bench.num_classes), recipe["model"]["sync_bn"], accelerator)
     s1_cfg, s2_cfg = stage_methods(recipe)
     ctx = _Context(recipe, output_dir, accelerator, log, bench, state)
 
@@ -94,14 +132,23 @@ def train(recipe: dict[str, Any], output_dir: str | Path, *, resume: bool = Fals
         resume_from = checkpoint if checkpoint is not None and state.get("stage") == "stage2" else None
         _run_stage(ctx, "stage2", model, s2_cfg, resume_from)
 
+    metrics = readable_metrics(state["metrics"], bench.class_names)
     if accelerator.is_main_process:
         from .plots import plot_run
 
-        (output_dir / "metrics.json").write_text(json.dumps(state["metrics"], indent=1))
-        plot_run(output_dir, state["metrics"], bench.class_counts, _read_jsonl(output_dir / "log.jsonl"))
+        (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")
+        plot_run(
+            output_dir,
+            metrics,
+            bench.class_counts,
+            _read_jsonl(output_dir / "log.jsonl"),
+            class_names=bench.class_names,
+            shot_groups=bench.shot_groups,
+            title=f"{recipe['name']}, method={recipe['method']}",
+        )
     accelerator.wait_for_everyone()
     accelerator.end_training()
-    return state["metrics"]
+    return metrics
 
 
 class _Context:
@@ -289,6 +336,33 @@ def _prototypes_and_threshold(ctx: _Context, net) -> tuple[torch.Tensor | None, 
 
 
 # ---------------------------------------------------------------------------------------------- helpers
+
+
+def _check_same_recipe(recipe: dict[str, Any], other: dict[str, Any], where: str) -> None:
+    """A resumed run keeps its recipe: refuse one that differs from ``other`` (recipe.yaml, a checkpoint's)."""
+    diffs = recipe_differences(other, recipe)
+    if diffs:
+        shown = "; ".join(diffs[:4]) + (f"; ... ({len(diffs)} keys)" if len(diffs) > 4 else "")
+        raise RecipeError(
+            f"--resume: the recipe differs from {where} ({shown}): a resumed run keeps its recipe; to change it "
+            "start a new run (another --output-dir, or --overwrite)"
+        )
+
+
+def _check_classes(bench) -> None:
+    """Every class needs test images: per-class and many/medium/few accuracy are computed on them."""
+    labels = bench.test.labels
+    counts = torch.bincount(labels[labels >= 0], minlength=bench.num_classes).tolist()
+    missing = [c for c in range(bench.num_classes) if counts[c] == 0]
+    if missing:
+        shown = ", ".join(
+            f"{c} ({bench.class_names[c]!r}, {bench.class_counts[c]} training images)" for c in missing[:5]
+        )
+        raise ValueError(
+            f"{bench.name}: no test images for class(es) {shown}" + (" ..." if len(missing) > 5 else "")
+            + f": per-class and many/medium/few accuracy need test images of all {bench.num_classes} classes; "
+            "check the training labels (a label outside the test split's classes) or the test split"
+        )
 
 
 def _build_data(recipe: dict[str, Any]):
