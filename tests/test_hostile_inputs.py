@@ -415,6 +415,7 @@ def test_hf_token_not_leaked_by_a_failed_push_from_the_training_command(tmp_path
 
     sentinel = "hf_SENTINELtokenDoNotLeak9876543210"
     monkeypatch.setenv("HF_TOKEN", sentinel)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)  # past the CLI's offline check; the push itself is refused
 
     def fake_train(recipe, output_dir, **kwargs):
         shutil.copytree(SHIPPED, Path(output_dir) / "stage2")

@@ -37,7 +37,7 @@ from ccsam_zoo.cli import main
 with contextlib.redirect_stdout(io.StringIO()):
     assert main(["--version"]) == 0 and main(["--help"]) == 0 and main(["list"]) == 0
 assert "torch" not in sys.modules, "ccsam-zoo --version / --help / list imported torch"
-print(ccsam_zoo.data.long_tailed_counts(10, 5000, 100), ccsam_zoo.metrics.shot_groups([500, 50, 5]))
+print(ccsam_zoo.data.long_tailed_counts(10, 5000, 100), ccsam_zoo.data.shot_groups([500, 50, 5]))
 print(sorted(set(ccsam_zoo.SUBPACKAGES) - set(dir(ccsam_zoo))), "torch" in sys.modules)
 """
     out = _python(code)
