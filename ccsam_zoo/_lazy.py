@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-__all__ = ["lazy_module"]
+__all__ = ["lazy_module", "lazy_attributes"]
 
 
 class _LazyModule:
@@ -31,3 +31,15 @@ def lazy_module(name: str) -> Any:
     import sys
 
     return sys.modules.get(name) or _LazyModule(name)
+
+
+def lazy_attributes(package: str, table: dict[str, str]) -> Any:
+    """A module ``__getattr__`` (PEP 562) for ``package``: attribute ``name`` comes from the submodule
+    ``table[name]`` (relative to ``package``), imported on first use."""
+
+    def __getattr__(name: str) -> Any:
+        if name in table:
+            return getattr(importlib.import_module(f"{package}.{table[name]}"), name)
+        raise AttributeError(f"module {package!r} has no attribute {name!r}")
+
+    return __getattr__

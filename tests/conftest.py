@@ -44,3 +44,25 @@ def _isolated_caches(tmp_path_factory, monkeypatch):
     cache = tmp_path_factory.getbasetemp() / "cache"
     monkeypatch.setenv("CCSAM_CACHE", str(cache))
     monkeypatch.setenv("HF_DATASETS_CACHE", str(cache / "datasets"))
+
+
+@pytest.fixture
+def one_thread():
+    """One torch thread for the test (float-exact comparisons, no oversubscription); restored after."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture
+def fresh_accelerate_state():
+    """Every test gets its own Accelerator settings (Accelerate keeps them in process-wide singletons)."""
+    from accelerate.state import AcceleratorState, PartialState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    PartialState._reset_state()
+    yield
+    AcceleratorState._reset_state(reset_partial_state=True)

@@ -18,12 +18,7 @@ from ccsam_zoo.models import FeaturesAndLogits
 COUNTS = [1000, 300, 80, 20, 5]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _net(seed=0, head="linear"):

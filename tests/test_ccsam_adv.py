@@ -18,12 +18,7 @@ from ccsam_zoo.models import FeaturesAndLogits
 COUNTS = [500, 120, 40, 9, 2]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _frozen_net(seed=0):

@@ -18,12 +18,7 @@ from ccsam_zoo.models import FeaturesAndLogits
 COUNTS = [400, 120, 40, 9, 1]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _net(seed=0, dtype=torch.float64, norm="batchnorm"):

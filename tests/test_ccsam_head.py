@@ -12,13 +12,7 @@ from ccsam_zoo.ccsam import perturbed_head_logits
 from ccsam_zoo.ccsam.head import head_perturbation
 from ccsam_zoo.ccsam.perturbation import characteristic_radius, class_factors
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _class_loss(z, y, W, b, targets, adj):

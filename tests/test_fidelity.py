@@ -25,12 +25,7 @@ from ccsam_zoo.training.schedule import lr_at
 COUNTS = [500, 150, 45, 12, 3]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ------------------------------------------------------------------------------------------ schedule

@@ -34,15 +34,7 @@ from ccsam_zoo.training.run_dir import RunDirError, check_run_dir, prepare_run_d
 from ccsam_zoo.training.run_log import drop_records_after
 from tests.conftest import REPO
 
-
-@pytest.fixture(autouse=True)
-def _fresh_accelerate_state():
-    from accelerate.state import AcceleratorState, PartialState
-
-    AcceleratorState._reset_state(reset_partial_state=True)
-    PartialState._reset_state()
-    yield
-    AcceleratorState._reset_state(reset_partial_state=True)
+pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")
 
 
 def _error(capsys, argv: list[str], code: int = 1) -> str:

@@ -30,14 +30,7 @@ def cifar_slice(cifar10_dir, tmp_path_factory) -> Path:
     return write_cifar10_slice(cifar10_dir, tmp_path_factory.mktemp("cifar10_slice"), 120, 30)
 
 
-@pytest.fixture(autouse=True)
-def _fresh_accelerate_state():
-    from accelerate.state import AcceleratorState, PartialState
-
-    AcceleratorState._reset_state(reset_partial_state=True)
-    PartialState._reset_state()
-    yield
-    AcceleratorState._reset_state(reset_partial_state=True)
+pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")
 
 
 def _run(args: list[str], env: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:

@@ -11,8 +11,7 @@
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from .._lazy import lazy_attributes
 
 # Loaded on first use (``ccsam-zoo list`` needs the registry only, not torch).
 _LAZY = {
@@ -35,8 +34,4 @@ __all__ = [
     "save_pretrained",
 ]
 
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_attributes(__name__, _LAZY)
