@@ -210,3 +210,14 @@ def test_sync_bn_converts_only_for_several_cuda_processes():
     assert synced.state_dict().keys() == model.state_dict().keys()  # saved checkpoints are unchanged
     with pytest.raises(ValueError, match="model.sync_bn=true needs CUDA"):
         _sync_batchnorm(model, True, SimpleNamespace(num_processes=2, device=torch.device("cpu")))
+
+
+def test_method_keys_are_checked_before_any_work():
+    from ccsam_zoo.training.config import check_recipe
+
+    recipe = apply_overrides(load_recipe("quickstart"), ["stage1.method.scal=0.1"])
+    with pytest.raises(RecipeError, match=r"stage1.method: ccsam: unknown cfg key 'scal'; did you mean 'scale'"):
+        check_recipe(recipe)
+    recipe = apply_overrides(load_recipe("quickstart"), ["stage2.method.adv_norm=global"])
+    with pytest.raises(RecipeError, match=r"stage2.method: ccsam_adv: adv_norm must be one of"):
+        check_recipe(recipe)

@@ -375,6 +375,7 @@ def check_recipe(recipe: dict[str, Any]) -> None:
     is named, and combinations that cannot train. Raises ``RecipeError`` with the fix."""
     check_values(recipe)
     _check_method(recipe["method"])
+    _check_stage_methods(recipe)
     d, s1, s2 = recipe["data"], recipe["stage1"], recipe["stage2"]
     if d["source"] is None and d["name"] in _DATA_HELP:
         form, where = _DATA_HELP[d["name"]]
@@ -571,6 +572,18 @@ def _check_method(method: str) -> None:
         close = difflib.get_close_matches(str(method), list(METHODS), n=1)
         hint = f" Did you mean '{close[0]}'?" if close else ""
         raise RecipeError(f"unknown method '{method}'.{hint} Valid methods: {', '.join(METHODS)}")
+
+
+def _check_stage_methods(recipe: dict[str, Any]) -> None:
+    """``stage1.method.*`` / ``stage2.method.*`` keys and values, checked by the method tables (no torch)."""
+    from ..ccsam.presets import _STAGE1, _STAGE2, resolve_method
+
+    for (table, stage), cfg in zip(((_STAGE1, "stage-1"), (_STAGE2, "stage-2")), stage_methods(recipe)):
+        try:
+            resolve_method(table, stage, cfg, None)
+        except ValueError as err:
+            key = "stage1.method" if stage == "stage-1" else "stage2.method"
+            raise RecipeError(f"{key}: {err}") from None
 
 
 def stage_methods(recipe: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
