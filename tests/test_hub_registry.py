@@ -160,7 +160,7 @@ def test_bundled_cpu_model_not_available():
         from_pretrained("ccsam-cifar10-lt-cpu")
     msg = str(err.value)
     assert "not available" in msg and "ccsam-cifar10-lt-cpu" in msg
-    assert "accelerate launch recipes/train.py --recipe cifar10_lt_cpu" in msg
+    assert "ccsam-zoo train --recipe cifar10_lt_cpu" in msg
 
 
 def test_uncached_hub_alias_says_where_it_looked(_isolated):

@@ -221,7 +221,7 @@ def _stage_request(name: str, revision: str | None) -> tuple[str, str | None]:
 def _train_hint(recipe: str | None) -> str:
     recipe = recipe or "RECIPE"
     return (
-        f"train it with `accelerate launch recipes/train.py --recipe {recipe}` and pass the run's stage2/ "
+        f"train it with `ccsam-zoo train --recipe {recipe}` and pass the run's stage2/ "
         "folder (or the run folder) to from_pretrained, or pass any checkpoint folder"
     )
 
@@ -267,7 +267,7 @@ def _unpublished(entry: _Entry, name: str, revision: str) -> Path:
     shipped = sorted(a for a, e in _REGISTRY.items() if e.shipped)
     raise CheckpointError(
         f"model {name!r} is not published yet: nothing has been uploaded to {entry.repo_id} and it is not in the "
-        f"local cache. Train it with `accelerate launch recipes/train.py --recipe {entry.recipe}`"
+        f"local cache. Train it with `ccsam-zoo train --recipe {entry.recipe}`"
         f"{f' ({what})' if what else ''} and pass the run folder to from_pretrained"
         + (f"; ready to use now: {', '.join(shipped)}" if shipped else "")
     )
@@ -322,7 +322,7 @@ def resolve_checkpoint(name_or_path: str | os.PathLike, revision: str | None = N
         if entry.shipped and stage1 and entry.local_dir.exists():
             raise CheckpointError(
                 f"model {name!r} is not available: the package ships stage 2 of {base!r} only; use {base!r}, or "
-                f"train it with `accelerate launch recipes/train.py --recipe {entry.recipe}` and load the run "
+                f"train it with `ccsam-zoo train --recipe {entry.recipe}` and load the run "
                 "folder with revision='stage1'"
             )
         what = "This bundled model is missing from this installation" if entry.shipped else "The folder is gone"
