@@ -41,7 +41,7 @@ def test_gpu_script_dry_run_on_cpu(cifar10_dir, tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:] + proc.stdout[-2000:]
     result = json.loads((out / "gpu_results.json").read_text())
     assert json.loads(proc.stdout) == result
-    assert set(result["runs"]) == {"ccsam", "ce"} and result["device"].startswith("cpu")
+    assert set(result["runs"]) == {"ce", "mixup_crt", "ccsam", "ccsam_rec"} and result["device"].startswith("cpu")
     assert "data.device_resident=true" in result["overrides"] and "model.channels_last=true" in result["overrides"]
     for method, run in result["runs"].items():
         metrics = json.loads((out / method / "metrics.json").read_text())
