@@ -446,6 +446,17 @@ def _check_extras(extras: dict[str, Any], path: Path) -> None:
     threshold = open_set.get("threshold")
     if threshold is not None and not _is_number(threshold):
         raise bad("open_set.threshold", "a finite number (NaN / inf would reject or accept every image) or null")
+    thresholds = open_set.get("thresholds")
+    if thresholds is not None and not (
+        isinstance(thresholds, dict) and all(k in SCORES and _is_number(v) for k, v in thresholds.items())
+    ):
+        raise bad("open_set.thresholds", "{score name: finite number} or null")
+    per_class = open_set.get("class_thresholds")
+    if per_class is not None and not (isinstance(per_class, list) and all(_is_number(v) for v in per_class)):
+        raise bad("open_set.class_thresholds", "a list of finite numbers (one per class) or null")
+    for key in ("tpr", "min_per_class"):
+        if open_set.get(key) is not None and not _is_number(open_set[key]):
+            raise bad(f"open_set.{key}", "a finite number or null")
 
 
 def _get(data: dict[str, Any], dotted: str) -> Any:

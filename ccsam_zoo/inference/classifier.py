@@ -273,6 +273,11 @@ class Classifier(nn.Module):
             stored = cal.get("threshold")
         if stored is not None:
             per_class = cal.get("class_thresholds") if cal.get("score") == score else None
+            if per_class and len(per_class) != self.num_classes:
+                raise ValueError(
+                    f"open_set.class_thresholds has {len(per_class)} entries for {self.num_classes} classes: "
+                    "calibrate again with clf.calibrate(held_out_known_images, per_class=True)"
+                )
             return score, _finite_threshold(stored), [float(t) for t in per_class] if per_class else None
         if score == "msp":
             return score, OLTR_MSP_THRESHOLD, None
