@@ -27,6 +27,8 @@ from pathlib import Path
 
 import psutil
 
+from ccsam_zoo.training.run_log import stage_seconds
+
 REPO = Path(__file__).resolve().parents[1]
 
 # name -> --set overrides on top of the recipe (paper Table 2 ablations: ccsam_dir, ccsam_mag; the s sweep:
@@ -130,6 +132,8 @@ def report(out: Path) -> dict:
         name, seed = folder.name.rsplit("-s", 1)
         metrics = json.loads((folder / "metrics.json").read_text())
         timing = json.loads((folder / "timing.json").read_text()) if (folder / "timing.json").exists() else {}
+        stages, _ = stage_seconds(folder)  # summed epoch times: right across --resume, unlike the wall time
+        timing = {**timing, "train_s": {k: round(v, 1) for k, v in stages.items()}}
         runs.setdefault(name, {})[seed] = {"metrics": metrics, "timing": timing}
     summary = {}
     for name, by_seed in runs.items():
@@ -147,6 +151,8 @@ def report(out: Path) -> dict:
         walls = [t["wall_s"] for t in fresh if "wall_s" in t]
         peaks = [r["timing"]["peak_rss_mb"] for r in by_seed.values() if "peak_rss_mb" in r["timing"]]
         row["wall_s"] = _mean_std(walls) if walls else None
+        trains = [sum(r["timing"]["train_s"].values()) for r in by_seed.values() if r["timing"]["train_s"]]
+        row["train_s"] = _mean_std(trains) if trains else None
         row["peak_rss_mb"] = max(peaks) if peaks else None
         row["seeds"] = sorted(by_seed)
         summary[name] = row
@@ -165,16 +171,19 @@ def _fmt(cell: dict | None) -> str:
 
 def _markdown(summary: dict, runs: dict) -> str:
     lines = [
-        "| Method | Seeds | Stage-1 top-1 | Stage-2 top-1 | Many | Medium | Few | Wall (min) | Peak RSS (MB) |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| Method | Seeds | Stage-1 top-1 | Many | Medium | Stage-2 top-1 | Many | Medium | Few | Train (min) "
+        "| Wall (min) | Peak RSS (MB) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, row in summary.items():
         wall = f"{row['wall_s']['mean'] / 60:.1f}" if row["wall_s"] else "–"
+        train = f"{row['train_s']['mean'] / 60:.1f}" if row.get("train_s") else "–"
         peak = f"{row['peak_rss_mb']:.0f}" if row["peak_rss_mb"] else "–"
         lines.append(
-            f"| {name} | {len(row['seeds'])} | {_fmt(row.get('stage1.top1'))} | {_fmt(row.get('stage2.top1'))} | "
+            f"| {name} | {len(row['seeds'])} | {_fmt(row.get('stage1.top1'))} | {_fmt(row.get('stage1.many'))} | "
+            f"{_fmt(row.get('stage1.medium'))} | {_fmt(row.get('stage2.top1'))} | "
             f"{_fmt(row.get('stage2.many'))} | {_fmt(row.get('stage2.medium'))} | {_fmt(row.get('stage2.few'))} | "
-            f"{wall} | {peak} |"
+            f"{train} | {wall} | {peak} |"
         )
     lines += ["", "Per-class stage-2 accuracy (%), mean over the seeds of each method:", ""]
     lines += ["| Method | " + " | ".join(str(c) for c in range(10)) + " |", "|---|" + "---|" * 10]

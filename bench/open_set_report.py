@@ -1,13 +1,16 @@
 """Open-set report of a checkpoint: every score on a selection and a report set, near and far OOD. Prints JSON.
 
     python bench/open_set_report.py [--model ccsam-cifar10-lt-cpu] [--fit] [--write-stats] [--markdown]
+        [--heldout-per-class 100]
         [--plot docs/figures/open_set_histograms.png] [--output report.json]
 
 Protocol (nothing used to choose or calibrate is reported on):
 
 - the model's own training split is rebuilt from its recipe (same rows: the data fingerprint must match) and,
   with ``--fit`` or when the checkpoint has none, the statistics are fitted on it (``Classifier.fit_open_set``);
-- every score's threshold keeps 95% of the KNOWN VALIDATION images (the recipe's held-out split);
+- every score's threshold keeps 95% of the KNOWN VALIDATION images (the recipe's held-out split; for a recipe
+  without one, ``--heldout-per-class N``: up to N seeded images per class of the base training split that the
+  model's subset left out, never test images);
 - the ``tinyimagenet_ood`` images are split by a fixed seeded permutation (``--split-seed``) into a SELECTION half
   and a REPORT half; generated far-OOD images (uniform noise, Gaussian noise, constant colours, blurred
   Tiny-ImageNet images, 64 px uniform noise resized by the eval transform; ``--far-n`` of each) come in a
@@ -37,9 +40,10 @@ from typing import Any
 import torch
 
 import ccsam_zoo
-from ccsam_zoo.data import build_benchmark
+from ccsam_zoo.data import build_benchmark, shot_groups
+from ccsam_zoo.data.tensor_data import TensorSplit
 from ccsam_zoo.inference import DEFAULT_SCORE, Classifier, class_thresholds_at_tpr, threshold_at_tpr
-from ccsam_zoo.metrics import load_metric, shot_groups
+from ccsam_zoo.metrics import load_metric
 
 FAR_KINDS = ("uniform", "gaussian", "constant", "blurred", "uniform_64px")
 REQUIRED_FAR = ("uniform", "constant")  # the selection rule: >= 99% of these rejected
@@ -67,7 +71,29 @@ def far_ood(kind: str, n: int, seed: int, natural: torch.Tensor, size: int = 32)
     return gaussian_blur(pick, kernel_size=[15, 15], sigma=[3.0, 3.0]).round().clamp(0, 255).to(torch.uint8)
 
 
-def _rebuild_benchmark(clf: Classifier, data_source: str | None, open_source: str):
+def _heldout(bench, name: str, source: str, kwargs: dict[str, Any], per_class: int, seed: int = 0) -> TensorSplit:
+    """Up to ``per_class`` images per class of the base training split that the model's subset left out.
+
+    For a recipe without a validation split (the paper protocol: ``data.val_per_class = 0``) these images were
+    never trained on and are not test images; a class whose every image is in the subset (CIFAR-10-LT's head
+    class at IR 100) has none.
+    """
+    keep = {k: v for k, v in kwargs.items() if k in ("shot_thresholds", "shot_rule")}
+    full = build_benchmark(name, source, 1.0, selection="first", **keep)  # every training image, in file order
+    if not isinstance(full.train, TensorSplit):
+        raise SystemExit("--heldout-per-class needs a small-image benchmark (CIFAR); pass a recipe with a val split")
+    used = torch.zeros(len(full.train), dtype=torch.bool)
+    used[bench.train_indices] = True
+    g = torch.Generator().manual_seed(seed)
+    picks = []
+    for c in range(bench.num_classes):
+        rows = torch.nonzero((full.train.labels == c) & ~used).flatten()
+        picks.append(rows[torch.randperm(len(rows), generator=g)[:per_class]])
+    rows = torch.sort(torch.cat(picks)).values
+    return TensorSplit(full.train.images[rows], full.train.labels[rows])
+
+
+def _rebuild_benchmark(clf: Classifier, data_source: str | None, open_source: str, heldout_per_class: int = 0):
     recipe = clf.meta.get("recipe") or {}
     d = recipe.get("data") or {}
     source = data_source or d.get("source")
@@ -88,7 +114,12 @@ def _rebuild_benchmark(clf: Classifier, data_source: str | None, open_source: st
             f"{want[:12]}: pass the model's data copy with --data-source"
         )
     if bench.val is None:
-        raise SystemExit("the model's recipe has no validation split (data.val_per_class = 0): nothing to calibrate on")
+        if not heldout_per_class:
+            raise SystemExit(
+                "the model's recipe has no validation split (data.val_per_class = 0): pass --heldout-per-class N "
+                "to calibrate on training images the model never saw"
+            )
+        bench.val = _heldout(bench, d.get("name", "cifar10_lt"), source, kwargs, heldout_per_class)
     with_open = build_benchmark(d.get("name", "cifar10_lt"), source, d.get("imbalance_ratio"), open_source=open_source,
                                 **kwargs)  # fmt: skip
     return bench, with_open.open
@@ -117,9 +148,9 @@ def _prior_corrected(clf: Classifier, counts: list[int]) -> Classifier | None:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     clf = ccsam_zoo.from_pretrained(args.model)
-    bench, open_split = _rebuild_benchmark(clf, args.data_source, args.open_data)
+    bench, open_split = _rebuild_benchmark(clf, args.data_source, args.open_data, args.heldout_per_class)
     counts = clf.class_counts or bench.class_counts
-    groups = shot_groups(counts, *bench.shot_thresholds, bench.shot_rule)
+    groups = shot_groups(counts, bench.shot_thresholds, bench.shot_rule)
     recipe_seed = int((clf.meta.get("recipe") or {}).get("seed", 0))
     if args.fit or clf.open_set_stats is None:
         clf.fit_open_set(bench.train, batch_size=args.batch_size, seed=recipe_seed)
@@ -199,8 +230,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     plain = {n: r for n, r in rows.items() if r["thresholds"] == "global" and n in scores}
     pool = {n: r for n, r in plain.items() if eligible(r)} or plain
     default = max(pool, key=lambda n: pool[n]["select"]["auroc"])
+    calibration = f"{len(bench.val)} known validation images" + (
+        " (training images outside the model's subset, at most "
+        f"{args.heldout_per_class} per class: {torch.bincount(bench.val.labels, minlength=bench.num_classes).tolist()})"
+        if bench.val_indices is None else ""
+    )  # fmt: skip
     if args.write_stats:
-        _write(clf, stats, {n: plain[n]["threshold"] for n in plain}, default, args.tpr)
+        _write(clf, stats, {n: plain[n]["threshold"] for n in plain}, default, args.tpr, calibration)
     if args.plot:
         from ccsam_zoo.inference import plot_score_histograms
 
@@ -212,7 +248,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "data_fingerprint": bench.fingerprint,
         "protocol": {
             "tpr": args.tpr,
-            "calibration": f"{len(bench.val)} known validation images",
+            "calibration": calibration,
             "selection": f"{len(bench.val)} validation + {half} tinyimagenet_ood (split seed {args.split_seed}) + "
             f"{args.far_n} of each far-OOD kind (seed {args.far_seed_select})",
             "report": f"{len(bench.test)} CIFAR-10 test + {len(perm) - half} tinyimagenet_ood + {args.far_n} of each "
@@ -230,13 +266,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def _write(clf: Classifier, stats, thresholds: dict[str, float], default: str, tpr: float) -> None:
+def _write(clf: Classifier, stats, thresholds: dict[str, float], default: str, tpr: float, calibration: str) -> None:
     from ccsam_zoo.hub.checkpoint import EXTRAS_NAME, write_open_set_stats
 
     folder = Path(clf.meta["path"])
     entry = write_open_set_stats(folder, stats)
     extras = json.loads((folder / EXTRAS_NAME).read_text(encoding="utf-8"))
-    extras["open_set"] = {"score": default, "threshold": thresholds[default], "tpr": tpr, "thresholds": thresholds}
+    extras["open_set"] = {"score": default, "threshold": thresholds[default], "tpr": tpr, "thresholds": thresholds,
+                          "calibration": calibration}  # fmt: skip
     extras["open_set_stats"] = entry
     (folder / EXTRAS_NAME).write_text(json.dumps(extras, indent=2) + "\n", encoding="utf-8")
 
@@ -285,7 +322,7 @@ def markdown(rep: dict[str, Any]) -> str:
     return "\n".join(out + table(head, rows))
 
 
-def main() -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     data = Path(os.environ.get("CCSAM_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--model", default="ccsam-cifar10-lt-cpu")
@@ -294,6 +331,12 @@ def main() -> None:
     p.add_argument("--fit", action="store_true", help="re-fit the statistics on the training split")
     p.add_argument("--write-stats", action="store_true", help="store statistics + thresholds in the model folder")
     p.add_argument("--tpr", type=float, default=0.95)
+    p.add_argument(
+        "--heldout-per-class",
+        type=int,
+        default=0,
+        help="recipes without a val split: calibrate on up to N unused training images per class",
+    )
     p.add_argument("--min-per-class", type=int, default=10, help="class-conditional thresholds: images per class")
     p.add_argument("--split-seed", type=int, default=0)
     p.add_argument("--far-seed-select", type=int, default=1)
@@ -304,7 +347,11 @@ def main() -> None:
     p.add_argument("--plot", default=None, help="PNG of the report-half score histograms")
     p.add_argument("--markdown", action="store_true", help="also print the RESULTS.md table (stderr)")
     p.add_argument("--output", default=None, help="also write the JSON here")
-    args = p.parse_args()
+    return p.parse_args(argv)
+
+
+def main() -> None:
+    args = parse_args()
     torch.manual_seed(0)
     rep = run(args)
     text = json.dumps(rep, indent=1, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o))

@@ -18,6 +18,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from ..training.run_log import stage_seconds
+
 __all__ = ["render_model_card", "paper_result_for", "plot_per_class_accuracy", "TEMPLATE_PATH", "default_repo_id"]
 
 NOTES_BEGIN = "<!-- ccsam_zoo:notes -->"
@@ -374,8 +376,13 @@ def _shipped_alias(location: Path) -> str | None:
     except OSError:
         return None
     for alias, entry in _REGISTRY.items():
-        if entry.shipped and entry.local_dir is not None and entry.local_dir.resolve() == here:
+        if not entry.shipped or entry.local_dir is None:
+            continue
+        root = entry.local_dir.resolve()
+        if here in (root, root / "stage2"):
             return alias
+        if here == root / "stage1":
+            return f"{alias}:stage1"
     return None
 
 
@@ -400,34 +407,6 @@ def _minutes(seconds: float | None) -> str | None:
     if seconds is None or not math.isfinite(seconds) or seconds < 0:
         return None
     return f"{seconds / 60:.1f} min" if seconds >= 60 else f"{seconds:.0f} s"
-
-
-def _epoch_times(run: Path) -> tuple[dict[str, float], float | None]:
-    """Per stage: summed epoch seconds from ``log.jsonl``; and the wall time its epochs span."""
-    records: dict[tuple[str, int], dict[str, Any]] = {}
-    try:
-        lines = (run / "log.jsonl").read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError):
-        return {}, None
-    for line in lines:
-        try:
-            rec = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(rec, dict) and isinstance(rec.get("stage"), str) and isinstance(rec.get("epoch"), int):
-            records[(rec["stage"], rec["epoch"])] = rec  # an epoch redone after a resume: the last record counts
-    stages: dict[str, float] = {}
-    starts, ends = [], []
-    for (stage, _), rec in sorted(records.items()):
-        seconds, t = rec.get("seconds"), rec.get("time")
-        if not isinstance(seconds, (int, float)) or isinstance(seconds, bool):
-            continue
-        stages[stage] = stages.get(stage, 0.0) + float(seconds)
-        if isinstance(t, (int, float)) and not isinstance(t, bool):
-            starts.append(float(t) - float(seconds))
-            ends.append(float(t))
-    wall = max(ends) - min(starts) if starts else None
-    return stages, wall
 
 
 def _hardware(run: Path) -> str | None:
@@ -514,7 +493,7 @@ def _training_context(location: Path, extras: dict[str, Any], local: bool) -> di
     recipe = _run_recipe(run, extras)
     run_metrics = _read_json_quietly(run / "metrics.json") if run else None
     run_metrics = run_metrics if isinstance(run_metrics, dict) else {}
-    times, wall = _epoch_times(run) if run else ({}, None)
+    times, wall = stage_seconds(run) if run else ({}, None)
     labels = stage_method_labels({**extras, "recipe": recipe})
     this = extras.get("stage")
     rows = []

@@ -7,11 +7,12 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from accelerate import Accelerator
+if TYPE_CHECKING:
+    from accelerate import Accelerator
 
-__all__ = ["RunLog", "drop_records_after", "readable_metrics"]
+__all__ = ["RunLog", "drop_records_after", "readable_metrics", "stage_seconds"]
 
 _STAGES = {"stage1": 0, "stage2": 1}
 
@@ -42,6 +43,34 @@ def drop_records_after(path: Path, stage: str | None, epoch: int) -> int:
         tmp.write_text("".join(f"{line}\n" for line in kept))
         os.replace(tmp, path)
     return dropped
+
+
+def stage_seconds(run: Path) -> tuple[dict[str, float], float | None]:
+    """Per stage: summed epoch seconds from ``log.jsonl``; and the wall time its epochs span."""
+    records: dict[tuple[str, int], dict[str, Any]] = {}
+    try:
+        lines = (run / "log.jsonl").read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError):
+        return {}, None
+    for line in lines:
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(rec, dict) and isinstance(rec.get("stage"), str) and isinstance(rec.get("epoch"), int):
+            records[(rec["stage"], rec["epoch"])] = rec  # an epoch redone after a resume: the last record counts
+    stages: dict[str, float] = {}
+    starts, ends = [], []
+    for (stage, _), rec in sorted(records.items()):
+        seconds, t = rec.get("seconds"), rec.get("time")
+        if not isinstance(seconds, (int, float)) or isinstance(seconds, bool):
+            continue
+        stages[stage] = stages.get(stage, 0.0) + float(seconds)
+        if isinstance(t, (int, float)) and not isinstance(t, bool):
+            starts.append(float(t) - float(seconds))
+            ends.append(float(t))
+    wall = max(ends) - min(starts) if starts else None
+    return stages, wall
 
 
 def _round(value: Any, digits: int) -> Any:
