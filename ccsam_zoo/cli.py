@@ -344,9 +344,9 @@ def _cmd_list(args: argparse.Namespace) -> int:
     print(
         _table(
             [[r["alias"], r.get("status") or ("yes" if r["available_locally"] else "no"),
-              r.get("architecture") or "-", r["dataset"] or "-", r.get("recipe") or "-",
+              r.get("architecture") or "-", r["dataset"] or "-", r.get("recipe") or "-", r.get("method") or "-",
               f"{r['repo_id']}@{r['revision']}" if r["repo_id"] else "-"] for r in rows],
-            ["alias", "status", "architecture", "dataset", "recipe", "Hub repo"],
+            ["alias", "status", "architecture", "dataset", "recipe", "method", "Hub repo"],
         )
     )  # fmt: skip
     print(f"\n{_STATUS_HELP}")

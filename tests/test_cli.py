@@ -355,7 +355,9 @@ def test_list_says_what_is_shipped_and_what_is_not_published(capsys):
     rc, out, _ = _run(capsys, "list")
     lines = out.splitlines()
     assert rc == 0 and lines[0].split()[:2] == ["alias", "status"]
-    assert lines[2].split()[:2] == ["ccsam-cifar10-lt-cpu", "shipped"]  # what works now comes first
+    assert lines[2].split()[:2] == ["ccsam-cifar10-lt", "shipped"]  # what works now comes first
+    assert next(ln for ln in lines if ln.startswith("ce-crt-cifar10-lt ")).split()[2:6] == [
+        "resnet32_cifar", "cifar10_lt", "cifar10_lt", "ce"]  # fmt: skip
     row = next(ln for ln in lines if ln.startswith("ccsam-imagenet-lt "))
     assert "not published" in row and "resnext50_32x4d" in row and "imagenet_lt" in row
     assert "not published: nothing uploaded under this name yet" in out

@@ -59,11 +59,10 @@ def _isolated(tmp_path, monkeypatch):
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
-    # the bundled CPU model may be added to the package later: point its alias at an empty place for the tests
-    cpu = registry._REGISTRY["ccsam-cifar10-lt-cpu"]
-    registry._REGISTRY["ccsam-cifar10-lt-cpu"] = dataclasses.replace(
-        cpu, local_dir=tmp_path / "assets" / "ccsam-cifar10-lt-cpu"
-    )
+    # the models shipped in the package: their aliases point at an empty place unless a test restores them
+    for alias, entry in list(registry._REGISTRY.items()):
+        if entry.shipped:
+            registry._REGISTRY[alias] = dataclasses.replace(entry, local_dir=tmp_path / "assets" / alias)
     return cache
 
 
@@ -97,9 +96,9 @@ def add_to_cache(cache: Path, repo_id: str, branches: dict[str, Path]) -> None:
 
 def test_builtin_aliases():
     rows = {r.alias: r for r in list_pretrained()}
-    assert rows["ccsam-cifar10-lt"].repo_id == "ccsam-zoo/ccsam-cifar10-lt-ir100-resnet32"
-    assert rows["ccsam-cifar10-lt"].revision == "main"
-    assert rows["ccsam-cifar10-lt:stage1"].revision == "stage1"
+    assert rows["ccsam-cifar100-lt"].repo_id == "ccsam-zoo/ccsam-cifar100-lt-ir100-resnet32"
+    assert rows["ccsam-cifar100-lt"].revision == "main"
+    assert rows["ccsam-cifar100-lt:stage1"].revision == "stage1"
     for alias, dataset in [("ccsam-cifar100-lt", "cifar100_lt"), ("ccsam-imagenet-lt", "imagenet_lt"),
                            ("ccsam-places-lt", "places_lt"), ("ccsam-inat2018", "inat2018")]:
         assert rows[alias].repo_id.startswith("ccsam-zoo/") and rows[alias].dataset == dataset
@@ -109,14 +108,59 @@ def test_builtin_aliases():
 
 
 def test_builtin_statuses_are_honest():
-    """Nothing was ever uploaded under the reserved Hub names: they say so; the shipped model says shipped."""
-    registry._REGISTRY["ccsam-cifar10-lt-cpu"] = registry._builtin_entries()["ccsam-cifar10-lt-cpu"]
+    """Nothing was ever uploaded under the reserved Hub names: they say so; the shipped models say shipped."""
     rows = {r.alias: r for r in list_pretrained()}
-    for alias in ("ccsam-cifar10-lt", "ccsam-cifar100-lt", "ccsam-imagenet-lt", "ccsam-places-lt", "ccsam-inat2018"):
+    assert rows["ccsam-cifar10-lt"].status == "missing"  # its shipped folder is hidden by the fixture
+    registry._REGISTRY.update({a: e for a, e in registry._builtin_entries().items() if e.shipped})
+    rows = {r.alias: r for r in list_pretrained()}
+    for alias in ("ccsam-cifar100-lt", "ccsam-imagenet-lt", "ccsam-places-lt", "ccsam-inat2018"):
         assert rows[alias].status == rows[f"{alias}:stage1"].status == "not published", alias
         assert not rows[alias].available_locally
     assert rows["ccsam-cifar10-lt-cpu"].status == "shipped" and rows["ccsam-cifar10-lt-cpu"].available_locally
     assert rows["ccsam-cifar10-lt-cpu:stage1"].status == "not shipped"  # the package holds stage 2 only
+    for alias in ("ccsam-cifar10-lt", "ce-crt-cifar10-lt"):  # the full-protocol models ship both stages
+        assert rows[alias].status == rows[f"{alias}:stage1"].status == "shipped", alias
+        assert rows[alias].recipe == "cifar10_lt" and rows[alias].architecture == "resnet32_cifar"
+        assert rows[alias].repo_id is None  # nothing of it is on the Hub
+
+
+def test_shipped_entries_name_the_recipe_and_method_that_trained_them():
+    """The registry's recipe / method / architecture of every shipped model = what its folder says; the hint's
+    `--set method=M` rule relies on every built-in recipe training method `ccsam`."""
+    import json
+
+    from ccsam_zoo.training.config import list_recipes, load_recipe
+
+    assert {load_recipe(n)["method"] for n in list_recipes()} == {"ccsam"}
+    for alias, entry in registry._builtin_entries().items():
+        if not entry.shipped:
+            continue
+        folder = entry.local_dir / "stage2" if (entry.local_dir / "stage2").is_dir() else entry.local_dir
+        extras = json.loads((folder / "ccsam_zoo.json").read_text())
+        assert extras["recipe"]["name"] == entry.recipe and extras["recipe"]["method"] == entry.method, alias
+        assert extras["architecture"] == entry.architecture, alias
+    hint = registry._recipe_args(registry._builtin_entries()["ce-crt-cifar10-lt"])
+    assert hint == "--recipe cifar10_lt --set method=ce"
+
+
+def test_shipped_run_folder_layout_resolves_both_stages_and_names_them_in_cards(tmp_path, run_dir):
+    """A shipped alias whose folder holds stage1/ and stage2/: NAME is stage 2, NAME:stage1 stage 1; cards say so."""
+    import shutil
+
+    from ccsam_zoo.hub.card import _shipped_alias
+
+    run, s1, s2 = run_dir
+    folder = tmp_path / "assets" / "tiny-shipped"
+    shutil.copytree(run, folder)
+    registry._REGISTRY["tiny-shipped"] = registry._Entry("tiny-shipped", None, "main", folder, shipped=True)
+    rows = {r.alias: r for r in list_pretrained()}
+    assert rows["tiny-shipped"].status == rows["tiny-shipped:stage1"].status == "shipped"
+    for name, model in (("tiny-shipped", s2), ("tiny-shipped:stage1", s1)):
+        with torch.no_grad():
+            assert torch.equal(from_pretrained(name).model(X), model(X)), name
+    assert _shipped_alias(folder / "stage2") == _shipped_alias(folder) == "tiny-shipped"
+    assert _shipped_alias(folder / "stage1") == "tiny-shipped:stage1"
+    assert _shipped_alias(run / "stage1") is None
 
 
 def test_alias_names_tell_the_truth_about_the_backbone():

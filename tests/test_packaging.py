@@ -89,6 +89,7 @@ def test_wheel_installed_outside_the_repo_lists_loads_and_starts_recipes(tmp_pat
     )
     assert build.returncode == 0, build.stderr[-3000:]
     wheel = next((tmp_path / "dist").glob("ccsam_zoo-*.whl"))
+    assert wheel.stat().st_size < 20 * 2**20, wheel.stat().st_size  # the shipped models keep the wheel small
 
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
@@ -120,6 +121,9 @@ assert set(names) >= set({sorted(SHIPPED)!r}), names
 print(sorted(names), [load_recipe(n)["name"] for n in names] == names)
 bench = ccsam_zoo.data.build_benchmark("embedded")
 print(bench.num_classes, len(bench.train))
+shipped = {{r.alias for r in ccsam_zoo.list_pretrained() if r.status == "shipped"}}
+assert {{"ccsam-cifar10-lt", "ccsam-cifar10-lt:stage1", "ce-crt-cifar10-lt"}} <= shipped, shipped
+assert ccsam_zoo.from_pretrained("ccsam-cifar10-lt:stage1").meta["path"].startswith(str(here.parent)), "not shipped"
 import timm  # after `import ccsam_zoo`: the CIFAR ResNets register when timm loads
 print(type(timm.create_model("resnet20_cifar", num_classes=3)).__name__)
 """

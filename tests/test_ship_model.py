@@ -66,3 +66,45 @@ def test_report_without_a_validation_split_names_the_option(tmp_path):
     assert args.heldout_per_class == 0
     with pytest.raises(Exception, match="not a checkpoint folder|no such folder"):
         report.run(args)
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("fresh_accelerate_state")
+def test_ship_a_tiny_run_into_a_registered_folder(cifar10_dir, ood_dir, tmp_path, monkeypatch):
+    """Train a tiny run without a val split, ship it: both stages load by alias, calibrated, with honest notes."""
+    import dataclasses
+    import json
+
+    import ccsam_zoo
+    from ccsam_zoo.hub import registry
+    from ccsam_zoo.training import apply_overrides, load_recipe, train
+    from tests.training_utils import tiny_overrides
+
+    source = write_cifar10_slice(cifar10_dir, tmp_path / "c10", 60, 20)
+    run = tmp_path / "run"
+    recipe = apply_overrides(load_recipe("cifar10_lt"), tiny_overrides(source, "ce", **{"data.val_per_class": 0}))
+    train(recipe, run)
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+    cpu = registry._REGISTRY["ccsam-cifar10-lt-cpu"]
+    registry._REGISTRY["tiny-ce"] = dataclasses.replace(cpu, alias="tiny-ce", local_dir=tmp_path / "assets" / "tiny-ce")
+    monkeypatch.setenv("CCSAM_DATA", str(ood_dir.parent))
+    ship = _bench_module("ship_model")
+    out = ship.ship(run, "tiny-ce", [1, 2], heldout=10, data_source=str(source), hardware="a test machine")
+
+    folder = tmp_path / "assets" / "tiny-ce"
+    assert out["total_bytes"] == sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+    assert {"metrics.json", "recipe.yaml", "log.jsonl", "stage1", "stage2"} <= {p.name for p in folder.iterdir()}
+    counts = json.loads((folder / "stage2" / "ccsam_zoo.json").read_text())["class_counts"]
+    held = [min(10, 60 - n) for n in counts]  # unused training images per class, at most 10
+    for name, stage in (("tiny-ce", "stage2"), ("tiny-ce:stage1", "stage1")):
+        clf = ccsam_zoo.from_pretrained(name)
+        assert clf.meta["path"] == str(folder / stage)
+        assert clf.open_set["calibration"] == (
+            f"{sum(held)} known validation images (training images outside the model's subset, at most 10 per "
+            f"class: {held})"
+        )
+        text = (folder / stage / "README.md").read_text()
+        assert f'ccsam_zoo.from_pretrained("{name}")' in text and "This model has an open-set threshold" in text
+        assert "**Protocol**: NOT the paper's full protocol" in text and "**Hardware**: a test machine." in text
+        assert "**Seeds**: 1 (seed 42)" in text
+    assert (run / "open_set_report-stage2.json").is_file()

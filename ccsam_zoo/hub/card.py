@@ -117,13 +117,16 @@ _METHOD_LABELS = {
 
 
 def _stage_label(cfg: Any) -> str | None:
-    """``{"name": "ccsam", "preset": "official"}`` -> "CC-SAM (official preset)"."""
+    """``{"name": "ccsam", "preset": "official"}`` -> "CC-SAM (official preset)"; with ``"scale": 0.01``:
+    "CC-SAM (official preset, s = 0.01)"."""
     if isinstance(cfg, str):
         cfg = {"name": cfg}
     if not isinstance(cfg, dict) or not cfg.get("name"):
         return None
     label = _METHOD_LABELS.get(str(cfg["name"]), str(cfg["name"]))
     details = [f"{cfg['preset']} preset"] if cfg.get("preset") else []
+    if isinstance(cfg.get("scale"), (int, float)) and not isinstance(cfg["scale"], bool):
+        details.append(f"s = {cfg['scale']:g}")  # set apart from the preset's own scale (method=ccsam_rec: 0.01)
     if cfg.get("perturbation") and cfg["perturbation"] not in ("both", "full"):
         details.append(f"{cfg['perturbation']} ablation")
     return label + (f" ({', '.join(details)})" if details else "")

@@ -49,6 +49,7 @@ class _Entry:
     architecture: str | None = None  # the backbone its recipe trains (repo names must agree)
     shipped: bool = False  # local_dir is inside the package's assets
     published: bool = True  # False: a reserved Hub name with nothing uploaded yet
+    method: str | None = None  # the recipe's `method` flag that trains it
 
 
 class PretrainedModel(NamedTuple):
@@ -67,6 +68,7 @@ class PretrainedModel(NamedTuple):
     status: str = "not cached"
     architecture: str | None = None
     recipe: str | None = None
+    method: str | None = None
 
 
 _REGISTRY: dict[str, _Entry] = {}
@@ -76,7 +78,6 @@ _REGISTRY: dict[str, _Entry] = {}
 # each repo name states the backbone that its recipe (recipes/<recipe>.yaml, model.arch) trains.
 _BUILTIN_HUB = (
     # alias, repo name, dataset, recipe, architecture
-    ("ccsam-cifar10-lt", "ccsam-cifar10-lt-ir100-resnet32", "cifar10_lt", "cifar10_lt", "resnet32_cifar"),
     ("ccsam-cifar100-lt", "ccsam-cifar100-lt-ir100-resnet32", "cifar100_lt", "cifar100_lt", "resnet32_cifar"),
     ("ccsam-imagenet-lt", "ccsam-imagenet-lt-resnext50-32x4d", "imagenet_lt", "imagenet_lt", "resnext50_32x4d"),
     ("ccsam-places-lt", "ccsam-places-lt-resnet152", "places_lt", "places_lt", "resnet152"),
@@ -84,15 +85,23 @@ _BUILTIN_HUB = (
 )
 
 
+# Models inside the package (ccsam_zoo/assets/<alias>/, made by bench/ship_model.py): a checkpoint folder (stage 2
+# only) or a small run folder with stage1/ and stage2/ (ALIAS:stage1). None of them is on the Hub.
+_SHIPPED = (
+    # alias, dataset, recipe, method (the recipe's `method` flag), architecture
+    ("ccsam-cifar10-lt", "cifar10_lt", "cifar10_lt", "ccsam_rec", "resnet32_cifar"),
+    ("ce-crt-cifar10-lt", "cifar10_lt", "cifar10_lt", "ce", "resnet32_cifar"),
+    ("ccsam-cifar10-lt-cpu", "cifar10_lt", "cifar10_lt_cpu", "ccsam", "resnet32_cifar"),
+)
+
+
 def _builtin_entries() -> dict[str, _Entry]:
     out = {
-        alias: _Entry(alias, f"{ORG}/{repo}", "main", None, dataset, recipe, arch, published=False)
+        alias: _Entry(alias, f"{ORG}/{repo}", "main", None, dataset, recipe, arch, published=False, method="ccsam")
         for alias, repo, dataset, recipe, arch in _BUILTIN_HUB
     }
-    out["ccsam-cifar10-lt-cpu"] = _Entry(
-        "ccsam-cifar10-lt-cpu", None, "main", ASSETS_DIR / "ccsam-cifar10-lt-cpu", "cifar10_lt", "cifar10_lt_cpu",
-        "resnet32_cifar", shipped=True,
-    )  # fmt: skip
+    for alias, dataset, recipe, method, arch in _SHIPPED:
+        out[alias] = _Entry(alias, None, "main", ASSETS_DIR / alias, dataset, recipe, arch, shipped=True, method=method)
     return out
 
 
@@ -163,7 +172,7 @@ def _row(entry: _Entry, revision: str, name: str) -> PretrainedModel:
     status = _status(entry, revision)
     return PretrainedModel(
         name, entry.repo_id, revision if entry.repo_id else None, entry.dataset,
-        status in ("shipped", "local", "cached"), status, entry.architecture, entry.recipe,
+        status in ("shipped", "local", "cached"), status, entry.architecture, entry.recipe, entry.method,
     )  # fmt: skip
 
 
@@ -218,15 +227,22 @@ def _stage_request(name: str, revision: str | None) -> tuple[str, str | None]:
     return base, revision or suffix
 
 
-def _train_hint(recipe: str | None) -> str:
-    recipe = recipe or "RECIPE"
+def _recipe_args(entry: _Entry) -> str:
+    """``--recipe R`` plus ``--set method=M`` where the alias's method is not the recipe's own (every built-in
+    recipe trains ``method: ccsam``; tests/test_hub_registry.py checks it)."""
+    args = f"--recipe {entry.recipe or 'RECIPE'}"
+    return args + (f" --set method={entry.method}" if entry.method and entry.method != "ccsam" else "")
+
+
+def _train_hint(recipe_args: str | None) -> str:
+    recipe_args = recipe_args or "--recipe RECIPE"
     return (
-        f"train it with `ccsam-zoo train --recipe {recipe}` and pass the run's stage2/ "
+        f"train it with `ccsam-zoo train {recipe_args}` and pass the run's stage2/ "
         "folder (or the run folder) to from_pretrained, or pass any checkpoint folder"
     )
 
 
-def _download(repo_id: str, revision: str, recipe: str | None, label: str) -> Path:
+def _download(repo_id: str, revision: str, recipe_args: str | None, label: str) -> Path:
     from huggingface_hub import constants, snapshot_download
 
     from .. import __version__
@@ -247,7 +263,7 @@ def _download(repo_id: str, revision: str, recipe: str | None, label: str) -> Pa
         raise CheckpointError(
             f"model {label} is not available: looked for Hub repo {repo_id} at revision {revision!r} in the "
             f"Hugging Face cache {cache} (no complete snapshot there) and on the Hub ({hub}). To fix: download it "
-            f"while online (snapshot_download({repo_id!r}, revision={revision!r})), or {_train_hint(recipe)}"
+            f"while online (snapshot_download({repo_id!r}, revision={revision!r})), or {_train_hint(recipe_args)}"
         ) from None
 
 
@@ -257,7 +273,7 @@ def _unpublished(entry: _Entry, name: str, revision: str) -> Path:
 
     if not constants.HF_HUB_OFFLINE:
         try:
-            return _download(entry.repo_id, revision, entry.recipe, repr(name))
+            return _download(entry.repo_id, revision, _recipe_args(entry), repr(name))
         except CheckpointError:
             pass
     from .card import pretty_dataset
@@ -267,7 +283,7 @@ def _unpublished(entry: _Entry, name: str, revision: str) -> Path:
     shipped = sorted(a for a, e in _REGISTRY.items() if e.shipped)
     raise CheckpointError(
         f"model {name!r} is not published yet: nothing has been uploaded to {entry.repo_id} and it is not in the "
-        f"local cache. Train it with `ccsam-zoo train --recipe {entry.recipe}`"
+        f"local cache. Train it with `ccsam-zoo train {_recipe_args(entry)}`"
         f"{f' ({what})' if what else ''} and pass the run folder to from_pretrained"
         + (f"; ready to use now: {', '.join(shipped)}" if shipped else "")
     )
@@ -316,19 +332,18 @@ def resolve_checkpoint(name_or_path: str | os.PathLike, revision: str | None = N
             if not entry.published and not _in_cache(entry.repo_id, rev):
                 folder = _unpublished(entry, name, rev)
             else:
-                folder = _download(entry.repo_id, rev, entry.recipe, f"{name!r} (alias of {entry.repo_id})")
+                folder = _download(entry.repo_id, rev, _recipe_args(entry), f"{name!r} (alias of {entry.repo_id})")
             origin = {"source": "hub", "alias": base, "repo_id": entry.repo_id, "revision": rev, "path": str(folder)}
             return folder, origin
         if entry.shipped and stage1 and entry.local_dir.exists():
             raise CheckpointError(
                 f"model {name!r} is not available: the package ships stage 2 of {base!r} only; use {base!r}, or "
-                f"train it with `ccsam-zoo train --recipe {entry.recipe}` and load the run "
+                f"train it with `ccsam-zoo train {_recipe_args(entry)}` and load the run "
                 "folder with revision='stage1'"
             )
         what = "This bundled model is missing from this installation" if entry.shipped else "The folder is gone"
-        raise CheckpointError(
-            f"model {name!r} is not available: looked in {', '.join(looked)}. {what}; {_train_hint(entry.recipe)}"
-        )
+        hint = _train_hint(_recipe_args(entry))
+        raise CheckpointError(f"model {name!r} is not available: looked in {', '.join(looked)}. {what}; {hint}")
     if base.count("/") == 1 and not _looks_like_path(name):
         rev = rev or "main"
         folder = _download(base, rev, None, repr(name))

@@ -1,0 +1,161 @@
+"""Turn a finished run folder into a model shipped inside the package (``ccsam_zoo/assets/<alias>/``). Prints JSON.
+
+    python bench/ship_model.py RUN_FOLDER ALIAS [--stages 1 2] [--heldout-per-class 100] [--compare RESULTS.json]
+
+The shipped folder is a small run folder that ``from_pretrained(ALIAS)`` (stage 2) and ``ALIAS:stage1`` load:
+
+- ``stage1/`` / ``stage2/``: the stage checkpoints as trained (timm ``config.json`` + ``model.safetensors``,
+  ``ccsam_zoo.json``, ``prototypes.safetensors``, the per-class plot); their open-set statistics are re-fitted on
+  the model's training split and every score is calibrated at 95% TPR by ``bench/open_set_report.py``. A recipe
+  without a validation split (the paper protocol) is calibrated on ``--heldout-per-class`` training images per
+  class that the long-tailed subset left out (never test images);
+- ``metrics.json``, ``recipe.yaml``, ``log.jsonl`` and ``train.log`` of the run, so the card shows both stages,
+  the time per stage, the command and the hardware;
+- ``README.md`` per stage: the card (``render_model_card``) with a notes section that states the protocol, the
+  data copy, the number of seeds, the measured gap to the paper and, with ``--compare``, the side-by-side table of
+  the runs (``bench/compare.py``'s ``results.json``).
+
+Register the alias in ``ccsam_zoo/hub/registry.py`` (``_SHIPPED``) first: its folder is the destination, and the
+card names it.
+The open-set report of each stage is written beside the run (``RUN_FOLDER/open_set_report-stageN.json``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/open_set_report.py
+
+import open_set_report  # noqa: E402
+import torch  # noqa: E402
+
+from ccsam_zoo.hub import registry  # noqa: E402
+from ccsam_zoo.hub.card import NOTES_BEGIN, NOTES_END, paper_result_for, pretty_dataset, render_model_card  # noqa: E402
+
+RUN_FILES = ("metrics.json", "recipe.yaml", "log.jsonl", "train.log")
+STAGE_FILES = ("config.json", "model.safetensors", "ccsam_zoo.json", "prototypes.safetensors",
+               "open_set_stats.safetensors", "per_class_accuracy.png")  # fmt: skip
+DATA_COPY = (
+    "the project's CIFAR-10 copy (HF `datasets` parquet of the 50,000 / 10,000 standard images, stored as 32x32 "
+    "JPEG at PIL quality 75: slightly lossy versus the original pixels; train.parquet sha256 f405552e...)"
+)
+
+
+def _paper_line(extras: dict[str, Any], top1: float) -> str:
+    paper = paper_result_for(extras)
+    if paper is None:
+        return "The paper publishes no number for this model's method on this setting."
+    gap = top1 - paper["top1"]
+    return f"Measured gap to the paper ({paper['setting']}: {paper['top1']:.2f}): **{gap:+.2f}** points top-1."
+
+
+def _notes(alias: str, stage: int, extras: dict[str, Any], compare: dict | None, hardware: str | None) -> str:
+    recipe = extras.get("recipe") or {}
+    m = extras.get("metrics") or {}
+    top1 = 100 * float(m["top1"]) if float(m["top1"]) <= 1 else float(m["top1"])
+    s1, s2 = recipe.get("stage1") or {}, recipe.get("stage2") or {}
+    seed = recipe.get("seed")
+    full = recipe.get("name") in ("cifar10_lt", "cifar100_lt") and (s1.get("epochs"), s2.get("epochs")) == (200, 30)
+    what = f"the paper's full {pretty_dataset(recipe.get('data', {}).get('name'))} protocol" if full else (
+        "NOT the paper's full protocol")  # fmt: skip
+    lines = [
+        f"## How this shipped model was made (alias `{alias}{':stage1' if stage == 1 else ''}`)",
+        "",
+        f"- **Protocol**: {what}, recipe `{recipe.get('name')}` with "
+        f"`method={recipe.get('method')}`: ResNet-32, IR {recipe.get('data', {}).get('imbalance_ratio')}, "
+        f"stage 1 {s1.get('epochs')} epochs (batch {s1.get('batch_size')}, lr {s1.get('lr')}, "
+        f"{s1.get('warmup_epochs')} warm-up epochs, x{s1.get('gamma') or 0.1} at {s1.get('milestones')}), "
+        f"stage 2 {s2.get('epochs')} epochs (lr {s2.get('lr')}, {s2.get('schedule')}); last epoch, no model "
+        "selection, the test split used for nothing but the numbers below.",
+        f"- **Data copy**: {DATA_COPY}; training subset: the authors' rule (per-class seeded shuffle, seed "
+        f"{recipe.get('data', {}).get('seed')}), fingerprint `{extras.get('data_fingerprint')}`.",
+        f"- **Seeds**: 1 (seed {seed}); the seed-to-seed spread of this code on the short CPU schedule is "
+        "about 1-1.5 points (docs/RESULTS.md 1b).",
+        f"- {_paper_line(extras, top1)}",
+    ]
+    if hardware:
+        lines.append(f"- **Hardware**: {hardware}.")
+    if compare:
+        lines += ["", "Side by side (same recipe, data copy and seed; CIFAR-10 test split, top-1 %):", ""]
+        lines += ["| Run | Stage 1 | Stage 2 | Many | Medium |", "|---|---|---|---|---|"]
+        for name, row in compare.get("summary", {}).items():
+
+            def cell(key: str, row: dict = row) -> str:
+                v = row.get(key)
+                return f"{v['mean']:.2f}" if v else "–"
+
+            lines.append(f"| {name} | {cell('stage1.top1')} | {cell('stage2.top1')} | {cell('stage2.many')} | "
+                         f"{cell('stage2.medium')} |")  # fmt: skip
+    lines += ["", "Full tables and commands: docs/RESULTS.md, section 0."]
+    return "\n".join([NOTES_BEGIN, *lines, NOTES_END])
+
+
+def ship(run: Path, alias: str, stages: list[int], heldout: int, data_source: str, compare: dict | None = None,
+         hardware: str | None = None, overwrite: bool = False) -> dict[str, Any]:  # fmt: skip
+    entry = registry._REGISTRY.get(alias)
+    if entry is None or not entry.shipped or entry.local_dir is None:
+        raise SystemExit(f"register {alias!r} as a shipped alias in ccsam_zoo/hub/registry.py (_SHIPPED) first")
+    if not (run / "metrics.json").is_file():
+        raise SystemExit(f"{run}: no metrics.json: the run has not finished")
+    dest = entry.local_dir
+    if dest.exists():
+        if not overwrite:
+            raise SystemExit(f"{dest} exists: pass --overwrite")
+        shutil.rmtree(dest)
+    dest.mkdir(parents=True)
+    for name in RUN_FILES:
+        if (run / name).is_file():
+            shutil.copyfile(run / name, dest / name)
+    out: dict[str, Any] = {"alias": alias, "folder": str(dest), "stages": {}}
+    for stage in stages:
+        src, dst = run / f"stage{stage}", dest / f"stage{stage}"
+        dst.mkdir()
+        for name in STAGE_FILES:
+            if (src / name).is_file():
+                shutil.copyfile(src / name, dst / name)
+        args = open_set_report.parse_args([
+            "--model", str(dst), "--data-source", data_source, "--fit", "--write-stats",
+            "--heldout-per-class", str(heldout), "--no-prior",
+        ])  # fmt: skip
+        torch.manual_seed(0)
+        report = open_set_report.run(args)
+        text = json.dumps(report, indent=1, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o))
+        (run / f"open_set_report-stage{stage}.json").write_text(text + "\n")
+        extras = json.loads((dst / "ccsam_zoo.json").read_text())
+        (dst / "README.md").write_text(_notes(alias, stage, extras, compare, hardware) + "\n")  # kept by the render
+        (dst / "README.md").write_text(render_model_card(dst))
+        out["stages"][f"stage{stage}"] = {
+            "top1": extras["metrics"]["top1"],
+            "open_set": {k: extras["open_set"][k] for k in ("score", "threshold", "calibration")},
+            "report_auroc": report["scores"][report["default"]]["report"]["auroc"],
+            "bytes": {p.name: p.stat().st_size for p in sorted(dst.iterdir())},
+        }
+    out["total_bytes"] = sum(p.stat().st_size for p in dest.rglob("*") if p.is_file())
+    return out
+
+
+def main() -> None:
+    data = Path(os.environ.get("CCSAM_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("run", type=Path, help="a finished run folder (metrics.json, stage1/, stage2/)")
+    p.add_argument("alias", help="the shipped alias (registered in ccsam_zoo/hub/registry.py)")
+    p.add_argument("--stages", type=int, nargs="+", default=[1, 2], choices=[1, 2])
+    p.add_argument("--heldout-per-class", type=int, default=100)
+    p.add_argument("--data-source", default=str(data / "cifar10"))
+    p.add_argument("--compare", type=Path, default=None, help="bench/compare.py results.json for the notes")
+    p.add_argument("--hardware", default=None, help="how the run was trained, for the notes")
+    p.add_argument("--overwrite", action="store_true")
+    a = p.parse_args()
+    compare = json.loads(a.compare.read_text()) if a.compare else None
+    out = ship(a.run, a.alias, a.stages, a.heldout_per_class, a.data_source, compare, a.hardware, a.overwrite)
+    print(json.dumps(out, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,124 @@
+"""The full-protocol CIFAR-10-LT models shipped in the package (issue 13) against independent references."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import numpy as np
+import pytest
+import timm
+import torch
+from PIL import Image
+
+import ccsam_zoo
+from ccsam_zoo.hub.registry import ASSETS_DIR
+from tests.conftest import REPO
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+# alias -> (assets folder, stage folder, the recipe's method, the paper's row for it or None)
+MODELS = {
+    "ccsam-cifar10-lt": ("ccsam-cifar10-lt", "stage2", "ccsam_rec", 83.92),
+    "ccsam-cifar10-lt:stage1": ("ccsam-cifar10-lt", "stage1", "ccsam_rec", 83.92),
+    "ce-crt-cifar10-lt": ("ce-crt-cifar10-lt", "stage2", "ce", None),  # the paper has no CE + cRT row
+    "ce-crt-cifar10-lt:stage1": ("ce-crt-cifar10-lt", "stage1", "ce", 70.70),  # = the paper's CE row
+}
+STAGE_BUDGET = 2_800_000  # bytes per shipped stage (weights 1.9 MB, open-set statistics 0.7 MB, card, plot)
+
+
+def _folder(alias: str):
+    root, stage, _, _ = MODELS[alias]
+    return ASSETS_DIR / root / stage
+
+
+def _extras(alias: str) -> dict:
+    return json.loads((_folder(alias) / "ccsam_zoo.json").read_text())
+
+
+@pytest.mark.parametrize("alias", MODELS)
+def test_folder_is_complete_small_and_from_the_paper_protocol(alias):
+    folder = _folder(alias)
+    files = {p.name: p.stat().st_size for p in folder.iterdir()}
+    need = {"config.json", "model.safetensors", "README.md", "ccsam_zoo.json", "prototypes.safetensors",
+            "open_set_stats.safetensors"}  # fmt: skip
+    assert need <= set(files) and sum(files.values()) <= STAGE_BUDGET, files
+    extras = _extras(alias)
+    recipe = extras["recipe"]
+    assert recipe["name"] == "cifar10_lt" and recipe["method"] == MODELS[alias][2] and recipe["seed"] == 42
+    assert (recipe["stage1"]["epochs"], recipe["stage2"]["epochs"]) == (200, 30)
+    assert recipe["stage1"]["milestones"] == [160, 180] and recipe["stage1"]["batch_size"] == 64
+    assert recipe["data"]["imbalance_ratio"] == 100 and recipe["data"]["val_per_class"] == 0
+    assert extras["class_counts"] == [5000, 2997, 1796, 1077, 645, 387, 232, 139, 83, 50]
+    assert extras["metrics"]["selection"] == "last" and extras["metrics"]["split"] == "test"
+
+
+@pytest.mark.parametrize("alias", MODELS)
+def test_card_is_current_and_states_protocol_data_seeds_and_gap(alias):
+    from ccsam_zoo.hub import render_model_card
+
+    folder = _folder(alias)
+    text = (folder / "README.md").read_text()
+    assert render_model_card(folder) == text
+    assert f'ccsam_zoo.from_pretrained("{alias}")' in text and "hf-hub:" not in text
+    assert "**Protocol**: the paper's full CIFAR-10-LT protocol" in text and "Shortened schedule" not in text
+    assert "**Data copy**" in text and "quality 75" in text and "**Seeds**: 1 (seed 42)" in text
+    paper = MODELS[alias][3]
+    top1 = _extras(alias)["metrics"]["top1"]
+    top1 = 100 * top1 if top1 <= 1 else top1
+    if paper is None:
+        assert "The paper publishes no number for this model's method" in text
+    else:
+        assert f"{paper:.2f}): **{top1 - paper:+.2f}** points top-1" in text
+    assert "This model has an open-set threshold" in text
+
+
+@pytest.mark.parametrize("alias", MODELS)
+def test_alias_loads_offline_and_matches_plain_timm(alias):
+    """The alias resolves to its stage folder; predictions equal timm's own model + eval transform."""
+    clf = ccsam_zoo.from_pretrained(alias)
+    folder = _folder(alias)
+    assert clf.meta["path"] == str(folder)
+    paths = sorted((REPO / "docs" / "examples").glob("*.png"))
+    model = timm.create_model(f"local-dir:{folder}", pretrained=True).eval()
+    transform = timm.data.create_transform(**timm.data.resolve_data_config({}, model=model))
+    with torch.no_grad():
+        probs = torch.softmax(model(torch.stack([transform(Image.open(p).convert("RGB")) for p in paths])), 1)
+    for row, p in zip(clf.predict(paths, top_k=1), probs):
+        assert row["class_index"] == int(p.argmax()) and row["probability"] == pytest.approx(float(p.max()), abs=1e-5)
+
+
+@pytest.mark.parametrize("alias", MODELS)
+def test_open_set_threshold_calibrated_on_held_out_training_images(alias):
+    clf = ccsam_zoo.from_pretrained(alias)
+    assert clf.open_set["tpr"] == 0.95 and "outside the model's subset" in clf.open_set["calibration"]
+    g = torch.Generator().manual_seed(7)
+    noise = torch.randint(0, 256, (16, 3, 32, 32), generator=g, dtype=torch.uint8)
+    rows = clf.predict(noise, open_set=True)
+    assert sum(r["label"] == "unknown" for r in rows) >= 12, [r["score"] for r in rows]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("alias", MODELS)
+def test_accuracy_and_groups_recomputed_by_plain_timm(alias, cifar10_dir):
+    """The card's numbers, recomputed on the 10,000 test images by timm alone; many/medium from the counts."""
+    import pyarrow.parquet as pq
+
+    folder = _folder(alias)
+    table = pq.read_table(cifar10_dir / "test.parquet").to_pylist()
+    images = np.stack([np.asarray(Image.open(io.BytesIO(r["img"]["bytes"])).convert("RGB")) for r in table])
+    labels = np.array([r["label"] for r in table])
+    model = timm.create_model(f"local-dir:{folder}", pretrained=True).eval()
+    cfg = json.loads((folder / "config.json").read_text())["pretrained_cfg"]
+    x = torch.tensor((images / 255.0 - np.array(cfg["mean"])) / np.array(cfg["std"]), dtype=torch.float32)
+    with torch.no_grad():
+        pred = torch.cat([model(x[i : i + 1000].permute(0, 3, 1, 2)).argmax(1) for i in range(0, len(x), 1000)])
+    pred = pred.numpy()
+    extras = _extras(alias)
+    m = extras["metrics"]
+    scale = 100.0 if m["top1"] > 1 else 1.0
+    per_class = np.array([(pred[labels == c] == c).mean() for c in range(10)])
+    counts = np.array(extras["class_counts"])
+    assert scale * (pred == labels).mean() == pytest.approx(m["top1"], abs=1e-3)
+    assert scale * per_class[counts > 100].mean() == pytest.approx(m["many"], abs=1e-3)  # paper rule: many > 100
+    assert scale * per_class[(counts <= 100) & (counts >= 20)].mean() == pytest.approx(m["medium"], abs=1e-3)
