@@ -152,7 +152,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     counts = clf.class_counts or bench.class_counts
     groups = shot_groups(counts, bench.shot_thresholds, bench.shot_rule)
     recipe_seed = int((clf.meta.get("recipe") or {}).get("seed", 0))
-    if args.fit or clf.open_set_stats is None:
+    if args.no_stats:  # the logit and prototype scores only (a smaller folder)
+        clf.open_set_stats = None
+    elif args.fit or clf.open_set_stats is None:
         clf.fit_open_set(bench.train, batch_size=args.batch_size, seed=recipe_seed)
     stats = clf.open_set_stats
     scores = list(clf.available_scores())
@@ -242,7 +244,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
         hist = {s: {"known": got["test"][s].numpy(), "open": got["ood_report"][s].numpy()} for s in scores}
         plot_score_histograms(hist, args.plot, {s: plain[s]["threshold"] for s in scores})
-    tensors, meta = stats.to_tensors()
+    tensors, meta = stats.to_tensors() if stats is not None else ({}, {})
     return {
         "model": str(args.model),
         "data_fingerprint": bench.fingerprint,
@@ -267,14 +269,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _write(clf: Classifier, stats, thresholds: dict[str, float], default: str, tpr: float, calibration: str) -> None:
-    from ccsam_zoo.hub.checkpoint import EXTRAS_NAME, write_open_set_stats
+    from ccsam_zoo.hub.checkpoint import EXTRAS_NAME, OPEN_SET_STATS_NAME, write_open_set_stats
 
     folder = Path(clf.meta["path"])
-    entry = write_open_set_stats(folder, stats)
     extras = json.loads((folder / EXTRAS_NAME).read_text(encoding="utf-8"))
     extras["open_set"] = {"score": default, "threshold": thresholds[default], "tpr": tpr, "thresholds": thresholds,
                           "calibration": calibration}  # fmt: skip
-    extras["open_set_stats"] = entry
+    if stats is not None:
+        extras["open_set_stats"] = write_open_set_stats(folder, stats)
+    else:  # --no-stats: the folder keeps no statistics
+        (folder / OPEN_SET_STATS_NAME).unlink(missing_ok=True)
+        extras.pop("open_set_stats", None)
     (folder / EXTRAS_NAME).write_text(json.dumps(extras, indent=2) + "\n", encoding="utf-8")
 
 
@@ -329,6 +334,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--data-source", default=str(data / "cifar10"), help="the model's training data copy")
     p.add_argument("--open-data", default=str(data / "tinyimagenet_ood"))
     p.add_argument("--fit", action="store_true", help="re-fit the statistics on the training split")
+    p.add_argument("--no-stats", action="store_true",
+                   help="without training statistics: the logit and prototype scores only (with --write-stats: "
+                        "the folder's open_set_stats.safetensors is removed)")  # fmt: skip
     p.add_argument("--write-stats", action="store_true", help="store statistics + thresholds in the model folder")
     p.add_argument("--tpr", type=float, default=0.95)
     p.add_argument(

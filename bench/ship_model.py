@@ -5,8 +5,10 @@
 The shipped folder is a small run folder that ``from_pretrained(ALIAS)`` (stage 2) and ``ALIAS:stage1`` load:
 
 - ``stage1/`` / ``stage2/``: the stage checkpoints as trained (timm ``config.json`` + ``model.safetensors``,
-  ``ccsam_zoo.json``, ``prototypes.safetensors``, the per-class plot); their open-set statistics are re-fitted on
-  the model's training split and every score is calibrated at 95% TPR by ``bench/open_set_report.py``. A recipe
+  ``ccsam_zoo.json``, ``prototypes.safetensors``, the per-class plot); the open-set statistics are re-fitted on
+  the model's training split for ``--stats-stages`` (default: stage 2 only, so an alias with both stages stays
+  under 5 MB; the other stage has the logit and prototype scores) and every available score is calibrated at
+  95% TPR by ``bench/open_set_report.py``. A recipe
   without a validation split (the paper protocol) is calibrated on ``--heldout-per-class`` training images per
   class that the long-tailed subset left out (never test images);
 - ``metrics.json``, ``recipe.yaml``, ``log.jsonl`` and ``train.log`` of the run, so the card shows both stages,
@@ -96,8 +98,10 @@ def _notes(alias: str, stage: int, extras: dict[str, Any], compare: dict | None,
     return "\n".join([NOTES_BEGIN, *lines, NOTES_END])
 
 
-def ship(run: Path, alias: str, stages: list[int], heldout: int, data_source: str, compare: dict | None = None,
-         hardware: str | None = None, overwrite: bool = False) -> dict[str, Any]:  # fmt: skip
+def ship(
+    run: Path, alias: str, stages: list[int], heldout: int, data_source: str, compare: dict | None = None,
+    hardware: str | None = None, overwrite: bool = False, stats_stages: tuple[int, ...] = (2,),
+) -> dict[str, Any]:  # fmt: skip
     entry = registry._REGISTRY.get(alias)
     if entry is None or not entry.shipped or entry.local_dir is None:
         raise SystemExit(f"register {alias!r} as a shipped alias in ccsam_zoo/hub/registry.py (_SHIPPED) first")
@@ -121,7 +125,7 @@ def ship(run: Path, alias: str, stages: list[int], heldout: int, data_source: st
                 shutil.copyfile(src / name, dst / name)
         args = open_set_report.parse_args([
             "--model", str(dst), "--data-source", data_source, "--fit", "--write-stats",
-            "--heldout-per-class", str(heldout), "--no-prior",
+            "--heldout-per-class", str(heldout), "--no-prior", *([] if stage in stats_stages else ["--no-stats"]),
         ])  # fmt: skip
         torch.manual_seed(0)
         report = open_set_report.run(args)
@@ -133,6 +137,7 @@ def ship(run: Path, alias: str, stages: list[int], heldout: int, data_source: st
         out["stages"][f"stage{stage}"] = {
             "top1": extras["metrics"]["top1"],
             "open_set": {k: extras["open_set"][k] for k in ("score", "threshold", "calibration")},
+            "default_rule_met": report["default_rule_met"],
             "report_auroc": report["scores"][report["default"]]["report"]["auroc"],
             "bytes": {p.name: p.stat().st_size for p in sorted(dst.iterdir())},
         }
@@ -150,10 +155,14 @@ def main() -> None:
     p.add_argument("--data-source", default=str(data / "cifar10"))
     p.add_argument("--compare", type=Path, default=None, help="bench/compare.py results.json for the notes")
     p.add_argument("--hardware", default=None, help="how the run was trained, for the notes")
+    p.add_argument("--stats-stages", type=int, nargs="*", default=[2], choices=[1, 2],
+                   help="stages that keep open_set_stats.safetensors (0.7 MB each); the others ship the logit and "
+                        "prototype scores only")  # fmt: skip
     p.add_argument("--overwrite", action="store_true")
     a = p.parse_args()
     compare = json.loads(a.compare.read_text()) if a.compare else None
-    out = ship(a.run, a.alias, a.stages, a.heldout_per_class, a.data_source, compare, a.hardware, a.overwrite)
+    out = ship(a.run, a.alias, a.stages, a.heldout_per_class, a.data_source, compare, a.hardware, a.overwrite,
+               tuple(a.stats_stages))
     print(json.dumps(out, indent=1))
 
 
