@@ -179,6 +179,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         return out
 
     got = collect(clf, scores)
+    closed = load_metric("lt_accuracy").compute(  # the float32 model on the test split (no autocast)
+        predictions=got["test"]["predictions"].tolist(),
+        references=got["test"]["references"].tolist(),
+        class_counts=list(counts),
+        many_threshold=bench.shot_thresholds[0],
+        few_threshold=bench.shot_thresholds[1],
+        rule=bench.shot_rule,
+    )
     variants = {s: (s, got, "global") for s in scores}
     for s in scores:
         variants[f"{s} [class-conditional]"] = (s, got, "class")
@@ -258,6 +266,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "rule": "best selection AUROC among scores rejecting >= 99% of selection uniform and constant images",
         },
         "shot_groups": dict(zip(clf.class_names, groups)),
+        "test_accuracy": closed,
         "statistics": {"bytes": sum(t.numel() * t.element_size() for t in tensors.values()), **meta},
         "default": default,
         "default_rule_met": eligible(rows[default]),

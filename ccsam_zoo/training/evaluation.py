@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import torch
@@ -27,15 +28,16 @@ def _sharded_loader(bench, split: str, accelerator: Accelerator, batch_size: int
 
 @torch.no_grad()
 def penultimate_features(
-    net, bench, split: str, accelerator: Accelerator, batch_size: int
+    net, bench, split: str, accelerator: Accelerator, batch_size: int, autocast: bool = True
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(z, labels, logits)`` of a whole split in eval mode, without augmentation, on every process."""
+    """``(z, labels, logits)`` of a whole split in eval mode, without augmentation, on every process
+    (under the run's mixed precision unless ``autocast=False``)."""
     was_training = net.training
     net.eval()
     transform = bench.batch_transform(train=False)
     feats, labels, logits = [], [], []
     for images, y in _sharded_loader(bench, split, accelerator, batch_size):
-        with accelerator.autocast():
+        with accelerator.autocast() if autocast else contextlib.nullcontext():
             z, out = net(transform(images))
         z, out, y = accelerator.gather_for_metrics((z.float(), out.float(), y))
         feats.append(z.cpu())
@@ -45,9 +47,11 @@ def penultimate_features(
     return torch.cat(feats), torch.cat(labels), torch.cat(logits)
 
 
-def evaluate(net, bench, split: str, accelerator: Accelerator, batch_size: int) -> dict[str, Any]:
+def evaluate(
+    net, bench, split: str, accelerator: Accelerator, batch_size: int, autocast: bool = True
+) -> dict[str, Any]:
     """Top-1, many/medium/few and per-class accuracy (%) of ``net`` on a split (same on every process)."""
-    _, labels, logits = penultimate_features(net, bench, split, accelerator, batch_size)
+    _, labels, logits = penultimate_features(net, bench, split, accelerator, batch_size, autocast)
     result: list[Any] = [None]
     if accelerator.is_main_process:  # `evaluate` writes an Arrow cache: once, on the main process
         many, few = bench.shot_thresholds
