@@ -1,6 +1,7 @@
 """Turn a finished run folder into a model shipped inside the package (``ccsam_zoo/assets/<alias>/``). Prints JSON.
 
     python bench/ship_model.py RUN_FOLDER ALIAS [--stages 1 2] [--heldout-per-class 100] [--compare RESULTS.json]
+    python bench/ship_model.py --refresh-notes ALIAS --compare RESULTS.json --hardware "..."   # notes/cards only
 
 The shipped folder is a small run folder that ``from_pretrained(ALIAS)`` (stage 2) and ``ALIAS:stage1`` load:
 
@@ -91,18 +92,18 @@ def _notes(alias: str, stage: int, extras: dict[str, Any], compare: dict | None,
     if hardware:
         lines.append(f"- **Hardware**: {hardware}.")
     if compare:
-        lines += ["", "Side by side (same recipe, data copy and seed; CIFAR-10 test split, top-1 % as each run "
-                  "evaluated itself, under bf16 autocast for runs before the float32 final evaluation: within 0.1 "
-                  "of the float32 numbers above):", ""]  # fmt: skip
-        lines += ["| Run | Stage 1 | Stage 2 | Many | Medium |", "|---|---|---|---|---|"]
+        lines += ["", "Side by side (same recipe, data copy and seed; CIFAR-10 test split, top-1 % of each run's "
+                  "saved float32 weights; train time summed over the epochs, across resumes):", ""]  # fmt: skip
+        lines += ["| Run | Stage 1 | Stage 2 | Many | Medium | Train (min) |", "|---|---|---|---|---|---|"]
         for name, row in compare.get("summary", {}).items():
 
             def cell(key: str, row: dict = row) -> str:
                 v = row.get(key)
                 return f"{v['mean']:.2f}" if v else "–"
 
+            train = f"{row['train_s']['mean'] / 60:.1f}" if row.get("train_s") else "–"
             lines.append(f"| {name} | {cell('stage1.top1')} | {cell('stage2.top1')} | {cell('stage2.many')} | "
-                         f"{cell('stage2.medium')} |")  # fmt: skip
+                         f"{cell('stage2.medium')} | {train} |")  # fmt: skip
     lines += ["", "Full tables and commands: docs/RESULTS.md, section 0."]
     return "\n".join([NOTES_BEGIN, *lines, NOTES_END])
 
@@ -129,6 +130,31 @@ def _float32_metrics(dest: Path, stage: int, fractions: dict[str, Any]) -> dict[
     (dest / "metrics.json").write_text(json.dumps(run_metrics, indent=1) + "\n")
     plot_per_class_accuracy(dest / f"stage{stage}", extras)
     return extras
+
+
+def _write_cards(dest: Path, alias: str, compare: dict | None, hardware: str | None) -> list[int]:
+    """Write each shipped stage's notes, then render the cards (after all stages: each card's stage table shows the
+    other stage's float32 numbers too). Returns the stages found."""
+    stages = [s for s in (1, 2) if (dest / f"stage{s}" / "ccsam_zoo.json").is_file()]
+    for stage in stages:
+        extras = json.loads((dest / f"stage{stage}" / "ccsam_zoo.json").read_text())
+        readme = dest / f"stage{stage}" / "README.md"
+        readme.write_text(_notes(alias, stage, extras, compare, hardware) + "\n")  # kept by the render
+    for stage in stages:
+        (dest / f"stage{stage}" / "README.md").write_text(render_model_card(dest / f"stage{stage}"))
+    return stages
+
+
+def refresh_notes(alias: str, compare: dict | None, hardware: str | None) -> dict[str, Any]:
+    """Re-write the notes and cards of an already shipped alias (e.g. a side-by-side table with more runs), keeping
+    its weights, statistics and metrics as they are."""
+    entry = registry._REGISTRY.get(alias)
+    if entry is None or not entry.shipped or entry.local_dir is None or not entry.local_dir.is_dir():
+        raise SystemExit(
+            f"{alias!r} is not a shipped alias with a folder: ship it first (bench/ship_model.py RUN ALIAS)"
+        )
+    stages = _write_cards(entry.local_dir, alias, compare, hardware)
+    return {"alias": alias, "folder": str(entry.local_dir), "refreshed": [f"stage{s}" for s in stages]}
 
 
 def ship(
@@ -165,8 +191,6 @@ def ship(
         text = json.dumps(report, indent=1, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o))
         (run / f"open_set_report-stage{stage}.json").write_text(text + "\n")
         extras = _float32_metrics(dest, stage, report["test_accuracy"])
-        (dst / "README.md").write_text(_notes(alias, stage, extras, compare, hardware) + "\n")  # kept by the render
-        (dst / "README.md").write_text(render_model_card(dst))
         out["stages"][f"stage{stage}"] = {
             "top1": extras["metrics"]["top1"],
             "open_set": {k: extras["open_set"][k] for k in ("score", "threshold", "calibration")},
@@ -174,8 +198,7 @@ def ship(
             "report_auroc": report["scores"][report["default"]]["report"]["auroc"],
             "bytes": {p.name: p.stat().st_size for p in sorted(dst.iterdir())},
         }
-    for stage in stages:  # again: each card's stage table shows the other stage's float32 numbers too
-        (dest / f"stage{stage}" / "README.md").write_text(render_model_card(dest / f"stage{stage}"))
+    _write_cards(dest, alias, compare, hardware)
     out["total_bytes"] = sum(p.stat().st_size for p in dest.rglob("*") if p.is_file())
     return out
 
@@ -183,8 +206,14 @@ def ship(
 def main() -> None:
     data = Path(os.environ.get("CCSAM_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("run", type=Path, help="a finished run folder (metrics.json, stage1/, stage2/)")
-    p.add_argument("alias", help="the shipped alias (registered in ccsam_zoo/hub/registry.py)")
+    p.add_argument("run", type=Path, nargs="?", help="a finished run folder (metrics.json, stage1/, stage2/)")
+    p.add_argument("alias", nargs="?", help="the shipped alias (registered in ccsam_zoo/hub/registry.py)")
+    p.add_argument(
+        "--refresh-notes",
+        metavar="ALIAS",
+        default=None,
+        help="only re-write the notes and cards of this shipped alias (with --compare / --hardware)",
+    )
     p.add_argument("--stages", type=int, nargs="+", default=[1, 2], choices=[1, 2])
     p.add_argument("--heldout-per-class", type=int, default=100)
     p.add_argument("--data-source", default=str(data / "cifar10"))
@@ -196,8 +225,22 @@ def main() -> None:
     p.add_argument("--overwrite", action="store_true")
     a = p.parse_args()
     compare = json.loads(a.compare.read_text()) if a.compare else None
-    out = ship(a.run, a.alias, a.stages, a.heldout_per_class, a.data_source, compare, a.hardware, a.overwrite,
-               tuple(a.stats_stages))
+    if a.refresh_notes:
+        print(json.dumps(refresh_notes(a.refresh_notes, compare, a.hardware), indent=1))
+        return
+    if a.run is None or a.alias is None:
+        p.error("give RUN_FOLDER and ALIAS, or --refresh-notes ALIAS")
+    out = ship(
+        a.run,
+        a.alias,
+        a.stages,
+        a.heldout_per_class,
+        a.data_source,
+        compare,
+        a.hardware,
+        a.overwrite,
+        tuple(a.stats_stages),
+    )
     print(json.dumps(out, indent=1))
 
 

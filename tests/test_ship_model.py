@@ -108,3 +108,39 @@ def test_ship_a_tiny_run_into_a_registered_folder(cifar10_dir, ood_dir, tmp_path
         assert "**Protocol**: NOT the paper's full protocol" in text and "**Hardware**: a test machine." in text
         assert "**Seeds**: 1 (seed 42)" in text
     assert (run / "open_set_report-stage2.json").is_file()
+
+
+def test_refresh_notes_rewrites_the_cards_and_keeps_the_weights(tmp_path, monkeypatch):
+    """--refresh-notes: a shipped alias's cards gain a new side-by-side table; weights and metrics stay byte-equal."""
+    import dataclasses
+    import shutil
+
+    from ccsam_zoo.hub import registry
+
+    src = registry._REGISTRY["ce-crt-cifar10-lt"].local_dir
+    folder = tmp_path / "copy-ce"
+    shutil.copytree(src, folder)
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+    registry._REGISTRY["copy-ce"] = dataclasses.replace(registry._REGISTRY["ce-crt-cifar10-lt"], alias="copy-ce",
+                                                        local_dir=folder)  # fmt: skip
+    kept = {p: p.read_bytes() for p in folder.rglob("*") if p.is_file() and p.name != "README.md"}
+    summary = {
+        "ce": {"stage1.top1": {"mean": 66.9}, "stage2.top1": {"mean": 69.8}, "stage2.many": {"mean": 75.2},
+               "stage2.medium": {"mean": 47.9}, "train_s": {"mean": 8382.0}},
+        "mixup_crt": {"stage1.top1": {"mean": 70.1}, "stage2.top1": {"mean": 73.4}, "train_s": None},
+    }  # fmt: skip
+    ship = _bench_module("ship_model")
+    out = ship.refresh_notes("copy-ce", {"summary": summary}, "a second machine")
+
+    assert out["refreshed"] == ["stage1", "stage2"]
+    for stage in ("stage1", "stage2"):
+        text = (folder / stage / "README.md").read_text()
+        assert "| ce | 66.90 | 69.80 | 75.20 | 47.90 | 139.7 |" in text
+        assert "| mixup_crt | 70.10 | 73.40 | – | – | – |" in text
+        assert "**Hardware**: a second machine." in text
+        gap = "Measured gap to the paper (CE, CIFAR-10-LT IR 100, ResNet-32: 70.70)"  # the paper has no CE + cRT row
+        assert (gap in text) == (stage == "stage1")
+        assert f'ccsam_zoo.from_pretrained("copy-ce{":stage1" if stage == "stage1" else ""}")' in text
+    assert {p: p.read_bytes() for p in kept} == kept
+    with pytest.raises(SystemExit, match="not a shipped alias"):
+        ship.refresh_notes("ccsam-imagenet-lt", None, None)
