@@ -122,6 +122,9 @@ def test_builtin_statuses_are_honest():
         assert rows[alias].status == rows[f"{alias}:stage1"].status == "shipped", alias
         assert rows[alias].recipe == "cifar10_lt" and rows[alias].architecture == "resnet32_cifar"
         assert rows[alias].repo_id is None  # nothing of it is on the Hub
+    mixup = rows["mixup-crt-cifar10-lt"]  # a baseline: its stage-2 model only
+    assert mixup.status == "shipped" and rows["mixup-crt-cifar10-lt:stage1"].status == "not shipped"
+    assert mixup.method == "mixup_crt" and mixup.recipe == "cifar10_lt" and mixup.repo_id is None
 
 
 def test_shipped_entries_name_the_recipe_and_method_that_trained_them():

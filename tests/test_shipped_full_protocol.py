@@ -19,10 +19,11 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 # alias -> (assets folder, stage folder, the recipe's method, the paper's row for it or None)
 MODELS = {
-    "ccsam-cifar10-lt": ("ccsam-cifar10-lt", "stage2", "ccsam_rec", 83.92),
-    "ccsam-cifar10-lt:stage1": ("ccsam-cifar10-lt", "stage1", "ccsam_rec", 83.92),
+    "ccsam-cifar10-lt": ("ccsam-cifar10-lt", "stage2", "ccsam", 83.92),  # the paper stage 2 (Eq. 12-14)
+    "ccsam-cifar10-lt:stage1": ("ccsam-cifar10-lt", "stage1", "ccsam", 83.92),
     "ce-crt-cifar10-lt": ("ce-crt-cifar10-lt", "stage2", "ce", None),  # the paper has no CE + cRT row
     "ce-crt-cifar10-lt:stage1": ("ce-crt-cifar10-lt", "stage1", "ce", 70.70),  # = the paper's CE row
+    "mixup-crt-cifar10-lt": ("mixup-crt-cifar10-lt", "stage2", "mixup_crt", 79.15),  # stage 2 only
 }
 ALIAS_BUDGET = 5_000_000  # bytes per shipped alias: both stages (1.9 MB of weights each), stage 2's statistics
 
@@ -53,6 +54,10 @@ def test_folder_is_complete_small_and_from_the_paper_protocol(alias):
     assert recipe["data"]["imbalance_ratio"] == 100 and recipe["data"]["val_per_class"] == 0
     assert extras["class_counts"] == [5000, 2997, 1796, 1077, 645, 387, 232, 139, 83, 50]
     assert extras["metrics"]["selection"] == "last" and extras["metrics"]["split"] == "test"
+    if folder.name == "stage2":  # CC-SAM: the paper's unweighted stage 2 (Eq. 12-14); the baselines: cRT
+        ccsam = MODELS[alias][2] == "ccsam"
+        assert extras["method"] == ({"name": "ccsam_adv", "preset": "paper"} if ccsam else {"name": "crt"})
+        assert not ccsam or recipe["stage2"]["method"] == {"preset": "paper"}  # the two-stage recipe says so too
 
 
 @pytest.mark.parametrize("alias", MODELS)

@@ -123,6 +123,10 @@ def test_bf16_autocast_and_channels_last_train_and_save_float32(cifar_slice, tmp
     weights = load_file(tmp_path / "stage2/model.safetensors")
     assert {t.dtype for t in weights.values() if t.is_floating_point()} == {torch.float32}
     assert weights["conv1.weight"].is_contiguous()  # saved in the standard layout, loadable anywhere
+    for stage in ("stage1", "stage2"):  # metrics.json: the saved float32 weights, not the bf16 run
+        top1, per_class = _independent_top1(tmp_path / stage, cifar_slice)
+        assert metrics[stage]["top1"] == pytest.approx(top1, abs=1e-4)
+        np.testing.assert_allclose(metrics[stage]["per_class"], per_class, atol=1e-4)
 
 
 def test_stage2_alone_from_stage1_checkpoint(cifar_slice, tmp_path):
@@ -301,3 +305,25 @@ def test_readme_quick_start_trains_on_the_embedded_data(tmp_path):
     assert metrics["stage2"]["top1"] > 25.0 and metrics["stage1"]["top1"] > 20.0
     for name in ("config.json", "model.safetensors", "README.md", "prototypes.safetensors"):
         assert (tmp_path / "qs" / "stage2" / name).exists()
+
+
+def test_final_evaluation_is_float32_under_a_bf16_run():
+    """``acc.prepare`` patches the prepared module's forward with autocast: the end-of-stage evaluation must not
+    go through it (a bf16 run's metrics.json once held bf16 numbers, 75.08 where the saved weights give 75.07)."""
+    from accelerate import Accelerator
+
+    from ccsam_zoo.models import FeaturesAndLogits
+    from ccsam_zoo.training.trainer import _float32_view
+
+    torch.manual_seed(0)
+    model = timm.create_model("resnet20_cifar", num_classes=10).eval()
+    x = torch.randn(8, 3, 32, 32)
+    with torch.no_grad():
+        reference = model(x)  # plain timm, float32
+    net = Accelerator(cpu=True, mixed_precision="bf16").prepare(FeaturesAndLogits(model))
+    with torch.no_grad():
+        _, patched = net(x)
+        z, logits = _float32_view(net)(x)
+    assert not torch.allclose(patched, reference, atol=1e-4)  # the prepared wrapper autocasts: a real check
+    torch.testing.assert_close(logits, reference, rtol=0, atol=1e-6)
+    assert z.dtype == torch.float32 and z.shape == (8, model.num_features)

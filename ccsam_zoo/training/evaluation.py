@@ -31,7 +31,8 @@ def penultimate_features(
     net, bench, split: str, accelerator: Accelerator, batch_size: int, autocast: bool = True
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(z, labels, logits)`` of a whole split in eval mode, without augmentation, on every process
-    (under the run's mixed precision unless ``autocast=False``)."""
+    (under the run's mixed precision unless ``autocast=False``; a module passed through ``accelerator.prepare``
+    autocasts in its own patched ``forward`` whatever ``autocast`` says: pass ``FeaturesAndLogits(unwrap(net))``)."""
     was_training = net.training
     net.eval()
     transform = bench.batch_transform(train=False)

@@ -267,13 +267,19 @@ def _train_epoch(ctx: _Context, stage: str, net, method, optimizer, loader, epoc
     return stats
 
 
+def _float32_view(net: nn.Module) -> FeaturesAndLogits:
+    """``(z, logits)`` of the float32 timm model inside a prepared ``net``, without its autocast: ``acc.prepare``
+    patched the prepared wrapper's own ``forward`` with the run's mixed precision, so a fresh wrapper."""
+    return FeaturesAndLogits(unwrap(net))
+
+
 def _finish_stage(ctx: _Context, stage: str, net, method_cfg: dict[str, Any]) -> None:
     """Evaluate on the test split (last epoch), fit prototypes, save the Hub-ready folder, checkpoint."""
     acc, bench = ctx.accelerator, ctx.bench
     batch = ctx.recipe["eval"]["batch_size"]
     # the saved float32 weights, uncompiled and without autocast: what from_pretrained users measure (bf16
     # autocast moved CIFAR-10-LT top-1 by up to 0.1 points; the per-epoch logs keep the run's precision)
-    metrics = evaluate(unwrap(net, timm_model=False), bench, "test", acc, batch, autocast=False)
+    metrics = evaluate(_float32_view(net), bench, "test", acc, batch, autocast=False)
     metrics.update(split="test", epoch=ctx.recipe[stage]["epochs"], selection=ctx.recipe["eval"]["select_on"])
     ctx.state["metrics"][stage] = metrics
     ctx.log.info(
