@@ -93,7 +93,11 @@ def _heldout(bench, name: str, source: str, kwargs: dict[str, Any], per_class: i
     return TensorSplit(full.train.images[rows], full.train.labels[rows])
 
 
-def _rebuild_benchmark(clf: Classifier, data_source: str | None, open_source: str, heldout_per_class: int = 0):
+def rebuild_benchmark(clf: Classifier, data_source: str | None) -> tuple[Any, str, str, dict[str, Any]]:
+    """The model's own benchmark rebuilt from its recipe (the data fingerprint must match).
+
+    Returns ``(benchmark, name, source, kwargs)``: what ``_heldout`` needs to pick images outside the subset.
+    """
     recipe = clf.meta.get("recipe") or {}
     d = recipe.get("data") or {}
     source = data_source or d.get("source")
@@ -106,22 +110,28 @@ def _rebuild_benchmark(clf: Classifier, data_source: str | None, open_source: st
         shot_thresholds=tuple(d.get("shot_thresholds", (100, 20))),
         shot_rule=d.get("shot_rule", "paper"),
     )
-    bench = build_benchmark(d.get("name", "cifar10_lt"), source, d.get("imbalance_ratio"), **kwargs)
+    name = d.get("name", "cifar10_lt")
+    bench = build_benchmark(name, source, d.get("imbalance_ratio"), **kwargs)
     want = clf.meta.get("data_fingerprint")
     if want and bench.fingerprint != want:
         raise SystemExit(
             f"the rebuilt training data has fingerprint {bench.fingerprint[:12]} but the model was trained on "
             f"{want[:12]}: pass the model's data copy with --data-source"
         )
+    return bench, name, source, kwargs
+
+
+def _rebuild_benchmark(clf: Classifier, data_source: str | None, open_source: str, heldout_per_class: int = 0):
+    bench, name, source, kwargs = rebuild_benchmark(clf, data_source)
     if bench.val is None:
         if not heldout_per_class:
             raise SystemExit(
                 "the model's recipe has no validation split (data.val_per_class = 0): pass --heldout-per-class N "
                 "to calibrate on training images the model never saw"
             )
-        bench.val = _heldout(bench, d.get("name", "cifar10_lt"), source, kwargs, heldout_per_class)
-    with_open = build_benchmark(d.get("name", "cifar10_lt"), source, d.get("imbalance_ratio"), open_source=open_source,
-                                **kwargs)  # fmt: skip
+        bench.val = _heldout(bench, name, source, kwargs, heldout_per_class)
+    imbalance = (clf.meta.get("recipe") or {}).get("data", {}).get("imbalance_ratio")
+    with_open = build_benchmark(name, source, imbalance, open_source=open_source, **kwargs)
     return bench, with_open.open
 
 

@@ -1,7 +1,7 @@
 """Turn a finished run folder into a model shipped inside the package (``ccsam_zoo/assets/<alias>/``). Prints JSON.
 
     python bench/ship_model.py RUN_FOLDER ALIAS [--stages 1 2] [--heldout-per-class 100] [--compare RESULTS.json]
-    python bench/ship_model.py --refresh-notes ALIAS --compare RESULTS.json --hardware "..."   # notes/cards only
+    python bench/ship_model.py --refresh-notes ALIAS --compare RESULTS.json --hardware "..." [--selection "..."]
 
 The shipped folder is a small run folder that ``from_pretrained(ALIAS)`` (stage 2) and ``ALIAS:stage1`` load:
 
@@ -65,7 +65,10 @@ def _paper_line(extras: dict[str, Any], top1: float) -> str:
     return f"Measured gap to the paper ({paper['setting']}: {paper['top1']:.2f}): **{gap:+.2f}** points top-1."
 
 
-def _notes(alias: str, stage: int, extras: dict[str, Any], compare: dict | None, hardware: str | None) -> str:
+def _notes(
+    alias: str, stage: int, extras: dict[str, Any], compare: dict | None, hardware: str | None,
+    selection: str | None = None,
+) -> str:  # fmt: skip
     recipe = extras.get("recipe") or {}
     m = extras.get("metrics") or {}
     top1 = 100 * float(m["top1"]) if float(m["top1"]) <= 1 else float(m["top1"])
@@ -81,14 +84,16 @@ def _notes(alias: str, stage: int, extras: dict[str, Any], compare: dict | None,
         f"`method={recipe.get('method')}`: ResNet-32, IR {recipe.get('data', {}).get('imbalance_ratio')}, "
         f"stage 1 {s1.get('epochs')} epochs (batch {s1.get('batch_size')}, lr {s1.get('lr')}, "
         f"{s1.get('warmup_epochs')} warm-up epochs, x{s1.get('gamma') or 0.1} at {s1.get('milestones')}), "
-        f"stage 2 {s2.get('epochs')} epochs (lr {s2.get('lr')}, {s2.get('schedule')}); last epoch, no model "
-        "selection, the test split used for nothing but the numbers below.",
+        f"stage 2 {s2.get('epochs')} epochs (lr {s2.get('lr')}, {s2.get('schedule')}); last epoch, no checkpoint "
+        "selection" + ("." if selection else ", the test split used for nothing but the numbers below."),
         f"- **Data copy**: {DATA_COPY}; training subset: the authors' rule (per-class seeded shuffle, seed "
         f"{recipe.get('data', {}).get('seed')}), fingerprint `{extras.get('data_fingerprint')}`.",
         f"- **Seeds**: 1 (seed {seed}); the seed-to-seed spread of this code on the short CPU schedule is "
         "about 1-1.5 points (docs/RESULTS.md 1b).",
         f"- {_paper_line(extras, top1)}",
     ]
+    if selection:  # how this configuration was chosen among the runs of the table below
+        lines.append(f"- **Selection**: {selection}.")
     if hardware:
         lines.append(f"- **Hardware**: {hardware}.")
     if compare:
@@ -132,20 +137,24 @@ def _float32_metrics(dest: Path, stage: int, fractions: dict[str, Any]) -> dict[
     return extras
 
 
-def _write_cards(dest: Path, alias: str, compare: dict | None, hardware: str | None) -> list[int]:
+def _write_cards(
+    dest: Path, alias: str, compare: dict | None, hardware: str | None, selection: str | None = None
+) -> list[int]:
     """Write each shipped stage's notes, then render the cards (after all stages: each card's stage table shows the
     other stage's float32 numbers too). Returns the stages found."""
     stages = [s for s in (1, 2) if (dest / f"stage{s}" / "ccsam_zoo.json").is_file()]
     for stage in stages:
         extras = json.loads((dest / f"stage{stage}" / "ccsam_zoo.json").read_text())
         readme = dest / f"stage{stage}" / "README.md"
-        readme.write_text(_notes(alias, stage, extras, compare, hardware) + "\n")  # kept by the render
+        readme.write_text(_notes(alias, stage, extras, compare, hardware, selection) + "\n")  # kept by the render
     for stage in stages:
         (dest / f"stage{stage}" / "README.md").write_text(render_model_card(dest / f"stage{stage}"))
     return stages
 
 
-def refresh_notes(alias: str, compare: dict | None, hardware: str | None) -> dict[str, Any]:
+def refresh_notes(
+    alias: str, compare: dict | None, hardware: str | None, selection: str | None = None
+) -> dict[str, Any]:
     """Re-write the notes and cards of an already shipped alias (e.g. a side-by-side table with more runs), keeping
     its weights, statistics and metrics as they are."""
     entry = registry._REGISTRY.get(alias)
@@ -153,13 +162,14 @@ def refresh_notes(alias: str, compare: dict | None, hardware: str | None) -> dic
         raise SystemExit(
             f"{alias!r} is not a shipped alias with a folder: ship it first (bench/ship_model.py RUN ALIAS)"
         )
-    stages = _write_cards(entry.local_dir, alias, compare, hardware)
+    stages = _write_cards(entry.local_dir, alias, compare, hardware, selection)
     return {"alias": alias, "folder": str(entry.local_dir), "refreshed": [f"stage{s}" for s in stages]}
 
 
 def ship(
     run: Path, alias: str, stages: list[int], heldout: int, data_source: str, compare: dict | None = None,
     hardware: str | None = None, overwrite: bool = False, stats_stages: tuple[int, ...] = (2,),
+    selection: str | None = None,
 ) -> dict[str, Any]:  # fmt: skip
     entry = registry._REGISTRY.get(alias)
     if entry is None or not entry.shipped or entry.local_dir is None:
@@ -198,7 +208,7 @@ def ship(
             "report_auroc": report["scores"][report["default"]]["report"]["auroc"],
             "bytes": {p.name: p.stat().st_size for p in sorted(dst.iterdir())},
         }
-    _write_cards(dest, alias, compare, hardware)
+    _write_cards(dest, alias, compare, hardware, selection)
     out["total_bytes"] = sum(p.stat().st_size for p in dest.rglob("*") if p.is_file())
     return out
 
@@ -219,6 +229,9 @@ def main() -> None:
     p.add_argument("--data-source", default=str(data / "cifar10"))
     p.add_argument("--compare", type=Path, default=None, help="bench/compare.py results.json for the notes")
     p.add_argument("--hardware", default=None, help="how the run was trained, for the notes")
+    p.add_argument("--selection", default=None,
+                   help="how this configuration was chosen among the compared runs, for the notes (say so when the "
+                        "choice used the test split)")  # fmt: skip
     p.add_argument("--stats-stages", type=int, nargs="*", default=[2], choices=[1, 2],
                    help="stages that keep open_set_stats.safetensors (0.7 MB each); the others ship the logit and "
                         "prototype scores only")  # fmt: skip
@@ -226,7 +239,7 @@ def main() -> None:
     a = p.parse_args()
     compare = json.loads(a.compare.read_text()) if a.compare else None
     if a.refresh_notes:
-        print(json.dumps(refresh_notes(a.refresh_notes, compare, a.hardware), indent=1))
+        print(json.dumps(refresh_notes(a.refresh_notes, compare, a.hardware, a.selection), indent=1))
         return
     if a.run is None or a.alias is None:
         p.error("give RUN_FOLDER and ALIAS, or --refresh-notes ALIAS")
@@ -240,6 +253,7 @@ def main() -> None:
         a.hardware,
         a.overwrite,
         tuple(a.stats_stages),
+        a.selection,
     )
     print(json.dumps(out, indent=1))
 

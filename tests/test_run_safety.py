@@ -33,6 +33,7 @@ from ccsam_zoo.training.config import RecipeError, load_recipe, recipe_differenc
 from ccsam_zoo.training.run_dir import RunDirError, check_run_dir, prepare_run_dir, remove_leftovers
 from ccsam_zoo.training.run_log import drop_records_after
 from tests.conftest import REPO
+from tests.training_utils import start_run, wait_ok
 
 pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")
 
@@ -378,8 +379,7 @@ def test_kill_then_resume_from_a_broken_checkpoint_keeps_each_epoch_once(tmp_pat
     ]
     cmd = [sys.executable, "-m", "ccsam_zoo.train", "--recipe", "quickstart", "--set", *sets]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    full = subprocess.run([*cmd, "--output-dir", str(tmp_path / "full")], cwd=REPO, env=env, capture_output=True)
-    assert full.returncode == 0, full.stderr[-2000:]
+    full = start_run([*cmd, "--output-dir", str(tmp_path / "full")], REPO, env)  # side by side with the killed run
 
     killed = tmp_path / "killed"
     proc = subprocess.Popen(
@@ -397,6 +397,7 @@ def test_kill_then_resume_from_a_broken_checkpoint_keeps_each_epoch_once(tmp_pat
 
     again = subprocess.run([*cmd[:3], "--resume", str(killed)], cwd=REPO, env=env, capture_output=True, text=True)
     assert again.returncode == 0, again.stderr[-2000:]
+    wait_ok(full)
     log = (killed / "train.log").read_text()
     assert "checkpoint stage1-epoch0002 is broken (model.safetensors has" in log
     assert "resuming from stage1-epoch0001 (the previous complete checkpoint)" in log

@@ -20,7 +20,7 @@ import ccsam_zoo  # noqa: F401
 from ccsam_zoo.training import apply_overrides, load_recipe
 from ccsam_zoo.training.config import resolve_recipe
 from tests.conftest import REPO
-from tests.training_utils import tiny_overrides, write_cifar10_slice
+from tests.training_utils import start_run, tiny_overrides, wait_ok, write_cifar10_slice
 
 CLASS_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
@@ -172,7 +172,7 @@ def test_bad_stage2_init_is_a_clear_error(cifar_slice, tmp_path):
 def test_sigkill_during_stage1_then_resume_gives_identical_metrics(cifar_slice, tmp_path):
     sets = tiny_overrides(cifar_slice, **{"stage1.epochs": 4, "stage1.milestones": "[3]"})
     cmd = [sys.executable, "recipes/train.py", "--recipe", "cifar10_lt", "--set", *sets]
-    _run([*cmd, "--output-dir", str(tmp_path / "full")])
+    full = start_run([*cmd, "--output-dir", str(tmp_path / "full")], REPO)  # side by side with the killed run
 
     killed = tmp_path / "killed"
     proc = subprocess.Popen(
@@ -189,6 +189,7 @@ def test_sigkill_during_stage1_then_resume_gives_identical_metrics(cifar_slice, 
     proc.wait()
     assert (killed / "checkpoints" / "stage1-epoch0001").exists() and not (killed / "metrics.json").exists()
     _run([sys.executable, "recipes/train.py", "--recipe", "cifar10_lt", "--resume", str(killed)])
+    wait_ok(full)
 
     full = json.loads((tmp_path / "full" / "metrics.json").read_text())
     resumed = json.loads((killed / "metrics.json").read_text())
@@ -218,30 +219,14 @@ def test_two_processes_match_one_process_on_the_same_global_batch(cifar_slice, t
         },
     )
     train = [sys.executable, "recipes/train.py", "--recipe", "cifar10_lt"]
-    _run(
-        [
-            *train,
-            "--output-dir",
-            str(tmp_path / "one"),
-            "--set",
-            *common,
-            "stage1.batch_size=32",
-            "stage2.batch_size=32",
-        ]
-    )
-    _run(
-        [
-            *train,
-            "--output-dir",
-            str(tmp_path / "b16"),
-            "--set",
-            *common,
-            "stage1.batch_size=16",
-            "stage2.batch_size=16",
-        ]
-    )
-    accum = [*common, "stage1.batch_size=16", "stage2.batch_size=16", "train.grad_accum=2"]
-    _run([*train, "--output-dir", str(tmp_path / "accum"), "--set", *accum])
+    runs = {  # 1 x 32; 1 x 16 (another global batch); 1 x 16 x 2 accumulation steps: side by side, 1 thread each
+        "one": [*common, "stage1.batch_size=32", "stage2.batch_size=32"],
+        "b16": [*common, "stage1.batch_size=16", "stage2.batch_size=16"],
+        "accum": [*common, "stage1.batch_size=16", "stage2.batch_size=16", "train.grad_accum=2"],
+    }
+    procs = [start_run([*train, "--output-dir", str(tmp_path / k), "--set", *v], REPO) for k, v in runs.items()]
+    for proc in procs:
+        wait_ok(proc)
     launch = [
         sys.executable,
         "-m",

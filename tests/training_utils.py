@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -40,3 +43,26 @@ def tiny_overrides(source: Path, method: str = "ccsam", **extra: object) -> list
     }
     sets.update({k: v for k, v in extra.items()})
     return [f"{k}={v}" for k, v in sets.items()]
+
+
+def start_run(args: list[str], cwd: Path, env: dict | None = None) -> subprocess.Popen:
+    """Start a command with one OpenMP thread, so that two run side by side on a 2-core machine."""
+    log = tempfile.TemporaryFile()  # not a pipe: a long stderr (progress bars) must not block the child
+    full_env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
+    proc = subprocess.Popen(args, cwd=cwd, env=full_env, stdout=subprocess.DEVNULL, stderr=log)
+    proc.stderr_file = log  # type: ignore[attr-defined]
+    return proc
+
+
+def wait_ok(proc: subprocess.Popen, timeout: float = 900) -> str:
+    """Wait for a ``start_run`` command; assert it succeeded (its stderr's end in the message). Returns stderr."""
+    try:
+        proc.wait(timeout)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    proc.stderr_file.seek(0)
+    err = proc.stderr_file.read().decode(errors="replace")
+    proc.stderr_file.close()
+    assert proc.returncode == 0, err[-3000:]
+    return err

@@ -329,7 +329,7 @@ def _limitations(extras: dict[str, Any], results: list[dict[str, Any]], paper: d
         out.append("No class falls in the few-shot group under the chosen thresholds: the few-shot accuracy is empty.")
     selection = (extras.get("metrics") or {}).get("selection")
     if selection == "last":
-        out.append("Reported numbers are from the last epoch: no model selection, and none on the test split.")
+        out.append("Reported numbers are from the last epoch: no checkpoint selection, and none on the test split.")
     elif selection:
         out.append(f"The reported model was selected on the `{selection}` split, never on the test split.")
     if paper is None:
