@@ -36,10 +36,14 @@ def _percent(per_class: list[float | None]) -> list[float | None]:
 def select(models: list[str], data_source: str | None, per_class: int = 1000, floor: float = 0.5) -> dict[str, Any]:
     """Held-out and training per-class accuracy of each model, and the selected one (see the module docstring)."""
     rows: dict[str, Any] = {}
+    built: dict[str, Any] = {}  # data fingerprint -> (benchmark, held-out split): built once for same-data models
     for model in models:
         clf = ccsam_zoo.from_pretrained(model)
-        bench, name, source, kwargs = open_set_report.rebuild_benchmark(clf, data_source)
-        held = open_set_report._heldout(bench, name, source, kwargs, per_class)
+        key = clf.meta.get("data_fingerprint") or model
+        if key not in built:
+            bench, name, source, kwargs = open_set_report.rebuild_benchmark(clf, data_source)
+            built[key] = bench, open_set_report._heldout(bench, name, source, kwargs, per_class)
+        bench, held = built[key]
         transform = bench.batch_transform(train=False)
         on_held = evaluate_model(clf, held, transform=transform, scores=())["per_class"]
         on_train = evaluate_model(clf, bench.train, transform=transform, scores=())["per_class"]

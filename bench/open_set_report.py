@@ -102,6 +102,7 @@ def rebuild_benchmark(clf: Classifier, data_source: str | None) -> tuple[Any, st
     d = recipe.get("data") or {}
     source = data_source or d.get("source")
     kwargs = dict(
+        imbalance_ratio=d.get("imbalance_ratio"),
         selection=d.get("selection", "first"),
         seed=d.get("seed", 0),
         val_per_class=d.get("val_per_class", 0),
@@ -111,7 +112,7 @@ def rebuild_benchmark(clf: Classifier, data_source: str | None) -> tuple[Any, st
         shot_rule=d.get("shot_rule", "paper"),
     )
     name = d.get("name", "cifar10_lt")
-    bench = build_benchmark(name, source, d.get("imbalance_ratio"), **kwargs)
+    bench = build_benchmark(name, source, **kwargs)
     want = clf.meta.get("data_fingerprint")
     if want and bench.fingerprint != want:
         raise SystemExit(
@@ -130,8 +131,7 @@ def _rebuild_benchmark(clf: Classifier, data_source: str | None, open_source: st
                 "to calibrate on training images the model never saw"
             )
         bench.val = _heldout(bench, name, source, kwargs, heldout_per_class)
-    imbalance = (clf.meta.get("recipe") or {}).get("data", {}).get("imbalance_ratio")
-    with_open = build_benchmark(name, source, imbalance, open_source=open_source, **kwargs)
+    with_open = build_benchmark(name, source, open_source=open_source, **kwargs)
     return bench, with_open.open
 
 
