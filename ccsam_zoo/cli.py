@@ -131,9 +131,18 @@ def _check_open_set(args: argparse.Namespace, clf: Any) -> None:
         )
 
 
+def _check_open_set_flags(args: argparse.Namespace) -> None:
+    """``--score`` / ``--threshold`` only act with ``--open-set``: alone they are a usage error, not ignored."""
+    given = [flag for flag, key in (("--score", "score"), ("--threshold", "threshold"))
+             if getattr(args, key, None) is not None]  # fmt: skip
+    if given and not getattr(args, "open_set", False):
+        raise UsageError(f"{' and '.join(given)} needs --open-set (add --open-set, or drop {' and '.join(given)})")
+
+
 def _cmd_predict(args: argparse.Namespace) -> int:
     from ccsam_zoo.inference import ImageInputError
 
+    _check_open_set_flags(args)
     clf = _load_model(args)
     _check_open_set(args, clf)
     try:
@@ -202,33 +211,103 @@ def _benchmark_spec(data: str, source: str | None) -> tuple[str, Any]:
     return "imagefolder", str(path)
 
 
+# Classes of the benchmarks whose copies share one layout (train/test parquet): a copy of the other one under
+# this name is caught by its class count. (OLTR benchmarks are named by their split files' prefix.)
+_BENCHMARK_CLASSES = {"cifar10_lt": 10, "cifar100_lt": 100, "embedded": 10}
+_PLOT_SUFFIXES = (".png", ".pdf", ".svg", ".jpg", ".jpeg")
+_PLOT_NAME = "open_set_histograms.png"
+
+
+def _plot_path(plot: str) -> Path:
+    """``--plot``: a file (``.png`` added when it has no suffix) or a folder (``open_set_histograms.png`` in it)."""
+    path = Path(plot).expanduser()
+    if path.is_dir() or plot.endswith(("/", os.sep)):
+        return path / _PLOT_NAME
+    if not path.suffix:
+        return path.with_suffix(".png")
+    if path.suffix.lower() not in _PLOT_SUFFIXES:
+        raise UsageError(f"--plot {plot}: unknown image type {path.suffix!r}; give a {', '.join(_PLOT_SUFFIXES)} file "
+                         "or a folder")  # fmt: skip
+    return path
+
+
+def _check_data_matches(name: str, source: Any, bench: Any, clf: Any) -> None:
+    """The data must be what ``--data`` names and what the model was trained on: a class count or class names
+    that disagree are an error that says which side differs (never results under a wrong label)."""
+    want = _BENCHMARK_CLASSES.get(name)
+    where = f"--data-source {source}" if source else "the default source"
+    if want is not None and bench.num_classes != want:
+        raise ValueError(
+            f"--data {name} has {want} classes but {where} holds {bench.num_classes}: pass a copy of {name}'s data "
+            "with --data-source, or name the benchmark that data belongs to with --data"
+        )
+    if bench.num_classes != clf.num_classes:
+        raise ValueError(
+            f"the model has {clf.num_classes} classes but {name} ({where}) has {bench.num_classes}: wrong --data for "
+            "this model; pass the benchmark it was trained on"
+        )
+    ours, theirs = [str(c) for c in clf.class_names], [str(c) for c in bench.class_names]
+    if theirs == [str(i) for i in range(len(theirs))] or ours == [str(i) for i in range(len(ours))]:
+        return  # one side has no class names (numbered labels): nothing to compare
+    if ours != theirs:
+        c = next(i for i, (a, b) in enumerate(zip(ours, theirs)) if a != b)
+        order = "in another order" if sorted(ours) == sorted(theirs) else "different"
+        raise ValueError(
+            f"class names of the model and of {name} ({where}) are {order}: class {c} is {ours[c]!r} in the model and "
+            f"{theirs[c]!r} in the data; pass the data the model was trained on"
+        )
+
+
+def _check_val_per_class(bench: Any, requested: int) -> None:
+    """``--val-per-class N`` asks for N images per class; say the most there is instead of using fewer."""
+    import torch
+
+    have = torch.bincount(bench.val.labels, minlength=bench.num_classes).tolist()
+    if min(have) < requested:
+        c = min(range(len(have)), key=have.__getitem__)
+        raise UsageError(
+            f"--val-per-class {requested}: class {c} ({bench.class_names[c]!r}) has only {have[c]} images to hold "
+            f"out (one training image per class stays); use --val-per-class {min(have)} or less"
+        )
+
+
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from ccsam_zoo.data import build_benchmark
+    from ccsam_zoo.data.subset_rule import recorded_subset_rule
     from ccsam_zoo.inference import evaluate_model
 
     _check_output(args.output)
+    _check_open_set_flags(args)
     name, source = _benchmark_spec(args.data, args.data_source)
     scores = tuple(s.strip() for s in args.scores.split(",") if s.strip()) if args.scores else None
     bad = [s for s in scores or () if s not in _SCORES]
     if bad:
         raise UsageError(f"unknown --scores {bad}; choose from {','.join(_SCORES)}")
+    plot_file = _plot_path(args.plot) if args.plot else None
     clf = _load_model(args)
     meta = clf.meta or {}
     thresholds = args.shot_thresholds or meta.get("shot_thresholds") or (100, 20)
     rule = args.shot_rule or meta.get("shot_rule") or "paper"
     size = int(clf.data_config["input_size"][-1])
-    kwargs: dict[str, Any] = dict(imbalance_ratio=args.imbalance_ratio, image_size=size, open_source=args.open_data)
+    # the subset rule the model's recipe recorded (IR, selection + seed, ...): the card's fingerprint for this copy
+    recorded = {k: v for k, v in recorded_subset_rule(meta.get("recipe"), name).items()
+                if k not in ("shot_thresholds", "shot_rule")}  # fmt: skip
+    kwargs: dict[str, Any] = {**recorded, "image_size": size}
+    if args.imbalance_ratio is not None:
+        kwargs["imbalance_ratio"] = args.imbalance_ratio
     if args.val_per_class:
         kwargs["val_per_class"] = args.val_per_class
     bench = build_benchmark(name, source, **kwargs)
+    _check_data_matches(name, source, bench, clf)
     if args.split == "val" and getattr(bench, "val", None) is None:
         raise UsageError(f"{name} has no val split: add --val-per-class N (images per class held out of train)")
-    if bench.num_classes != clf.num_classes:
-        raise ValueError(
-            f"the model has {clf.num_classes} classes but {name} has {bench.num_classes}: wrong --data for this model"
-        )
-    if clf.class_names != bench.class_names:
-        logging.getLogger(__name__).warning("class names differ between the model and %s; using the model's", name)
+    if args.split == "val" and args.val_per_class:
+        _check_val_per_class(bench, args.val_per_class)
+    if args.open_data:  # built apart: the closed-set fingerprint stays the one the card shows
+        bench.open = build_benchmark(name, source, **kwargs, open_source=args.open_data).open
+    if bench.open is None and (plot_file or scores):
+        flag = "--plot" if plot_file else "--scores"
+        raise UsageError(f"{flag} is about open-set scores: it needs --open-data (open-set images)")
     counts = clf.class_counts or bench.class_counts
 
     def data_of(split: str) -> Any:
@@ -256,13 +335,13 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         return_scores=has_open and bool(args.plot or args.output),
     )
     raw_scores = result.pop("scores", None)
-    plot = args.plot or (str(Path(args.output).expanduser().with_suffix(".png")) if args.output and has_open else None)
+    plot = plot_file or (Path(args.output).expanduser().with_suffix(".png") if args.output and has_open else None)
     if raw_scores is not None and plot:
         from ccsam_zoo.inference import plot_score_histograms
 
-        plot = Path(plot).expanduser()
         plot.parent.mkdir(parents=True, exist_ok=True)
         plot_score_histograms(raw_scores, plot, {s: m["threshold"] for s, m in result["open_set"].items()})
+        plot = str(plot)
     report = {
         "model": str(args.model),
         "data": name,
@@ -271,6 +350,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         "open_data": args.open_data or ("the benchmark's open split" if has_open else None),
         "open_set_plot": plot if raw_scores is not None else None,
         "data_fingerprint": bench.fingerprint,
+        "subset_rule": {**{k: v for k, v in kwargs.items() if k != "image_size"},
+                        "from": "the model's recipe" if recorded else "build_benchmark's defaults"},  # fmt: skip
         "shot_thresholds": [int(thresholds[0]), int(thresholds[1])],
         "shot_rule": rule,
         "class_names": clf.class_names,
@@ -282,7 +363,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     if args.json:
         print(dumps(report))
         return 0
-    print(f"model: {args.model}   data: {name} ({args.split}, {result['num_samples']} images)")
+    print(f"model: {args.model}   data: {name} ({args.split}, {result['num_samples']} images)   "
+          f"fingerprint: {bench.fingerprint[:12]}" + (" (the model's subset rule)" if recorded else ""))  # fmt: skip
     print(
         _table(
             [[_pct(result[k]) for k in ("top1", "many", "medium", "few")]], ["top-1 %", "many %", "medium %", "few %"]
@@ -329,8 +411,11 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------------------------------ list / card
 _STATUS_HELP = """\
 shipped: inside the package (works offline)   cached: in the Hugging Face cache   local: a registered folder
-not published: nothing uploaded under this name yet; train it: accelerate launch recipes/train.py --recipe RECIPE
-not cached: a registered Hub repo, downloaded on first use"""
+not cached: a registered Hub repo, downloaded on first use   missing: a registered folder that is gone
+not shipped: the package holds stage 2 of this model only (its stage 1 is not included)
+not published: nothing uploaded under this name yet; train it: ccsam-zoo train --recipe RECIPE"""
+# every status list_pretrained can give (tests/test_cli_edges.py checks the legend explains each)
+STATUSES = ("shipped", "cached", "local", "not cached", "missing", "not shipped", "not published")
 
 
 def _cmd_list(args: argparse.Namespace) -> int:

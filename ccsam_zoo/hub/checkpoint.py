@@ -44,6 +44,12 @@ OPEN_SET_STATS_NAME = "open_set_stats.safetensors"
 CARD_NAME = "README.md"
 PLOT_NAME = "per_class_accuracy.png"
 FORMAT_VERSION = 1
+# The open-set score names a checkpoint may record (= inference.SCORES, kept import-free so that reading
+# ccsam_zoo.json does not import torch; tests/test_cli_edges.py checks that the two agree).
+OPEN_SET_SCORES = (
+    "msp", "max_logit", "energy", "mahalanobis", "knn", "cosine", "euclidean", "reachability", "hybrid",
+    "layer_stats", "msp+layer_stats", "max_logit+layer_stats", "energy+layer_stats",
+)  # fmt: skip
 
 # info keys of save_pretrained: the ARCHITECTURE.md contract, then optional extras used by the card.
 INFO_KEYS = (
@@ -439,8 +445,7 @@ def _check_extras(extras: dict[str, Any], path: Path) -> None:
         return
     if not isinstance(open_set, dict):
         raise bad("open_set", "{score, threshold, tpr} or null")
-    from ..inference.open_set import SCORES
-
+    SCORES = OPEN_SET_SCORES  # noqa: N806  (torch-free: `ccsam-zoo card` reads this file without torch)
     if open_set.get("score") is not None and open_set["score"] not in SCORES:
         raise bad("open_set.score", f"one of {', '.join(SCORES)}")
     threshold = open_set.get("threshold")
