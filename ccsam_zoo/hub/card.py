@@ -29,7 +29,7 @@ from ..training.run_log import stage_seconds
 
 __all__ = [
     "render_model_card", "paper_result_for", "plot_per_class_accuracy", "TEMPLATE_PATH", "default_repo_id",
-    "portable_recipe", "portable_text", "PLACEHOLDER",
+    "portable_recipe", "portable_extras", "portable_text", "PLACEHOLDER",
 ]  # fmt: skip
 
 NOTES_BEGIN = "<!-- ccsam_zoo:notes -->"
@@ -86,7 +86,11 @@ TRAIN_COMMAND = "ccsam-zoo train"
 _PATH_KEYS = ("data.source", "model.pretrained_file", "stage2.init", "train.output_dir", "output_dir")
 _WINDOWS_ABS = re.compile(r"^[A-Za-z]:[\\/]")
 # An absolute path inside free text (a log line, a command): POSIX, home-relative or Windows.
-_PATH_IN_TEXT = re.compile(r"(?<![\w.:/\\-])(?:~?/[^\s'\"`),;:\]]+|[A-Za-z]:\\[^\s'\"`),;]+)")
+# POSIX paths need two parts (``/work/x``): a lone ``/word`` is text (``<!-- /ccsam_zoo:notes -->``, ``img/s``).
+_SEG = r"[^\s'\"`),;:\]<>/]+"
+_PATH_IN_TEXT = re.compile(
+    rf"(?<![\w.:/\\-])(?:~/{_SEG}(?:/{_SEG})*|/{_SEG}(?:/{_SEG})+/?|[A-Za-z]:\\[^\s'\"`),;]+)"
+)
 
 
 def _looks_local(value: str) -> bool:
@@ -131,6 +135,17 @@ def portable_recipe(recipe: Any) -> Any:
             node[key] = _portable_path(value, hub_ok=dotted == "data.source")
         elif isinstance(value, dict):  # a source given as {"root": ..., "splits": ...}
             node[key] = {k: _portable_path(v) if isinstance(v, str) else v for k, v in value.items()}
+    return out
+
+
+def portable_extras(extras: dict[str, Any]) -> dict[str, Any]:
+    """A copy of ``ccsam_zoo.json``'s extras for others (a shipped folder, a Hub upload): the recipe's paths and
+    ``data_source`` are placeholders; everything else (numbers, names, fingerprint) is unchanged."""
+    out = dict(extras)
+    if isinstance(out.get("recipe"), dict):
+        out["recipe"] = portable_recipe(out["recipe"])
+    if isinstance(out.get("data_source"), str):
+        out["data_source"] = _portable_path(out["data_source"])
     return out
 
 
@@ -405,10 +420,10 @@ def _limitations(extras: dict[str, Any], results: list[dict[str, Any]], paper: d
     copy_text = extras.get("data_copy") if isinstance(extras.get("data_copy"), str) else None
     name = data_copy_name(source)
     what = copy_text or (f"the data copy `{name}`" if name else "the data copy recorded in the recipe")
-    data_line = f"Trained and evaluated on {what}"
-    data_line += (f" (data fingerprint `{fp}`: it covers the copy's files, the long-tailed subset rule and its "
-                  "seed)") if fp else ""  # fmt: skip
-    data_line += ("; another copy of the same images (re-encoded, e.g. the lossless original pixels versus a "
+    data_line = f"Trained and evaluated on {what}."
+    data_line += (f" Data fingerprint `{fp}`: it covers the copy's files, the long-tailed subset rule and its "
+                  "seed.") if fp else ""  # fmt: skip
+    data_line += (" Another copy of the same images (re-encoded: e.g. the original lossless pixels rather than a "
                   "JPEG copy) has another fingerprint and shifts accuracies slightly.")  # fmt: skip
     out.append(data_line)
     if any(r["key"] == "few" and r["ours"] is None for r in results):
