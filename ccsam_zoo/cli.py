@@ -293,8 +293,9 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     recorded = {k: v for k, v in recorded_subset_rule(meta.get("recipe"), name).items()
                 if k not in ("shot_thresholds", "shot_rule")}  # fmt: skip
     kwargs: dict[str, Any] = {**recorded, "image_size": size}
-    if args.imbalance_ratio is not None:
-        kwargs["imbalance_ratio"] = args.imbalance_ratio
+    if args.imbalance_ratio is not None:  # 100, not 100.0: the fingerprint hashes the value as a recipe writes it
+        ir = args.imbalance_ratio
+        kwargs["imbalance_ratio"] = int(ir) if float(ir).is_integer() else ir
     if args.val_per_class:
         kwargs["val_per_class"] = args.val_per_class
     bench = build_benchmark(name, source, **kwargs)
