@@ -26,6 +26,10 @@ Protocol (nothing used to choose or calibrate is reported on):
 
 ``--write-stats`` stores the fitted statistics and every score's validation threshold in the checkpoint folder
 (``open_set_stats.safetensors``, ``ccsam_zoo.json``), with the selected default score.
+
+A benchmark protocol (it needs the project's data copy and OOD set), so it stays in bench/: the scores, their
+statistics and calibration are the package's (``ccsam_zoo.inference``), and so is the rule that rebuilds a
+model's training subset (``ccsam_zoo.data.subset_rule``, shared with ``ccsam-zoo evaluate``).
 """
 
 from __future__ import annotations

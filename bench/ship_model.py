@@ -26,6 +26,13 @@ was trained in a separate run from saved stage-1 weights (``stage2.init``) ships
 
 Register the alias in ``ccsam_zoo/hub/registry.py`` (``_SHIPPED``) first: its folder is the destination, and the
 card names it.
+
+Why a bench script and not a ``ccsam-zoo`` command: shipping writes into the package's source tree
+(``ccsam_zoo/assets/`` and the ``_SHIPPED`` table), needs a finished run folder, the project's data copy and its
+out-of-distribution set, and is a maintainer's step before a release; an installed wheel cannot ship into itself
+(users publish their own models with ``push_to_hub``). What the package needs lives in the package and is only
+called from here: the card and its portable paths (``hub/card.py``), the open-set statistics and thresholds
+(``inference``, ``hub.checkpoint.write_open_set_stats``), the model's subset rule (``data/subset_rule.py``).
 The open-set report of each stage is written beside the run (``RUN_FOLDER/open_set_report-stageN.json``).
 """
 

@@ -277,7 +277,6 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from ccsam_zoo.inference import evaluate_model
 
     _check_output(args.output)
-    _check_open_set_flags(args)
     name, source = _benchmark_spec(args.data, args.data_source)
     scores = tuple(s.strip() for s in args.scores.split(",") if s.strip()) if args.scores else None
     bad = [s for s in scores or () if s not in _SCORES]
@@ -306,9 +305,10 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         _check_val_per_class(bench, args.val_per_class)
     if args.open_data:  # built apart: the closed-set fingerprint stays the one the card shows
         bench.open = build_benchmark(name, source, **kwargs, open_source=args.open_data).open
-    if bench.open is None and (plot_file or scores):
-        flag = "--plot" if plot_file else "--scores"
-        raise UsageError(f"{flag} is about open-set scores: it needs --open-data (open-set images)")
+    open_flags = [f for f, v in (("--plot", plot_file), ("--scores", scores), ("--score", getattr(args, "score", None)),
+                                 ("--threshold", getattr(args, "threshold", None))) if v is not None]  # fmt: skip
+    if bench.open is None and open_flags:  # open-set options without open-set images: never silently ignored
+        raise UsageError(f"{open_flags[0]} is about open-set scores: it needs --open-data (open-set images)")
     counts = clf.class_counts or bench.class_counts
 
     def data_of(split: str) -> Any:
