@@ -136,7 +136,8 @@ def _check_open_set_flags(args: argparse.Namespace) -> None:
     given = [flag for flag, key in (("--score", "score"), ("--threshold", "threshold"))
              if getattr(args, key, None) is not None]  # fmt: skip
     if given and not getattr(args, "open_set", False):
-        raise UsageError(f"{' and '.join(given)} needs --open-set (add --open-set, or drop {' and '.join(given)})")
+        flags, verb = " and ".join(given), "needs" if len(given) == 1 else "need"
+        raise UsageError(f"{flags} {verb} --open-set (add --open-set, or drop {flags})")
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:

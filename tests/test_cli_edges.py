@@ -71,7 +71,8 @@ def ckpt(tmp_path_factory):
 def test_predict_score_or_threshold_without_open_set_is_a_usage_error(capsys, flags, named):
     rc, out, err = _run(capsys, "predict", "--model", "ccsam-cifar10-lt-cpu", "x.png", *flags)
     assert rc == 2 and out == ""
-    assert _one_line(err) == f"ccsam-zoo predict: error: {named} needs --open-set (add --open-set, or drop {named})"
+    verb = "need" if " and " in named else "needs"
+    assert _one_line(err) == f"ccsam-zoo predict: error: {named} {verb} --open-set (add --open-set, or drop {named})"
 
 
 def test_evaluate_plot_or_scores_without_open_data_is_a_usage_error(capsys, ckpt, copy10):
