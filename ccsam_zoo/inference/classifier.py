@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,9 +16,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from . import _images
 from .open_set import (
-    DEFAULT_SCORE,
+    FALLBACK_SCORES,
     LAYER_SCORES,
-    LOGIT_SCORES,
     OLTR_MSP_THRESHOLD,
     PROTOTYPE_SCORES,
     SCORES,
@@ -155,34 +154,49 @@ class Classifier(nn.Module):
         return tuple(s for s in SCORES if self._missing(s) is None)
 
     def default_score(self) -> str:
-        """The calibrated score, else ``DEFAULT_SCORE`` when the statistics are there, else cosine or msp."""
-        cal = (self.open_set or {}).get("score")
-        if cal:
-            return cal
-        for s in (DEFAULT_SCORE, "cosine", "msp"):
-            if self._missing(s) is None:
-                return s
-        return "msp"
+        """The checkpoint's stored default (``open_set.score``, chosen by ``open_set.DEFAULT_RULE``) when this
+        model can compute it, else the first of ``FALLBACK_SCORES`` it can compute (one with a calibrated
+        threshold first); ``default_score_source()`` says which and why."""
+        return self._default_and_source()[0]
+
+    def default_score_source(self) -> str:
+        """Why ``default_score()`` is what it is: "checkpoint default" or "fallback: ..." (the reason)."""
+        return self._default_and_source()[1]
+
+    def _default_and_source(self) -> tuple[str, str]:
+        stored = (self.open_set or {}).get("score")
+        if stored and self._missing(stored) is None:
+            return stored, "checkpoint default"
+        have = [s for s in FALLBACK_SCORES if self._missing(s) is None]
+        calibrated = set((self.open_set or {}).get("thresholds") or {})
+        pick = next((s for s in have if s in calibrated), have[0] if have else "msp")
+        if stored:
+            why = f"the checkpoint's default {stored!r} needs {score_requirements(stored)}, which this model lacks"
+        else:
+            why = "the checkpoint stores no default score"
+        return pick, f"fallback ({why}; order: {', '.join(FALLBACK_SCORES)})"
+
+    def _lacks(self, score: str) -> bool:
+        """True when this model lacks the prototypes or statistics ``score`` (one of ``SCORES``) needs."""
+        return (score in PROTOTYPE_SCORES and self.prototypes is None) or (
+            score in STATS_SCORES
+            and (self.open_set_stats is None or (score in LAYER_SCORES and not self.open_set_stats.stage_names))
+        )
 
     def _missing(self, score: str) -> str | None:
         """Why ``score`` cannot be computed here, or None."""
         if score not in SCORES:
             return f"unknown open-set score {score!r}; choose one of {', '.join(SCORES)}"
-        if score in PROTOTYPE_SCORES and self.prototypes is None:
-            return (
-                f"open-set score {score!r} needs class prototypes and this model has none: fit them once with "
-                "clf.fit_open_set(train_dataset) or clf.fit_prototypes(train_dataset) (training images, no "
-                f"augmentation), or use a logit score ({', '.join(LOGIT_SCORES)})"
-            )
-        if score in STATS_SCORES and (
-            self.open_set_stats is None or (score in LAYER_SCORES and not self.open_set_stats.stage_names)
-        ):
-            return (
-                f"open-set score {score!r} needs {score_requirements(score)} and this model has none (a checkpoint "
-                "stores them in open_set_stats.safetensors): compute them once with clf.fit_open_set(train_dataset) "
-                f"(training images, no augmentation), or use a logit score ({', '.join(LOGIT_SCORES)})"
-            )
-        return None
+        if not self._lacks(score):
+            return None
+        here = [s for s in SCORES if not self._lacks(s)]
+        where = "prototypes.safetensors" if score in PROTOTYPE_SCORES else "open_set_stats.safetensors"
+        return (
+            f"open-set score {score!r} needs {score_requirements(score)} and this model has none (a checkpoint "
+            f"stores them in {where}): compute them once in Python with clf.fit_open_set(train_dataset) "
+            f"(training images, no augmentation), or use a score this model has: {', '.join(here)} "
+            "(score= / --score)"
+        )
 
     def _require(self, score: str) -> None:
         problem = self._missing(score)
@@ -261,13 +275,17 @@ class Classifier(nn.Module):
         return sorted(out.items()), failures
 
     # ------------------------------------------------------------------ predict
-    def _resolve_open_set(self, score: str | None, threshold: float | None) -> tuple[str, float, list[float] | None]:
-        """(score, global threshold, class-conditional thresholds or None) for open-set prediction."""
+    def _resolve_open_set(
+        self, score: str | None, threshold: float | None
+    ) -> tuple[str, float, list[float] | None, str, str]:
+        """(score, global threshold, class-conditional thresholds or None, score source, threshold source)."""
         cal = self.open_set or {}
-        score = score or self.default_score()
+        source = "given"
+        if not score:
+            score, source = self._default_and_source()
         self._require(score)
         if threshold is not None:
-            return score, _finite_threshold(threshold), None
+            return score, _finite_threshold(threshold), None, source, "given"
         stored = (cal.get("thresholds") or {}).get(score)
         if stored is None and cal.get("score") == score:
             stored = cal.get("threshold")
@@ -278,19 +296,20 @@ class Classifier(nn.Module):
                     f"open_set.class_thresholds has {len(per_class)} entries for {self.num_classes} classes: "
                     "calibrate again with clf.calibrate(held_out_known_images, per_class=True)"
                 )
-            return score, _finite_threshold(stored), [float(t) for t in per_class] if per_class else None
+            tpr = cal.get("tpr")
+            how = "calibrated" + (f" at {100 * float(tpr):g}% TPR" if tpr else "")
+            how += ", per predicted class" if per_class else ""
+            per = [float(t) for t in per_class] if per_class else None
+            return score, _finite_threshold(stored), per, source, how
         if score == "msp":
-            return score, OLTR_MSP_THRESHOLD, None
+            return score, OLTR_MSP_THRESHOLD, None, source, "OLTR's fixed 0.1 (no calibrated msp threshold)"
         calibrated = sorted((cal.get("thresholds") or {}) or ([cal["score"]] if cal.get("score") else []))
-        have = (
-            f" (calibrated here: {', '.join(calibrated)})"
-            if calibrated
-            else " (this model has no calibrated threshold)"
-        )
+        have = f"calibrated here: {', '.join(calibrated)}" if calibrated else "this model has no calibrated threshold"
         raise ValueError(
-            f"no open-set threshold for score {score!r}{have}: calibrate one with "
-            f"clf.calibrate(held_out_known_images, score={score!r}, tpr=0.95), or pass threshold= "
-            "(command line: --threshold T, with --score)"
+            f"no open-set threshold for score {score!r} ({have}): pass one (threshold= / --threshold T, a {score} "
+            f"score, higher = more likely known), calibrate with clf.calibrate(held_out_known_images, "
+            f"score={score!r}, tpr=0.95)"
+            + (f", or use a calibrated score (score= / --score {calibrated[0]})" if calibrated else "")
         )
 
     @torch.inference_mode()
@@ -312,11 +331,13 @@ class Classifier(nn.Module):
         Returns one dict per image, in input order: ``source`` (path or index), ``label`` (top-1 class name),
         ``class_index`` (its index), ``probability`` (its softmax probability), ``top_k`` (list of (class name,
         probability)). With ``open_set`` also ``known`` (``score >= threshold``), ``score`` (the open-set score,
-        higher = more likely known), ``score_type`` (its name: ``score`` argument, else the calibrated one) and
-        ``threshold`` (the one applied: ``threshold`` argument, else the calibrated one, per predicted class when
-        calibrated with ``per_class``). A REJECTED image has ``label`` "unknown", ``class_index`` and
-        ``probability`` None, and ``nearest_class`` / ``nearest_index`` / ``nearest_probability``: the known
-        class it was closest to (closed-set top-1) and its probability.
+        higher = more likely known), ``score_type`` (its name: ``score`` argument, else ``default_score()``),
+        ``score_source`` ("given", "checkpoint default" or "fallback (why)"), ``threshold`` (the one applied:
+        ``threshold`` argument, else the stored calibrated one of that score, per predicted class when calibrated
+        with ``per_class``, else 0.1 for msp, else an error) and ``threshold_source`` (how it was set). A REJECTED
+        image has ``label`` "unknown", ``class_index`` and ``probability`` None, and ``nearest_class`` /
+        ``nearest_index`` / ``nearest_probability``: the known class it was closest to (closed-set top-1) and its
+        probability.
         With ``skip_bad=True`` an unreadable image gives ``{"source", "error"}`` instead of raising; without it
         the first one raises ``ImageInputError`` (a ``ValueError``) naming it. Non-finite pixels (NaN / inf) and
         non-finite thresholds are errors. Only regular files are read (a named pipe or a device is an error).
@@ -325,7 +346,9 @@ class Classifier(nn.Module):
             raise ValueError(f"top_k must be >= 1, got {top_k}")
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        score_name, thr, class_thr = self._resolve_open_set(score, threshold) if open_set else (None, None, None)
+        score_name, thr, class_thr, score_src, thr_src = (
+            self._resolve_open_set(score, threshold) if open_set else (None, None, None, None, None)
+        )
         items = _images.expand_inputs(images)
         k = min(top_k, self.num_classes)
         results: list[dict[str, Any]] = []
@@ -353,7 +376,8 @@ class Classifier(nn.Module):
                     }
                     if open_set:
                         t = class_thr[top_i[j][0]] if class_thr else thr
-                        r.update(known=scores[j] >= t, score=scores[j], score_type=score_name, threshold=t)
+                        r.update(known=scores[j] >= t, score=scores[j], score_type=score_name, score_source=score_src,
+                                 threshold=t, threshold_source=thr_src)  # fmt: skip
                         if not r["known"]:
                             r.update(
                                 label=UNKNOWN,
@@ -504,9 +528,17 @@ class Classifier(nn.Module):
 
     @torch.inference_mode()
     def _collect(
-        self, data: Any, batch_size: int, transform: nn.Module | None, scores: Sequence[str]
+        self,
+        data: Any,
+        batch_size: int,
+        transform: nn.Module | None,
+        scores: Sequence[str],
+        progress: Callable[[int], Any] | None = None,
     ) -> dict[str, torch.Tensor]:
-        """Run the model over a dataset: predictions, labels and each requested score (CPU; scores float64)."""
+        """Run the model over a dataset: predictions, labels and each requested score (CPU; scores float64).
+
+        ``progress(n)`` is called after each batch of ``n`` images (e.g. a tqdm bar's ``update``).
+        """
         out: dict[str, list[torch.Tensor]] = {"predictions": [], "references": [], **{s: [] for s in scores}}
         for x, y in self._batches(data, batch_size, transform):
             _, logits, sc = self._run(x, scores)
@@ -514,6 +546,8 @@ class Classifier(nn.Module):
             out["references"].append(y)
             for s in scores:
                 out[s].append(sc[s].double().cpu())
+            if progress is not None:
+                progress(len(y))
         if not out["predictions"]:
             raise ValueError("the dataset is empty")
         return {k: torch.cat(v) for k, v in out.items()}

@@ -56,12 +56,15 @@ if TYPE_CHECKING:
     from .open_set_stats import OpenSetStats
 
 __all__ = [
+    "DEFAULT_RULE",
     "DEFAULT_SCORE",
+    "FALLBACK_SCORES",
     "SCORES",
     "class_thresholds_at_tpr",
     "compute_prototypes",
     "open_set_score",
     "score_requirements",
+    "select_default_score",
     "threshold_at_tpr",
 ]
 
@@ -71,9 +74,21 @@ COMBINED_SCORES = ("msp+layer_stats", "max_logit+layer_stats", "energy+layer_sta
 STATS_SCORES = ("mahalanobis", "knn", "layer_stats", *COMBINED_SCORES)
 LAYER_SCORES = ("layer_stats", *COMBINED_SCORES)  # need the early-stage channel statistics
 SCORES = (*LOGIT_SCORES, "mahalanobis", "knn", *PROTOTYPE_SCORES, *LAYER_SCORES)
-# Chosen by bench/open_set_report.py on the shipped model: best AUROC on the selection half among the scores
-# that reject >= 99% of generated uniform-noise and constant images (docs/RESULTS.md, open-set section).
-DEFAULT_SCORE = "max_logit+layer_stats"
+# The default score of a checkpoint is chosen per checkpoint by ONE rule (DEFAULT_RULE, applied by
+# bench/open_set_report.py when a model is shipped and stored as ccsam_zoo.json's open_set.score). A checkpoint
+# without a stored choice, or whose stored choice it cannot compute, falls back along FALLBACK_SCORES (the first
+# it can compute, preferring one with a calibrated threshold) and says so (``Classifier.default_score_source``).
+DEFAULT_RULE = (
+    "among the scores the checkpoint can compute, those that reject >= 99% of the SELECTION set's uniform-noise "
+    "and constant images at their 95%-TPR threshold; of these, the highest AUROC on the selection half of "
+    "tinyimagenet_ood against the validation images, compared at 0.1-point resolution; ties go to the first in "
+    "SCORES order (fewer statistics needed first); if no score meets the noise guard, the highest selection AUROC "
+    "(flagged). Nothing of the report half is used."
+)
+JUNK_GUARD = ("uniform", "constant")  # selection far-OOD kinds the default must reject >= 99% of
+JUNK_MIN_REJECTED = 0.99
+FALLBACK_SCORES = ("max_logit+layer_stats", "cosine", "msp")
+DEFAULT_SCORE = FALLBACK_SCORES[0]  # the first fallback (kept for the old import path)
 OLTR_MSP_THRESHOLD = 0.1
 _REACH_SCALE = 10.0
 
@@ -269,6 +284,29 @@ def open_set_score(
     msp01 = (msp - 1.0 / c) / (1.0 - 1.0 / c) if c > 1 else logits.new_ones(logits.shape[0]).float()
     cos01 = (_max_cosine(features, prototypes) + 1.0) / 2.0
     return (cos01.to(msp01.device) + msp01) / 2.0
+
+
+# ------------------------------------------------------------------------------------------ default rule
+
+
+def select_default_score(selection: dict[str, dict[str, float]]) -> tuple[str, bool]:
+    """The default score by ``DEFAULT_RULE`` from SELECTION-set metrics only; returns ``(score, guard_met)``.
+
+    ``selection[score]`` holds ``auroc`` (selection half against the validation images, a fraction) and the
+    share of each ``JUNK_GUARD`` kind rejected at the score's validation threshold (``uniform``, ``constant``).
+    Scores outside ``SCORES`` (variants such as class-conditional thresholds) are not candidates.
+    """
+    cands = [s for s in SCORES if s in selection]
+    if not cands:
+        raise ValueError(f"no selection metrics for any of {', '.join(SCORES)}")
+
+    def guarded(s: str) -> bool:
+        return all(selection[s].get(k, 0.0) >= JUNK_MIN_REJECTED for k in JUNK_GUARD)
+
+    pool = [s for s in cands if guarded(s)] or cands
+    best = max(round(float(selection[s]["auroc"]), 3) for s in pool)
+    pick = next(s for s in pool if round(float(selection[s]["auroc"]), 3) == best)  # SCORES order breaks ties
+    return pick, guarded(pick)
 
 
 # ----------------------------------------------------------------------------------------------- thresholds
