@@ -194,7 +194,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
             thr = f"{first['threshold']:.4g}" if len(thresholds) == 1 else "per predicted class"
             print(
                 f"\nopen-set score: {first['score_type']} ({first['score_source']}), threshold {thr} "
-                f"({first['threshold_source']}); higher = more likely known; 'unknown' = rejected"
+                f"({first['threshold_source']})\nhigher = more likely known; 'unknown' = rejected (score below the "
+                "threshold)"
             )
     return 1 if len(bad) == len(results) else 0
 

@@ -357,6 +357,18 @@ def _sharpness_section(folder: Path) -> dict[str, Any] | None:
     }
 
 
+def _default_rule_summary(open_set: dict[str, Any] | None) -> str | None:
+    """"selection AUROC 76.9%, noise guard met" of a stored default chosen by the rule (``open_set.selection``)."""
+    sel = (open_set or {}).get("selection")
+    score = (open_set or {}).get("score")
+    if not isinstance(sel, dict) or not isinstance(sel.get(score), dict):
+        return None
+    m = sel[score]
+    guard = all(float(m.get(k, 0.0)) >= 0.99 for k in ("uniform", "constant"))
+    met = "noise guard met" if guard else "no score met the noise guard"
+    return f"selection AUROC {100 * float(m['auroc']):.1f}%, {met}"
+
+
 def _kept_notes(folder: Path) -> str | None:
     """Hand-written notes of the folder's current README.md (between the markers), kept across re-renders."""
     path = folder / "README.md"
@@ -645,6 +657,9 @@ def _card_context(
         "threshold": f"{threshold:.4g}" if isinstance(threshold, (int, float)) else threshold,
         "threshold_score": (open_set or {}).get("score") or "cosine",
         "threshold_tpr": f"{100 * tpr:.0f}%" if isinstance(tpr, (int, float)) else None,
+        "default_rule": _default_rule_summary(open_set),
+        "calibrated_scores": ", ".join(f"`{s}`" for s in (open_set or {}).get("thresholds") or {}
+                                       if s != (open_set or {}).get("score")) or None,  # fmt: skip
         "no_val_split": val_per_class == 0,
         "notes": _kept_notes(folder),
         **_training_context(location, extras, local=not repo_id),

@@ -190,12 +190,17 @@ class Classifier(nn.Module):
         if not self._lacks(score):
             return None
         here = [s for s in SCORES if not self._lacks(s)]
-        where = "prototypes.safetensors" if score in PROTOTYPE_SCORES else "open_set_stats.safetensors"
+        proto = score in PROTOTYPE_SCORES
+        where = "prototypes.safetensors" if proto else "open_set_stats.safetensors"
+        fit = (
+            "clf.fit_prototypes(train_dataset) or clf.fit_open_set(train_dataset)"
+            if proto
+            else ("clf.fit_open_set(train_dataset)")
+        )
         return (
             f"open-set score {score!r} needs {score_requirements(score)} and this model has none (a checkpoint "
-            f"stores them in {where}): compute them once in Python with clf.fit_open_set(train_dataset) "
-            f"(training images, no augmentation), or use a score this model has: {', '.join(here)} "
-            "(score= / --score)"
+            f"stores them in {where}): compute them once in Python with {fit} (training images, no "
+            f"augmentation), or use a score this model has: {', '.join(here)} (score= / --score)"
         )
 
     def _require(self, score: str) -> None:

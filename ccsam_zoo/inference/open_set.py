@@ -81,12 +81,13 @@ SCORES = (*LOGIT_SCORES, "mahalanobis", "knn", *PROTOTYPE_SCORES, *LAYER_SCORES)
 DEFAULT_RULE = (
     "among the scores the checkpoint can compute, those that reject >= 99% of the SELECTION set's uniform-noise "
     "and constant images at their 95%-TPR threshold; of these, the highest AUROC on the selection half of "
-    "tinyimagenet_ood against the validation images, compared at 0.1-point resolution; ties go to the first in "
-    "SCORES order (fewer statistics needed first); if no score meets the noise guard, the highest selection AUROC "
-    "(flagged). Nothing of the report half is used."
+    "tinyimagenet_ood against the validation images; scores within 0.1 point (0.001) of that best AUROC tie, and "
+    "a tie goes to the first in SCORES order (fewer statistics needed first); if no score meets the noise guard, "
+    "the same choice among all of them (flagged). Nothing of the report half is used."
 )
 JUNK_GUARD = ("uniform", "constant")  # selection far-OOD kinds the default must reject >= 99% of
 JUNK_MIN_REJECTED = 0.99
+AUROC_TIE = 0.001  # selection AUROCs this close to the best tie (float noise, equal-ranking scores)
 FALLBACK_SCORES = ("max_logit+layer_stats", "cosine", "msp")
 DEFAULT_SCORE = FALLBACK_SCORES[0]  # the first fallback (kept for the old import path)
 OLTR_MSP_THRESHOLD = 0.1
@@ -304,8 +305,8 @@ def select_default_score(selection: dict[str, dict[str, float]]) -> tuple[str, b
         return all(selection[s].get(k, 0.0) >= JUNK_MIN_REJECTED for k in JUNK_GUARD)
 
     pool = [s for s in cands if guarded(s)] or cands
-    best = max(round(float(selection[s]["auroc"]), 3) for s in pool)
-    pick = next(s for s in pool if round(float(selection[s]["auroc"]), 3) == best)  # SCORES order breaks ties
+    best = max(float(selection[s]["auroc"]) for s in pool)
+    pick = next(s for s in pool if float(selection[s]["auroc"]) >= best - AUROC_TIE)  # SCORES order breaks ties
     return pick, guarded(pick)
 
 
