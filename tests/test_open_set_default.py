@@ -139,3 +139,28 @@ def test_cli_predict_uses_every_stored_threshold_like_the_python_api(capsys, ali
             assert g["score"] == pytest.approx(w["score"], rel=1e-9, abs=1e-12)
             assert g["threshold"] == stored[name] and g["threshold_source"] == "calibrated at 95% TPR"
             assert g["score_source"] == ("given" if score else "checkpoint default")
+
+
+# ------------------------------------------------------------------------------------------- histograms
+def test_histograms_label_the_axes_and_mark_the_default(tmp_path, monkeypatch):
+    import numpy as np
+    from matplotlib.figure import Figure
+
+    from ccsam_zoo.inference import plot_score_histograms
+
+    saved = []
+    real_savefig = Figure.savefig
+    monkeypatch.setattr(Figure, "savefig", lambda self, *a, **k: (saved.append(self), real_savefig(self, *a, **k)))
+    rng = np.random.default_rng(0)
+    scores = {s: {"known": rng.normal(1, 1, 200), "open": rng.normal(0, 1, 100)} for s in ("msp", "knn", "energy")}
+    path = plot_score_histograms(scores, tmp_path / "h.png", {"msp": 0.5, "knn": -0.2, "energy": 0.1}, default="knn")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 1000
+    axes = [ax for ax in saved[0].axes if ax.get_visible() and ax.axison]
+    assert [ax.get_title() for ax in axes] == ["knn (default)", "msp", "energy"]  # the default first
+    for ax in axes:
+        assert ax.get_xlabel() == "score (higher = more likely known)" and ax.get_ylabel() == "density"
+    legend = [t.get_text() for t in axes[0].get_legend().get_texts()]
+    assert legend == ["known (200)", "open (100)", "default threshold -0.2"]
+    line = axes[0].lines[0]
+    assert list(line.get_xdata()) == [-0.2, -0.2] and line.get_color() == "tab:red"
+    assert [t.get_text() for t in axes[1].get_legend().get_texts()][-1] == "threshold 0.5"
