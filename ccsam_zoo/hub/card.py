@@ -19,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from ..training.run_log import stage_seconds
+from ._format import CONFIG_NAME, read_extras, read_json
+from .registry import pretty_dataset
 
 __all__ = ["render_model_card", "paper_result_for", "plot_per_class_accuracy", "TEMPLATE_PATH", "default_repo_id"]
 
@@ -37,13 +39,6 @@ CITATION = """@inproceedings{zhou2023ccsam,
 
 PAPER_SOURCE = "Zhou et al., Class-Conditional Sharpness-Aware Minimization for Deep Long-Tailed Recognition, CVPR 2023"
 
-_PRETTY = {
-    "cifar10_lt": "CIFAR-10-LT",
-    "cifar100_lt": "CIFAR-100-LT",
-    "imagenet_lt": "ImageNet-LT",
-    "places_lt": "Places-LT",
-    "inat2018": "iNaturalist 2018",
-}
 # Hub dataset ids for the YAML `datasets` / model-index (the LT subsets are drawn from these).
 _HF_DATASETS = {"cifar10_lt": "uoft-cs/cifar10", "cifar100_lt": "uoft-cs/cifar100", "imagenet_lt": "ILSVRC/imagenet-1k"}
 
@@ -69,10 +64,6 @@ _METRIC_TYPES = {"top1": "accuracy", "many": "many_shot_accuracy", "medium": "me
 
 
 # ------------------------------------------------------------------------------------------------ helpers
-
-
-def pretty_dataset(name: str | None) -> str:
-    return _PRETTY.get(name or "", name or "unknown dataset")
 
 
 def _pretty_arch(arch: str | None) -> str:
@@ -384,7 +375,7 @@ def _kept_notes(folder: Path) -> str | None:
 
 def _shipped_alias(location: Path) -> str | None:
     """The alias of a model folder shipped inside the package (it loads by that name anywhere)."""
-    from .registry import _REGISTRY
+    from .registry import _REGISTRY  # the live table: register_pretrained / tests may change it
 
     try:
         here = location.resolve()
@@ -713,11 +704,9 @@ def render_model_card(
     """
     from huggingface_hub import ModelCard
 
-    from .checkpoint import CONFIG_NAME, _read_json, read_extras
-
     folder = Path(folder)
     location = Path(location) if location is not None else folder
-    config = _read_json(folder / CONFIG_NAME, "timm config")
+    config = read_json(folder / CONFIG_NAME, "timm config")
     extras = read_extras(folder)
     extras.setdefault("architecture", config.get("architecture"))
     if repo_id and revision is None and extras.get("stage") == 1:

@@ -18,15 +18,15 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from .._lazy import lazy_module
-from .checkpoint import (
+from ._format import (
     CONFIG_NAME,
     EXTRAS_NAME,
     OPEN_SET_STATS_NAME,
     PROTOTYPES_NAME,
     WEIGHTS_NAME,
     CheckpointError,
-    load_checkpoint,
 )
+from .loading import load_checkpoint
 
 torch = lazy_module("torch")  # imported on first use: `ccsam-zoo list` stays fast
 
@@ -72,6 +72,20 @@ class PretrainedModel(NamedTuple):
 
 
 _REGISTRY: dict[str, _Entry] = {}
+
+# Display names of the datasets of the aliases (errors here, model cards in card.py).
+_PRETTY = {
+    "cifar10_lt": "CIFAR-10-LT",
+    "cifar100_lt": "CIFAR-100-LT",
+    "imagenet_lt": "ImageNet-LT",
+    "places_lt": "Places-LT",
+    "inat2018": "iNaturalist 2018",
+}
+
+
+def pretty_dataset(name: str | None) -> str:
+    """The display name of a dataset (``"cifar10_lt"`` -> ``"CIFAR-10-LT"``); unknown names unchanged."""
+    return _PRETTY.get(name or "", name or "unknown dataset")
 
 
 # Reserved Hub names of the paper's settings. Nothing has been uploaded under them yet (published=False):
@@ -277,8 +291,6 @@ def _unpublished(entry: _Entry, name: str, revision: str) -> Path:
             return _download(entry.repo_id, revision, _recipe_args(entry), repr(name))
         except CheckpointError:
             pass
-    from .card import pretty_dataset
-
     on = f"on {pretty_dataset(entry.dataset)}" if entry.dataset else ""
     what = " ".join(x for x in (entry.architecture, on) if x)
     shipped = sorted(a for a, e in _REGISTRY.items() if e.shipped)
