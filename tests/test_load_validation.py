@@ -22,7 +22,7 @@ import ccsam_zoo
 from ccsam_zoo import jsonio
 from ccsam_zoo.hub import CheckpointError, from_pretrained
 from ccsam_zoo.hub.registry import ASSETS_DIR
-from ccsam_zoo.inference import Classifier, ImageInputError, _images
+from ccsam_zoo.inference import Classifier, ImageInputError, LargeImageWarning, _images
 from ccsam_zoo.inference.open_set_stats import log_pvalue
 
 SHIPPED = ASSETS_DIR / "ccsam-cifar10-lt-cpu"
@@ -315,7 +315,7 @@ def test_decompression_bomb_warning_and_error_are_clear_messages(tmp_path, monke
         img = _images.open_image(path, 32)
     assert img.size == (40, 32)
     kinds = [w.category for w in caught]
-    assert Image.DecompressionBombWarning not in kinds and kinds == [_images.LargeImageWarning], kinds
+    assert Image.DecompressionBombWarning not in kinds and kinds == [LargeImageWarning], kinds
     assert str(caught[0].message).startswith(f"{path}: 40x32 = 1,280 pixels is above PIL's decompression-bomb limit")
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 600)
     with pytest.raises(ImageInputError) as err:
