@@ -12,12 +12,12 @@ how to load the folder itself. For a stage folder inside a run folder it also re
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from pathlib import Path
 from typing import Any
 
+from ..jsonio import loads as loads_json
 from ..training.run_log import stage_seconds
 from ._format import CONFIG_NAME, read_extras, read_json
 from .registry import pretty_dataset
@@ -334,7 +334,7 @@ def _sharpness_section(folder: Path) -> dict[str, Any] | None:
     if not table.is_file():
         return None
     try:
-        cfg = json.loads((folder / "sharpness.json").read_text()).get("config", {})
+        cfg = loads_json((folder / "sharpness.json").read_text()).get("config", {})
     except (OSError, ValueError):
         cfg = {}
     return {
@@ -404,7 +404,7 @@ def _run_folder(location: Path) -> Path | None:
 
 def _read_json_quietly(path: Path) -> Any:
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        return loads_json(path.read_text(encoding="utf-8"), str(path))  # too deep: a ValueError
     except (OSError, UnicodeDecodeError, ValueError):
         return None
 

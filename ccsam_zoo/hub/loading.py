@@ -137,10 +137,11 @@ def _probe(model: nn.Module, folder: Path) -> None:
             logits = model(x)
     except Exception as err:  # noqa: BLE001  (any failure of the model on its own input size)
         msg = str(err).replace("\n", " ")
+        size = list((getattr(model, "pretrained_cfg", None) or {}).get("input_size") or [])
         raise CheckpointError(
-            f"{folder / CONFIG_NAME}: the model does not run on its own input size "
-            f"({list((getattr(model, 'pretrained_cfg', None) or {}).get('input_size') or [])}): {msg}; the config "
-            "and the weights do not fit together: re-save or re-download the checkpoint"
+            f"{folder / CONFIG_NAME}: the model does not run on its own input size {size} "
+            f"('pretrained_cfg.input_size'): {msg}; the config and the weights do not fit together: re-save or "
+            "re-download the checkpoint"
         ) from None
     why = _bad_values(logits)
     if why is None:
