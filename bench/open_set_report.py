@@ -334,6 +334,10 @@ def store_default(model: str, report_path: str) -> dict[str, Any]:
     default, met = select_default_score(_selection(plain))
     tpr, calibration = rep["protocol"]["tpr"], rep["protocol"]["calibration"]
     thresholds = {n: float(r["threshold"]) for n, r in plain.items()}
+    stored = clf.open_set or {}
+    if set(stored.get("thresholds") or {}) == set(thresholds) and stored.get("calibration") == calibration:
+        # the same calibration images: keep the stored numbers (a re-run differs in float rounding only)
+        thresholds = {n: float(stored["thresholds"][n]) for n in thresholds}
     _write(clf, None, thresholds, default, tpr, calibration, _selection(plain), write_stats=False)
     return {"model": model, "default": default, "default_rule_met": met, "threshold": thresholds[default]}
 
