@@ -250,7 +250,7 @@ def test_log_records_past_the_restored_epoch_are_dropped(tmp_path):
         ("stage1.epochs=-1", "stage1.epochs=-1 is not valid: expected a whole number >= 0"),
         ("stage2.epochs=1.5", "stage2.epochs=1.5 is not valid: expected a whole number >= 0"),
         ("epochs=1.5", "unknown recipe key 'epochs'; did you mean 'stage2.epochs'?"),
-        ("stage1.lr=abc", "stage1.lr='abc' is not valid: expected a number >= 0; e.g. stage1.lr=0.1"),
+        ("stage1.lr=abc", "stage1.lr='abc' is not valid: expected a number > 0; e.g. stage1.lr=0.1"),
         ("stage1.weight_decay=-1e-4", "stage1.weight_decay=-0.0001 is not valid: expected a number >= 0"),
         ("seed=abc", "seed='abc' is not valid: expected a whole number >= 0; e.g. seed=42"),
         ("stage1.schedule=cosin", "expected one of step, cosine, constant; did you mean 'cosine'?"),

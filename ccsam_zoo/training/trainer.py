@@ -73,6 +73,7 @@ def train(
     with accelerator.main_process_first():  # rank 0 decodes into the cache, the others read it
         bench = _build_data(recipe)
     _check_classes(bench)
+    _check_validation_split(bench, recipe["data"]["val_per_class"])
     if state.get("data_fingerprint") not in (None, bench.fingerprint):
         raise ValueError(
             f"--resume {output_dir}: the data differs from the checkpoint's (fingerprint {bench.fingerprint[:12]}, "
@@ -371,6 +372,36 @@ def _check_classes(bench) -> None:
             + f": per-class and many/medium/few accuracy need test images of all {bench.num_classes} classes; "
             "check the training labels (a label outside the test split's classes) or the test split"
         )
+
+
+def _check_validation_split(bench, val_per_class: int) -> None:
+    """``data.val_per_class``: the validation images come from the images the long-tailed subset leaves out,
+    then from the subset itself; refuse a split that takes more than half of a class's subset (or that
+    cannot be filled), and say the largest value that works."""
+    if not val_per_class or bench.val is None:
+        return
+    from ..data.counts import long_tailed_counts
+
+    C, opts = bench.num_classes, bench.options
+    kept = list(bench.class_counts)
+    val = torch.bincount(bench.val.labels, minlength=C).tolist()
+    if opts.get("imbalance_ratio") is not None and opts.get("max_count") is not None:
+        targets = long_tailed_counts(C, opts["max_count"], opts["imbalance_ratio"], opts["profile"])
+    else:  # the whole training split is the subset: every validation image comes out of it
+        targets = [k + v for k, v in zip(kept, val)]
+    taken = [t - k for t, k in zip(targets, kept)]
+    bad = [c for c in range(C) if val[c] < val_per_class or taken[c] > kept[c]]
+    if not bad:
+        return
+    c = bad[0]
+    largest = min((v - t) + n // 2 for v, t, n in zip(val, taken, targets))
+    raise ValueError(
+        f"data.val_per_class={val_per_class} leaves class {c} ({bench.class_names[c]!r}) {kept[c]} of its "
+        f"{targets[c]} training images ({val[c]} go to validation"
+        + (f", fewer than the {val_per_class} asked" if val[c] < val_per_class else "")
+        + "): a class gives at most half of its training images to the validation split; set "
+        f"data.val_per_class <= {max(largest, 0)} (0: no validation split)"
+    )
 
 
 def _build_data(recipe: dict[str, Any]):
