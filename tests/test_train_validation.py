@@ -3,6 +3,9 @@ runs that go wrong say so and stop (issue 25)."""
 
 from __future__ import annotations
 
+import json
+import os
+
 import pytest
 
 from ccsam_zoo.training.cli import main
@@ -12,11 +15,14 @@ pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")
 
 
 def _error(capsys, argv: list[str], code: int = 1) -> str:
-    """Run the training command line in-process; assert one ``error:`` line and no traceback; return it."""
+    """Run the training command line in-process; assert it ends with one ``error:`` line (after the run's own
+    log lines, if it started) and shows no traceback; return that line."""
     assert main(argv) == code
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("error: ") and "\n" not in err and "Traceback" not in err, err
-    return err
+    err = capsys.readouterr().err
+    assert "Traceback" not in err, err
+    last = err.replace("\r", "\n").strip().splitlines()[-1].strip()
+    assert last.startswith("error: ") and err.count("error: ") == 1, err
+    return last
 
 
 @pytest.mark.parametrize(
@@ -113,3 +119,136 @@ def test_validation_split_that_empties_a_class_is_refused(capsys, tmp_path, val,
     err = _error(capsys, ["--recipe", "quickstart", "--output-dir", str(out), "--set", f"data.val_per_class={val}"])
     assert message in err
     assert not out.exists()
+
+
+# ---------------------------------------------------------------------------------------------- runs that go wrong
+# A small, fast run: ResNet-20 on an IR-10 cut of the embedded subset (50 .. 5 images per class), plain CE.
+_SMALL = [
+    "model.arch=resnet20_cifar",
+    "method=ce",
+    "data.imbalance_ratio=10",
+    "data.max_count=50",
+    "data.val_per_class=0",
+    "stage1.warmup_epochs=0",
+    "stage1.milestones=[]",
+    "stage2.epochs=0",
+    "train.prototypes=false",
+    "train.checkpoint_every=0",
+    "train.log_every=2",
+]
+
+
+@pytest.mark.slow
+def test_non_finite_loss_stops_at_once_naming_the_step_and_causes(capsys, tmp_path):
+    out = tmp_path / "run"
+    err = _error(capsys, ["--recipe", "quickstart", "--output-dir", str(out), "--set", *_SMALL, "stage1.lr=1e30"])
+    assert err.startswith("error: stage1 diverged: the training loss became nan (epoch 1/30, between steps 1 and 2 of")
+    assert "likely causes: a learning rate too high (stage1.lr=1e+30), momentum (stage1.momentum=0.9)" in err
+    assert "change the setting and train again" in err
+    assert not (out / "metrics.json").exists() and not (out / "stage1").exists()
+    assert "stage1 epoch 1/30" not in (out / "train.log").read_text()  # stopped inside the first epoch
+
+
+@pytest.mark.slow
+def test_training_accuracy_at_chance_after_warm_up_stops_the_run(capsys, tmp_path):
+    """Weight decay 5 collapses the weights: the model answers the commonest class (50 of 199 images: 25.1%)."""
+    out = tmp_path / "run"
+    sets = [*_SMALL, "stage1.epochs=50", "stage1.warmup_epochs=2", "stage1.weight_decay=5"]
+    err = _error(capsys, ["--recipe", "quickstart", "--output-dir", str(out), "--set", *sets])
+    assert err.startswith("error: stage1 is not learning: training top-1 stayed at chance (")
+    assert "at epoch 7, <= 26.1%: always answering the commonest class gets 25.1%) for 5 epochs after the " \
+        "warm-up (epochs 3-7); stopped. likely causes:" in err
+    assert "the learning rate (stage1.lr=0.1: too high, or too low)" in err
+    assert "weight decay (stage1.weight_decay=5)" in err
+    records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [1, 2, 3, 4, 5, 6, 7]
+    assert all(r["train_top1"] <= 26.1 for r in records[2:])
+    assert not (out / "metrics.json").exists()
+
+
+def test_model_that_cannot_take_the_image_size_says_the_size_it_needs(capsys, tmp_path):
+    out = tmp_path / "run"
+    err = _error(capsys, ["--recipe", "quickstart", "--output-dir", str(out), "--set", *_SMALL,
+                          "model.arch=vit_tiny_patch16_224"])
+    assert err == (
+        "error: model.arch='vit_tiny_patch16_224' cannot take the data's 32x32 images (its input size is 224x224): "
+        "Input height (32) doesn't match model (224).; set data.image_size=224 (images are resized), or choose a "
+        "model without a fixed input size (e.g. a ResNet)"
+    )
+    assert not out.exists()
+
+
+@pytest.fixture(scope="module")
+def weight_files(tmp_path_factory):
+    """resnet18 weights as safetensors: intact, truncated, a pickle under a .safetensors name, one bad shape."""
+    import timm
+    import torch
+    from safetensors.torch import save_file
+
+    folder = tmp_path_factory.mktemp("weights")
+    state = timm.create_model("resnet18").state_dict()
+    save_file(state, str(folder / "good.safetensors"))
+    data = (folder / "good.safetensors").read_bytes()
+    (folder / "truncated.safetensors").write_bytes(data[: len(data) // 2])
+    torch.save({"w": torch.zeros(2)}, str(folder / "pickle.safetensors"))
+    save_file({**state, "conv1.weight": torch.zeros(64, 3, 3, 3)}, str(folder / "shape.safetensors"))
+    return folder
+
+
+@pytest.mark.parametrize(
+    "name, message",
+    [
+        ("truncated", "not a readable safetensors file (Error while deserializing header: incomplete metadata"),
+        ("pickle", "not a readable safetensors file (Error while deserializing header: header too large"),
+        ("shape", "its weights do not fit model.arch='resnet18' (size mismatch for conv1.weight: copying a param "
+                  "with shape torch.Size([64, 3, 3, 3]) from checkpoint, the shape in current model is "
+                  "torch.Size([64, 3, 7, 7])."),
+    ],
+)
+def test_bad_pretrained_file_names_the_file_and_the_problem(capsys, tmp_path, weight_files, name, message):
+    out, path = tmp_path / "run", weight_files / f"{name}.safetensors"
+    sets = [*_SMALL, "model.arch=resnet18", "model.pretrained=true", f"model.pretrained_file={path}"]
+    err = _error(capsys, ["--recipe", "quickstart", "--output-dir", str(out), "--set", *sets])
+    assert err.startswith(f"error: model.pretrained_file={path}: {message}")
+    assert not out.exists()
+
+
+def test_os_errors_name_the_path_and_the_fix(capsys, tmp_path):
+    long = tmp_path / ("x" * 300)
+    err = _error(capsys, ["--recipe", "quickstart", "--output-dir", str(long / "run"), "--set", *_SMALL])
+    assert err == f"error: {long}: a file or folder name is too long (at most 255 bytes each): choose a shorter path" \
+        or err == f"error: {long / 'run'}: a file or folder name is too long (at most 255 bytes each): choose a " \
+        "shorter path"
+    link = tmp_path / "dangling"
+    link.symlink_to(tmp_path / "nowhere" / "x")
+    err = _error(capsys, ["--recipe", "quickstart", "--output-dir", str(link), "--set", *_SMALL])
+    assert err == f"error: {link}: it exists and is not a folder (a file, or a link to nothing): remove it or " \
+        "choose another path"
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root may write anywhere")
+def test_unwritable_output_folder_is_one_line(capsys, tmp_path):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        err = _error(capsys, ["--recipe", "quickstart", "--output-dir", str(locked / "run"), "--set", *_SMALL])
+    finally:
+        locked.chmod(0o700)
+    assert err == f"error: {locked / 'run'}: permission denied: choose a folder you can write to (--output-dir) " \
+        "or fix its permissions"
+
+
+def test_image_above_the_decompression_bomb_limit_is_an_error_naming_it(capsys, tmp_path, monkeypatch):
+    """PIL warns (DecompressionBombWarning) above MAX_IMAGE_PIXELS: the run stops, naming the image. (With the
+    limit this low the size probe fails too, so the images take the large-image path: decoded while training.)"""
+    from PIL import Image
+
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # the 32x32 images (1024 pixels) are above it
+    monkeypatch.setenv("CCSAM_CACHE", str(tmp_path / "cache"))  # decoded afresh, not read from the cache
+    err = _error(capsys, ["--recipe", "quickstart", "--output-dir", str(tmp_path / "run"), "--set", *_SMALL])
+    assert err.startswith("error: cannot decode image in ") and "train.parquet 'train/" in err
+    assert "DecompressionBombWarning: Image size (1024 pixels) exceeds limit of 1000 pixels" in err
+    assert err.endswith("PIL refuses images this large (a guard against decompression bombs): shrink or remove "
+                        "that image, or raise PIL.Image.MAX_IMAGE_PIXELS in Python if you trust the file")
+    assert not (tmp_path / "run" / "metrics.json").exists()
