@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import math
 from typing import Any
 
 __all__ = [
@@ -91,6 +92,17 @@ _CHOICES = {
 }
 _NULLABLE = {"max_ratio", "params", "groups", "flat_ratio", "up_limit", "drw_epoch"}
 _TYPES = {"params": str, "groups": int, "flat_ratio": float, "up_limit": float, "max_ratio": float, "drw_epoch": int}
+# Ranges of the numeric keys (checked before any work): (low, high, low exclusive, high exclusive); every other
+# number must be finite and >= 0 (a negative scale, rho, alpha, margin, ... cannot train).
+_RANGES: dict[str, tuple[float, float | None, bool, bool]] = {
+    "flat_ratio": (0.0, 1.0, False, False),  # a mix of two losses
+    "beta": (0.0, 1.0, False, True),  # effective number (1 - beta^n) / (1 - beta)
+    "div": (0.0, None, True, False),  # a divisor
+    "s": (0.0, None, True, False),  # LDAM's logit scale
+    "eps": (0.0, None, True, False),  # a guard against division by zero
+    "groups": (1.0, None, False, False),
+    "max_ratio": (0.0, None, True, False),
+}
 
 
 def _closest(key: str, valid: list[str]) -> str:
@@ -117,6 +129,15 @@ def _check_value(method: str, key: str, value: Any, default: Any) -> None:
     if not ok:
         hint = " (YAML reads 1e-6 as a string: write 1.0e-6)" if isinstance(value, str) else ""
         raise ValueError(f"{method}: {key} must be {kind.__name__}, got {value!r}{hint}")
+    if kind in (int, float):
+        low, high, low_open, high_open = _RANGES.get(key, (0.0, None, False, False))
+        bad = not math.isfinite(value) or value < low or (low_open and value == low)
+        bad = bad or (high is not None and (value > high or (high_open and value == high)))
+        if bad:
+            text = f"{'>' if low_open else '>='} {low:g}" + (
+                f" and {'<' if high_open else '<='} {high:g}" if high is not None else ""
+            )
+            raise ValueError(f"{method}: {key} must be a finite number {text}, got {value!r}")
 
 
 def resolve_method(table: dict, stage: str, cfg: dict[str, Any], num_classes: int | None) -> dict[str, Any]:

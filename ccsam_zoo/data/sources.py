@@ -316,17 +316,51 @@ def _table_source(
     return BaseData(splits["train"], splits["test"], names, native_size=_probe_size(splits["train"]))
 
 
+def _hub_offline() -> bool:
+    """HF_HUB_OFFLINE as huggingface_hub reads it (at import: the environment variable is the truth here)."""
+    from huggingface_hub import constants
+
+    env = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+    return env or bool(constants.HF_HUB_OFFLINE)
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """One TCP connection to the Hub's endpoint (a DNS failure or a closed network answers at once)."""
+    import socket
+    from urllib.parse import urlsplit
+
+    from huggingface_hub import constants
+
+    url = urlsplit(constants.ENDPOINT)
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        with socket.create_connection((url.hostname or "huggingface.co", port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
 def _hub_source(
     repo_id: str, image_column: str | None, label_column: str | None, name: str, label_candidates: tuple[str, ...]
 ) -> BaseData:
+    fix = (
+        "give a local copy (a folder holding train.parquet and test.parquet): --set data.source=DIR on the "
+        "command line, source=DIR in Python"
+    )
+    if not _hub_offline() and not _hub_reachable():  # fail now, not after ~30 s of retries
+        raise FileNotFoundError(
+            f"{name}: the Hugging Face Hub is unreachable, so {repo_id!r} cannot be downloaded; {fix} (or set "
+            "HF_HUB_OFFLINE=1 to use a copy already in the Hugging Face cache)"
+        )
     import datasets
 
     try:
         dd = datasets.load_dataset(repo_id)
     except Exception as err:
+        offline = " (HF_HUB_OFFLINE is set and it is not in the Hugging Face cache)" if _hub_offline() else ""
         raise FileNotFoundError(
-            f"could not load {repo_id!r} with datasets.load_dataset ({type(err).__name__}: {err}); offline, pass "
-            "source=<local folder holding train.parquet and test.parquet>"
+            f"{name}: could not load {repo_id!r} from the Hub{offline} ({type(err).__name__}: "
+            f"{' '.join(str(err).split())[:200]}); {fix}"
         ) from err
     if "train" not in dd or "test" not in dd:
         raise ValueError(f"{repo_id} has splits {list(dd)}; {name} needs 'train' and 'test'")

@@ -6,6 +6,7 @@ import copy
 import difflib
 import math
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -165,8 +166,8 @@ _STAGE = {
     "epochs": ("int", 0, False),
     "batch_size": ("int", 1, False),
     "optimizer": ("enum", _optimizers, False),
-    "lr": _RATE,
-    "momentum": _RATE,
+    "lr": ("num", (0.0, None, True, False), False),  # lr 0 trains nothing
+    "momentum": ("num", (0.0, 1.0, False, True), False),  # >= 1 diverges (a geometric sum of all gradients)
     "weight_decay": _RATE,
     "decay_bias_and_bn": ("bool", None, False),
     "schedule": ("enum", _schedules, False),
@@ -178,7 +179,7 @@ _STAGE = {
     "sampler": ("enum", ("shuffle", "class_balanced"), False),
 }
 _SPEC: dict[str, tuple[str, Any, bool]] = {
-    "name": ("str", None, False),
+    "name": ("name", None, False),
     "description": ("str", None, True),
     "seed": ("int", 0, False),
     "model.arch": ("str", None, False),
@@ -222,9 +223,14 @@ _SPEC: dict[str, tuple[str, Any, bool]] = {
 _HINTS = {
     "data.imbalance_ratio": " (n_max / n_min: an imbalance factor of 0.01 is data.imbalance_ratio=100)",
     "train.keep_checkpoints": " (0 keeps every checkpoint)",
+    "stage1.momentum": " (0.9 is usual; 1 or more diverges)",
+    "stage2.momentum": " (0.9 is usual; 1 or more diverges)",
     "train.checkpoint_every": " (0: only at the end of each stage)",
     "eval.every": " (0: only at the end of each stage)",
 }
+
+
+_SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 
 
 def _choices(spec: tuple[str, Any, bool]) -> tuple[str, ...]:
@@ -244,6 +250,11 @@ def _expected(spec: tuple[str, Any, bool]) -> str:
         text = "true or false"
     elif kind == "str":
         text = "a string"
+    elif kind == "name":
+        text = (
+            "a name of letters, digits, '.', '_' and '-' that starts with a letter or digit (at most 100 "
+            "characters; it names the run folder runs/<name>-<method>, so no path separators)"
+        )
     elif kind == "enum":
         choices = _choices(spec)
         shown = ", ".join(choices[:12]) + (f", ... ({len(choices)} in all)" if len(choices) > 12 else "")
@@ -286,6 +297,8 @@ def _valid(spec: tuple[str, Any, bool], v: Any) -> bool:
         return isinstance(v, bool)
     if kind == "str":
         return isinstance(v, str)
+    if kind == "name":
+        return isinstance(v, str) and _SAFE_NAME.fullmatch(v) is not None
     if kind == "enum":
         return isinstance(v, str) and ((detail is _optimizers and v in _COMMON_OPTIMIZERS) or v in _choices(spec))
     if kind == "list_int":
@@ -368,6 +381,7 @@ _DATA_HELP = {
     "parquet": ("FOLDER", "FOLDER holds train.parquet and test.parquet"),
 }
 _FIXED_IMBALANCE = ("imagenet_lt", "places_lt", "inat2018")
+_DEFAULT_IMBALANCE = ("cifar10_lt", "cifar100_lt")  # imbalance_ratio null means 100 (the data layer's default)
 
 
 def check_recipe(recipe: dict[str, Any]) -> None:
@@ -385,6 +399,20 @@ def check_recipe(recipe: dict[str, Any]) -> None:
             f"{d['name']}'s imbalance is fixed by its split files: remove data.imbalance_ratio "
             f"(or set data.imbalance_ratio=null)"
         )
+    if d["max_count"] is not None and d["imbalance_ratio"] is None and d["name"] not in _DEFAULT_IMBALANCE:
+        raise RecipeError(
+            f"data.max_count={d['max_count']} sets the head class's size of the long-tailed profile, but "
+            "data.imbalance_ratio is null (the training split is used as it is): set data.imbalance_ratio "
+            "(e.g. 100), or remove data.max_count"
+        )
+    for stage, cfg in (("stage1", s1), ("stage2", s2)):
+        # warm-up epoch e (0-based) runs at lr (e + 1) / W: W = 1 is no warm-up, W >= epochs never leaves it
+        if cfg["epochs"] > 0 and cfg["warmup_epochs"] > 1 and cfg["warmup_epochs"] >= cfg["epochs"]:
+            raise RecipeError(
+                f"{stage}.warmup_epochs={cfg['warmup_epochs']} with {stage}.epochs={cfg['epochs']}: the warm-up "
+                f"would take the whole stage (the full learning rate only in the last epoch, or never); set "
+                f"{stage}.warmup_epochs < {cfg['epochs']}, e.g. {stage}.warmup_epochs={min(5, cfg['epochs'] // 10)}"
+            )
     if d["device_resident"] and d["num_workers"]:
         raise RecipeError("data.device_resident=true needs data.num_workers=0 (workers cannot share device tensors)")
     if s2["init"] and not (Path(str(s2["init"])).expanduser() / "model.safetensors").is_file():
@@ -491,13 +519,19 @@ def load_recipe(name_or_path: str | Path) -> dict[str, Any]:
         )
     if path.is_dir():
         raise RecipeError(f"recipe {path} is a folder; give a YAML file or a shipped recipe name")
-    raw = _read_yaml(path) or {}
+    raw = _read_yaml(path)
+    if raw is None:
+        raise RecipeError(
+            f"{path}: the recipe is empty (or only comments); write its settings (key: value), e.g. start from "
+            "a shipped recipe: ccsam_zoo/recipes/quickstart.yaml"
+        )
     if not isinstance(raw, dict):
-        raise RecipeError(f"{path}: a recipe must be a YAML mapping")
+        raise RecipeError(
+            f"{path}: a recipe must be a YAML mapping (key: value lines), got a {type(raw).__name__}"
+        )
     recipe = _merge(DEFAULTS, raw)
-    recipe.setdefault("name", path.stem)
-    if recipe["name"] == "custom":
-        recipe["name"] = path.stem
+    if recipe["name"] == "custom":  # named after the file, made a safe folder name
+        recipe["name"] = re.sub(r"[^A-Za-z0-9._-]+", "-", path.stem).strip(".-_")[:100] or "custom"
     _check_method(recipe["method"])
     check_values(recipe, where=f"{path}: ")
     return recipe
