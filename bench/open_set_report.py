@@ -29,6 +29,10 @@ Protocol (nothing used to choose or calibrate is reported on):
 (``open_set_stats.safetensors``, ``ccsam_zoo.json``), with the selected default score and the selection metrics
 it was chosen on (``open_set.selection``). ``--store-default REPORT.json`` writes the same ``open_set`` block from
 a saved report without running the model (the statistics are left as they are).
+
+A benchmark protocol (it needs the project's data copy and OOD set), so it stays in bench/: the scores, their
+statistics and calibration are the package's (``ccsam_zoo.inference``), and so is the rule that rebuilds a
+model's training subset (``ccsam_zoo.data.subset_rule``, shared with ``ccsam-zoo evaluate``).
 """
 
 from __future__ import annotations
@@ -44,7 +48,9 @@ import torch
 
 import ccsam_zoo
 from ccsam_zoo.data import build_benchmark, shot_groups
+from ccsam_zoo.data.subset_rule import recorded_subset_rule
 from ccsam_zoo.data.tensor_data import TensorSplit
+from ccsam_zoo.hub.card import PLACEHOLDER
 from ccsam_zoo.inference import DEFAULT_SCORE, Classifier, class_thresholds_at_tpr, threshold_at_tpr
 from ccsam_zoo.inference.open_set import DEFAULT_RULE, JUNK_GUARD, select_default_score
 from ccsam_zoo.metrics import load_metric
@@ -104,17 +110,10 @@ def rebuild_benchmark(clf: Classifier, data_source: str | None) -> tuple[Any, st
     recipe = clf.meta.get("recipe") or {}
     d = recipe.get("data") or {}
     source = data_source or d.get("source")
-    kwargs = dict(
-        imbalance_ratio=d.get("imbalance_ratio"),
-        selection=d.get("selection", "first"),
-        seed=d.get("seed", 0),
-        val_per_class=d.get("val_per_class", 0),
-        max_count=d.get("max_count"),
-        profile=d.get("profile", "exp"),
-        shot_thresholds=tuple(d.get("shot_thresholds", (100, 20))),
-        shot_rule=d.get("shot_rule", "paper"),
-    )
+    if isinstance(source, str) and source.startswith(PLACEHOLDER):  # a shipped recipe names no path
+        raise SystemExit(f"the model's recipe says data.source={source}: pass its data copy with --data-source")
     name = d.get("name", "cifar10_lt")
+    kwargs = recorded_subset_rule(recipe, name)  # the package's rule: `ccsam-zoo evaluate` rebuilds the same rows
     bench = build_benchmark(name, source, **kwargs)
     want = clf.meta.get("data_fingerprint")
     if want and bench.fingerprint != want:

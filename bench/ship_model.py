@@ -18,16 +18,31 @@ The shipped folder is a small run folder that ``from_pretrained(ALIAS)`` (stage 
   data copy, the number of seeds, the measured gap to the paper and, with ``--compare``, the side-by-side table of
   the runs (``bench/compare.py``'s ``results.json``).
 
+Nothing shipped holds a path of this machine: ``recipe.yaml`` and each ``ccsam_zoo.json`` recipe get placeholders
+(``data.source: PATH/TO/cifar10``, ``ccsam_zoo.hub.card.portable_recipe``), the logs ``portable_text``; the data
+copy is named by folder name, content hash and fingerprint (``--data-copy``). A shipped folder that still holds an
+absolute path is refused. ``--refresh-notes`` applies the same to an alias already shipped. A model whose stage 2
+was trained in a separate run from saved stage-1 weights (``stage2.init``) ships with ``--stage1-from RUN1``.
+
 Register the alias in ``ccsam_zoo/hub/registry.py`` (``_SHIPPED``) first: its folder is the destination, and the
 card names it.
+
+Why a bench script and not a ``ccsam-zoo`` command: shipping writes into the package's source tree
+(``ccsam_zoo/assets/`` and the ``_SHIPPED`` table), needs a finished run folder, the project's data copy and its
+out-of-distribution set, and is a maintainer's step before a release; an installed wheel cannot ship into itself
+(users publish their own models with ``push_to_hub``). What the package needs lives in the package and is only
+called from here: the card and its portable paths (``hub/card.py``), the open-set statistics and thresholds
+(``inference``, ``hub.checkpoint.write_open_set_stats``), the model's subset rule (``data/subset_rule.py``).
 The open-set report of each stage is written beside the run (``RUN_FOLDER/open_set_report-stageN.json``).
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -39,14 +54,18 @@ import open_set_report  # noqa: E402
 import torch  # noqa: E402
 
 from ccsam_zoo.hub import registry  # noqa: E402
-from ccsam_zoo.hub.card import (
+from ccsam_zoo.hub.card import (  # noqa: E402
     NOTES_BEGIN,
     NOTES_END,
+    data_copy_name,
     paper_result_for,
     plot_per_class_accuracy,
+    portable_extras,
+    portable_recipe,
+    portable_text,
     pretty_dataset,
     render_model_card,
-)  # noqa: E402
+)
 
 RUN_FILES = ("metrics.json", "recipe.yaml", "log.jsonl", "train.log")
 STAGE_FILES = ("config.json", "model.safetensors", "ccsam_zoo.json", "prototypes.safetensors",
@@ -55,6 +74,68 @@ DATA_COPY = (
     "the project's CIFAR-10 copy (HF `datasets` parquet of the 50,000 / 10,000 standard images, stored as 32x32 "
     "JPEG at PIL quality 75: slightly lossy versus the original pixels; train.parquet sha256 f405552e...)"
 )
+# train.parquet sha256 of that copy: the JPEG description is written only for the copy it describes.
+_JPEG75_COPY_SHA = "f405552ec7b2a620ffc27beeebae09a8a66355a64b39262cd13fdaf1dbeda102"
+# What no shipped text file may hold: an absolute POSIX / home / Windows path (tests/test_shipped_files.py).
+MACHINE_PATH = re.compile(r"(?<![\w.:/-])(?:/(?:work|root|home|tmp|Users|mnt|var|opt|srv|data)\b|~/|[A-Za-z]:\\)")
+_TEXT_SUFFIXES = (".md", ".json", ".yaml", ".yml", ".log", ".jsonl", ".txt")
+
+
+def data_copy(data_source: str | None) -> str:
+    """The data copy named for a card: folder name and train.parquet hash (the JPEG quality-75 description for the
+    project's CIFAR-10 copy), never its path."""
+    name = data_copy_name(data_source) or "the recipe's data source"
+    parquet = Path(data_source or "").expanduser() / "train.parquet"
+    if not parquet.is_file():
+        return f"the data copy `{name}`"
+    sha = hashlib.sha256(parquet.read_bytes()).hexdigest()
+    if sha == _JPEG75_COPY_SHA:
+        return (f"the CIFAR-10 copy `{name}` (the 50,000 / 10,000 standard images stored as 32x32 JPEG at PIL "
+                f"quality 75, slightly lossy versus the original pixels; train.parquet sha256 {sha[:8]}...)")
+    return f"the data copy `{name}` (train.parquet sha256 {sha[:8]}...)"
+
+
+def make_portable(dest: Path, data_copy_text: str | None = None) -> list[str]:
+    """Rewrite a shipped folder so that it names no path of this machine (recipes, logs, each stage's extras;
+    weights, statistics and numbers untouched); ``data_copy_text`` is recorded as each stage's ``data_copy``.
+    Returns the files changed."""
+    import yaml
+
+    changed = []
+
+    def write(path: Path, text: str) -> None:
+        if path.read_text(encoding="utf-8") != text:
+            path.write_text(text, encoding="utf-8")
+            changed.append(str(path.relative_to(dest)))
+
+    if (dest / "recipe.yaml").is_file():
+        recipe = yaml.safe_load((dest / "recipe.yaml").read_text(encoding="utf-8"))
+        write(dest / "recipe.yaml", yaml.safe_dump(portable_recipe(recipe), sort_keys=False))
+    for path in [dest / n for n in ("train.log", "log.jsonl", "metrics.json")] + sorted(dest.glob("**/README.md")):
+        if path.is_file():  # README.md: its hand-written notes are kept by the next render
+            write(path, portable_text(path.read_text(encoding="utf-8")))
+    for extras_path in sorted(dest.glob("**/ccsam_zoo.json")):
+        extras = portable_extras(json.loads(extras_path.read_text(encoding="utf-8")))
+        if data_copy_text:
+            extras["data_copy"] = data_copy_text
+        write(extras_path, json.dumps(extras, indent=2) + "\n")
+    return changed
+
+
+def machine_paths(folder: Path) -> list[str]:
+    """``file:line: text`` of every absolute path in the text files under ``folder`` (empty: nothing leaks)."""
+    found = []
+    for path in sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix in _TEXT_SUFFIXES):
+        for n, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
+            if MACHINE_PATH.search(line):
+                found.append(f"{path.relative_to(folder)}:{n}: {line.strip()[:120]}")
+    return found
+
+
+def _refuse_leaks(dest: Path) -> None:
+    leaks = machine_paths(dest)
+    if leaks:
+        raise SystemExit(f"{dest} would ship paths of this machine ({len(leaks)} lines), e.g. {leaks[0]}")
 
 
 def _paper_line(extras: dict[str, Any], top1: float) -> str:
@@ -153,23 +234,35 @@ def _write_cards(
 
 
 def refresh_notes(
-    alias: str, compare: dict | None, hardware: str | None, selection: str | None = None
-) -> dict[str, Any]:
+    alias: str, compare: dict | None, hardware: str | None, selection: str | None = None,
+    data_copy_text: str | None = None,
+) -> dict[str, Any]:  # fmt: skip
     """Re-write the notes and cards of an already shipped alias (e.g. a side-by-side table with more runs), keeping
-    its weights, statistics and metrics as they are."""
+    its weights, statistics and metrics as they are; its recipes and logs are made portable first. Without
+    ``compare`` / ``hardware`` / ``selection`` (or for a single checkpoint folder) the notes are kept as they are
+    and only the cards are re-rendered."""
     entry = registry._REGISTRY.get(alias)
     if entry is None or not entry.shipped or entry.local_dir is None or not entry.local_dir.is_dir():
         raise SystemExit(
             f"{alias!r} is not a shipped alias with a folder: ship it first (bench/ship_model.py RUN ALIAS)"
         )
-    stages = _write_cards(entry.local_dir, alias, compare, hardware, selection)
-    return {"alias": alias, "folder": str(entry.local_dir), "refreshed": [f"stage{s}" for s in stages]}
+    dest = entry.local_dir
+    portable = make_portable(dest, data_copy_text)
+    if (dest / "config.json").is_file() or (compare, hardware, selection) == (None, None, None):
+        # a single checkpoint folder, or nothing new for the notes: each card keeps its notes, is re-rendered
+        stages = [s for s in (1, 2) if (dest / f"stage{s}" / "config.json").is_file()]
+        for folder in [dest / f"stage{s}" for s in stages] or [dest]:
+            (folder / "README.md").write_text(render_model_card(folder), encoding="utf-8")
+    else:
+        stages = _write_cards(dest, alias, compare, hardware, selection)
+    _refuse_leaks(dest)
+    return {"alias": alias, "folder": str(dest), "refreshed": [f"stage{s}" for s in stages], "portable": portable}
 
 
 def ship(
     run: Path, alias: str, stages: list[int], heldout: int, data_source: str, compare: dict | None = None,
     hardware: str | None = None, overwrite: bool = False, stats_stages: tuple[int, ...] = (2,),
-    selection: str | None = None,
+    selection: str | None = None, stage1_from: Path | None = None, data_copy_text: str | None = None,
 ) -> dict[str, Any]:  # fmt: skip
     entry = registry._REGISTRY.get(alias)
     if entry is None or not entry.shipped or entry.local_dir is None:
@@ -188,10 +281,15 @@ def ship(
     out: dict[str, Any] = {"alias": alias, "folder": str(dest), "stages": {}}
     for stage in stages:
         src, dst = run / f"stage{stage}", dest / f"stage{stage}"
+        if stage == 1 and stage1_from is not None:  # stage 2 was trained from these weights (stage2.init)
+            src = stage1_from / "stage1"
         dst.mkdir()
         for name in STAGE_FILES:
             if (src / name).is_file():
                 shutil.copyfile(src / name, dst / name)
+    make_portable(dest, data_copy_text or data_copy(data_source))
+    for stage in stages:
+        dst = dest / f"stage{stage}"
         args = open_set_report.parse_args([
             "--model", str(dst), "--data-source", data_source, "--fit", "--write-stats",
             "--heldout-per-class", str(heldout), "--no-prior", *([] if stage in stats_stages else ["--no-stats"]),
@@ -209,6 +307,7 @@ def ship(
             "bytes": {p.name: p.stat().st_size for p in sorted(dst.iterdir())},
         }
     _write_cards(dest, alias, compare, hardware, selection)
+    _refuse_leaks(dest)
     out["total_bytes"] = sum(p.stat().st_size for p in dest.rglob("*") if p.is_file())
     return out
 
@@ -235,11 +334,16 @@ def main() -> None:
     p.add_argument("--stats-stages", type=int, nargs="*", default=[2], choices=[1, 2],
                    help="stages that keep open_set_stats.safetensors (0.7 MB each); the others ship the logit and "
                         "prototype scores only")  # fmt: skip
+    p.add_argument("--stage1-from", type=Path, default=None, metavar="RUN1",
+                   help="the run whose stage1/ the shipped stage 2 was trained from (RUN_FOLDER's stage2.init)")
+    p.add_argument("--data-copy", default=None,
+                   help="how the cards name the data copy (default: folder name and train.parquet hash)")
     p.add_argument("--overwrite", action="store_true")
     a = p.parse_args()
     compare = json.loads(a.compare.read_text()) if a.compare else None
     if a.refresh_notes:
-        print(json.dumps(refresh_notes(a.refresh_notes, compare, a.hardware, a.selection), indent=1))
+        copy_text = a.data_copy or data_copy(a.data_source)
+        print(json.dumps(refresh_notes(a.refresh_notes, compare, a.hardware, a.selection, copy_text), indent=1))
         return
     if a.run is None or a.alias is None:
         p.error("give RUN_FOLDER and ALIAS, or --refresh-notes ALIAS")
@@ -254,6 +358,8 @@ def main() -> None:
         a.overwrite,
         tuple(a.stats_stages),
         a.selection,
+        a.stage1_from,
+        a.data_copy,
     )
     print(json.dumps(out, indent=1))
 

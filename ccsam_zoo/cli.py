@@ -133,21 +133,19 @@ def _to_percent(result: dict[str, Any]) -> None:
             m["rejected_known_by_group"] = {g: pct(v) for g, v in m["rejected_known_by_group"].items()}
 
 
-def _plot_path(args: argparse.Namespace) -> Path | None:
-    """``--plot``: the given path, 'none' for no plot, else beside ``--output`` or ./open_set_histograms.png."""
-    if args.plot and args.plot.lower() == "none":
-        return None
-    if args.plot:
-        return Path(args.plot).expanduser()
-    if args.output:
-        return Path(args.output).expanduser().with_suffix(".png")
-    return Path("open_set_histograms.png")
-
-
 # ---------------------------------------------------------------------------------------------- predict
+def _check_open_set_flags(args: argparse.Namespace) -> None:
+    """``--score`` / ``--threshold`` only act with ``--open-set``: alone they are a usage error, not ignored."""
+    given = [flag for flag, key in (("--score", "score"), ("--threshold", "threshold"))
+             if getattr(args, key, None) is not None]  # fmt: skip
+    if given and not getattr(args, "open_set", False):
+        raise UsageError(f"{' and '.join(given)} needs --open-set (add --open-set, or drop {' and '.join(given)})")
+
+
 def _cmd_predict(args: argparse.Namespace) -> int:
     from ccsam_zoo.inference import ImageInputError
 
+    _check_open_set_flags(args)
     clf = _load_model(args)
     try:  # the Python API does the open-set work (score, stored threshold, errors) exactly as clf.predict
         results = clf.predict(
@@ -216,8 +214,75 @@ def _benchmark_spec(data: str, source: str | None) -> tuple[str, Any]:
     return "imagefolder", str(path)
 
 
+# Classes of the benchmarks whose copies share one layout (train/test parquet): a copy of the other one under
+# this name is caught by its class count. (OLTR benchmarks are named by their split files' prefix.)
+_BENCHMARK_CLASSES = {"cifar10_lt": 10, "cifar100_lt": 100, "embedded": 10}
+_PLOT_SUFFIXES = (".png", ".pdf", ".svg", ".jpg", ".jpeg")
+_PLOT_NAME = "open_set_histograms.png"
+
+
+def _plot_path(args: argparse.Namespace) -> Path | None:
+    """``--plot``: 'none' for no plot, a file (``.png`` added when it has no suffix) or a folder
+    (``open_set_histograms.png`` in it); without it beside ``--output``, else ./open_set_histograms.png."""
+    plot = args.plot
+    if plot and plot.lower() == "none":
+        return None
+    if not plot:
+        return Path(args.output).expanduser().with_suffix(".png") if args.output else Path(_PLOT_NAME)
+    path = Path(plot).expanduser()
+    if path.is_dir() or plot.endswith(("/", os.sep)):
+        return path / _PLOT_NAME
+    if not path.suffix:
+        return path.with_suffix(".png")
+    if path.suffix.lower() not in _PLOT_SUFFIXES:
+        raise UsageError(f"--plot {plot}: unknown image type {path.suffix!r}; give a {', '.join(_PLOT_SUFFIXES)} file "
+                         "or a folder")  # fmt: skip
+    return path
+
+
+def _check_data_matches(name: str, source: Any, bench: Any, clf: Any) -> None:
+    """The data must be what ``--data`` names and what the model was trained on: a class count or class names
+    that disagree are an error that says which side differs (never results under a wrong label)."""
+    want = _BENCHMARK_CLASSES.get(name)
+    where = f"--data-source {source}" if source else "the default source"
+    if want is not None and bench.num_classes != want:
+        raise ValueError(
+            f"--data {name} has {want} classes but {where} holds {bench.num_classes}: pass a copy of {name}'s data "
+            "with --data-source, or name the benchmark that data belongs to with --data"
+        )
+    if bench.num_classes != clf.num_classes:
+        raise ValueError(
+            f"the model has {clf.num_classes} classes but {name} ({where}) has {bench.num_classes}: wrong --data for "
+            "this model; pass the benchmark it was trained on"
+        )
+    ours, theirs = [str(c) for c in clf.class_names], [str(c) for c in bench.class_names]
+    if theirs == [str(i) for i in range(len(theirs))] or ours == [str(i) for i in range(len(ours))]:
+        return  # one side has no class names (numbered labels): nothing to compare
+    if ours != theirs:
+        c = next(i for i, (a, b) in enumerate(zip(ours, theirs)) if a != b)
+        order = "in another order" if sorted(ours) == sorted(theirs) else "different"
+        raise ValueError(
+            f"class names of the model and of {name} ({where}) are {order}: class {c} is {ours[c]!r} in the model and "
+            f"{theirs[c]!r} in the data; pass the data the model was trained on"
+        )
+
+
+def _check_val_per_class(bench: Any, requested: int) -> None:
+    """``--val-per-class N`` asks for N images per class; say the most there is instead of using fewer."""
+    import torch
+
+    have = torch.bincount(bench.val.labels, minlength=bench.num_classes).tolist()
+    if min(have) < requested:
+        c = min(range(len(have)), key=have.__getitem__)
+        raise UsageError(
+            f"--val-per-class {requested}: class {c} ({bench.class_names[c]!r}) has only {have[c]} images to hold "
+            f"out (one training image per class stays); use --val-per-class {min(have)} or less"
+        )
+
+
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from ccsam_zoo.data import build_benchmark
+    from ccsam_zoo.data.subset_rule import recorded_subset_rule
     from ccsam_zoo.inference import evaluate_model
 
     _check_output(args.output)
@@ -235,21 +300,30 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     thresholds = args.shot_thresholds or meta.get("shot_thresholds") or (100, 20)
     rule = args.shot_rule or meta.get("shot_rule") or "paper"
     size = int(clf.data_config["input_size"][-1])
-    kwargs: dict[str, Any] = dict(imbalance_ratio=args.imbalance_ratio, image_size=size, open_source=args.open_data)
+    # the subset rule the model's recipe recorded (IR, selection + seed, ...): the card's fingerprint for this copy
+    recorded = {k: v for k, v in recorded_subset_rule(meta.get("recipe"), name).items()
+                if k not in ("shot_thresholds", "shot_rule")}  # fmt: skip
+    kwargs: dict[str, Any] = {**recorded, "image_size": size}
+    if args.imbalance_ratio is not None:  # 100, not 100.0: the fingerprint hashes the value as a recipe writes it
+        ir = args.imbalance_ratio
+        kwargs["imbalance_ratio"] = int(ir) if float(ir).is_integer() else ir
     if args.val_per_class:
         kwargs["val_per_class"] = args.val_per_class
     if not args.quiet:
         print(f"loading {name} {source or ''}".rstrip() + (f" and {args.open_data}" if args.open_data else "")
               + " (decoding the images once: they are cached for the next run)", file=sys.stderr)  # fmt: skip
     bench = build_benchmark(name, source, **kwargs)
+    _check_data_matches(name, source, bench, clf)
     if args.split == "val" and getattr(bench, "val", None) is None:
         raise UsageError(f"{name} has no val split: add --val-per-class N (images per class held out of train)")
-    if bench.num_classes != clf.num_classes:
-        raise ValueError(
-            f"the model has {clf.num_classes} classes but {name} has {bench.num_classes}: wrong --data for this model"
-        )
-    if clf.class_names != bench.class_names:
-        logging.getLogger(__name__).warning("class names differ between the model and %s; using the model's", name)
+    if args.split == "val" and args.val_per_class:
+        _check_val_per_class(bench, args.val_per_class)
+    if args.open_data:  # built apart: the closed-set fingerprint stays the one the card shows
+        bench.open = build_benchmark(name, source, **kwargs, open_source=args.open_data).open
+    open_flags = [f for f, v in (("--plot", args.plot), ("--scores", scores), ("--score", getattr(args, "score", None)),
+                                 ("--threshold", getattr(args, "threshold", None))) if v is not None]  # fmt: skip
+    if bench.open is None and open_flags:  # open-set options without open-set images: never silently ignored
+        raise UsageError(f"{open_flags[0]} is about open-set scores: it needs --open-data (open-set images)")
     counts = clf.class_counts or bench.class_counts
 
     def data_of(split: str) -> Any:
@@ -300,6 +374,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         "open_set_plot": plot if raw_scores is not None else None,
         "units": "% (accuracies and open-set rates; thresholds and scores in the score's own units)",
         "data_fingerprint": bench.fingerprint,
+        "subset_rule": {**{k: v for k, v in kwargs.items() if k != "image_size"},
+                        "from": "the model's recipe" if recorded else "build_benchmark's defaults"},  # fmt: skip
         "shot_thresholds": [int(thresholds[0]), int(thresholds[1])],
         "shot_rule": rule,
         "class_names": clf.class_names,
@@ -313,7 +389,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         if report["open_set_plot"] and not args.quiet:
             print(f"score histograms: {report['open_set_plot']}", file=sys.stderr)
         return 0
-    print(f"model: {args.model}   data: {name} ({args.split}, {result['num_samples']} images)")
+    print(f"model: {args.model}   data: {name} ({args.split}, {result['num_samples']} images)   "
+          f"fingerprint: {bench.fingerprint[:12]}" + (" (the model's subset rule)" if recorded else ""))  # fmt: skip
     print(
         _table(
             [[_pct(result[k]) for k in ("top1", "many", "medium", "few")]], ["top-1 %", "many %", "medium %", "few %"]
@@ -360,8 +437,11 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------------------------------ list / card
 _STATUS_HELP = """\
 shipped: inside the package (works offline)   cached: in the Hugging Face cache   local: a registered folder
-not published: nothing uploaded under this name yet; train it: accelerate launch recipes/train.py --recipe RECIPE
-not cached: a registered Hub repo, downloaded on first use"""
+not cached: a registered Hub repo, downloaded on first use   missing: a registered folder that is gone
+not shipped: the package holds stage 2 of this model only (its stage 1 is not included)
+not published: nothing uploaded under this name yet; train it: ccsam-zoo train --recipe RECIPE"""
+# every status list_pretrained can give (tests/test_cli_edges.py checks the legend explains each)
+STATUSES = ("shipped", "cached", "local", "not cached", "missing", "not shipped", "not published")
 
 
 def _cmd_list(args: argparse.Namespace) -> int:

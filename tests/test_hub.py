@@ -467,7 +467,7 @@ def test_card_of_a_local_run(tmp_path):
     assert "| 1 | CC-SAM (official preset) | 2 | 128 | 0.1, step | 44.12 | 49.12 | 34.12 | – | 2.0 min |" in text
     assert ("| 2 (this model) | adversarial feature re-training (paper preset) | 1 | 128, class-balanced | "
             "0.01, constant | 56.34 | 61.34 | 46.34 | – | 20 s |") in text
-    assert "Reproduce: `accelerate launch recipes/train.py --recipe cifar10_lt_cpu --set stage1.epochs=2 " \
+    assert "Reproduce: `ccsam-zoo train --recipe cifar10_lt_cpu --set data.source=PATH/TO/cifar10 stage1.epochs=2 " \
            "stage2.epochs=1`" in text
     assert "Wall time: 6.5 min (first to last epoch, log.jsonl); hardware: 2 processes, device cuda:0, mixed " \
            "precision bf16." in text
@@ -491,7 +491,7 @@ def test_card_leaves_out_what_the_run_did_not_record(tmp_path):
     assert "This model has an open-set threshold: an image whose `cosine` score is below 0.8" in text
     (run / "recipe.yaml").unlink()
     text = render_model_card(run / "stage2")  # the recipe kept in ccsam_zoo.json still gives the command
-    assert "Reproduce: `accelerate launch recipes/train.py --recipe cifar10_lt_cpu --set" in text
+    assert "Reproduce: `ccsam-zoo train --recipe cifar10_lt_cpu --set" in text
     assert "[`recipe.yaml`]" not in text
 
 

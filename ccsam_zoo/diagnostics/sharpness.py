@@ -443,12 +443,31 @@ def save_report(result: Mapping[str, Any], out_dir: str | Path, *, name: str | N
 # ---------------------------------------------------------------------------------------------- CLI
 
 
+def _number(low: float, high: float = math.inf, low_open: bool = False) -> Any:
+    """An argparse type: a finite float in [low, high] ((low, high] with ``low_open``), else a usage error that
+    names the valid range (``nan`` / ``inf`` would give a column of NaN)."""
+
+    def parse(text: str) -> float:
+        try:
+            x = float(text)
+        except ValueError:
+            x = math.nan
+        ok = math.isfinite(x) and (x > low if low_open else x >= low) and x <= high
+        if not ok:
+            span = f"{'(' if low_open else '['}{low:g}, {high:g}]" if math.isfinite(high) else (
+                f"{'>' if low_open else '>='} {low:g}")  # fmt: skip
+            raise argparse.ArgumentTypeError(f"must be a finite number {span}, got {text!r}")
+        return x
+
+    return parse
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``ccsam-zoo sharpness``."""
     parser.add_argument("--model", required=True, help="checkpoint folder, Hub repo id or alias (hub.from_pretrained)")
     parser.add_argument("--data", required=True, help="benchmark name (data.build_benchmark), e.g. cifar10_lt")
     parser.add_argument("--source", default=None, help="where the benchmark's files are (build_benchmark source=)")
-    parser.add_argument("--imbalance-ratio", type=float, default=None, help="imbalance ratio of the benchmark")
+    parser.add_argument("--imbalance-ratio", type=_number(1.0), default=None, help="imbalance ratio of the benchmark")
     parser.add_argument("--split", default="test", choices=["train", "val", "test"], help="data split (default test)")
     parser.add_argument("--params", default="head", help="head | all | blocks:N (classifier + last N blocks)")
     parser.add_argument("--groups", default=",".join(GROUP_NAMES), help="comma-separated shot groups")
@@ -459,7 +478,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--directions", type=int, default=5, help="random directions averaged (default 5)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random directions")
     parser.add_argument("--sample-seed", type=int, default=0, help="seed of the data sample")
-    parser.add_argument("--rho", type=float, default=0.05, help="worst-case radius (relative, see --rho-mode)")
+    parser.add_argument("--rho", type=_number(0.0), default=0.05, help="worst-case radius (relative, see --rho-mode)")
     parser.add_argument("--rho-mode", default="per_filter", choices=list(RHO_MODES),
                         help="worst-case ball: per_filter ||eps_f|| <= rho ||theta_f|| for every filter f "
                         "(default), per_tensor, relative ||eps|| <= rho ||theta||, absolute ||eps|| <= rho",
@@ -473,7 +492,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="write the report into the local checkpoint folder and add it to its model card")
     parser.add_argument("--two-d", action="store_true", help="also compute the 2D landscape (Li et al.)")
     parser.add_argument("--two-d-points", type=int, default=21, help="grid points per axis of the 2D landscape")
-    parser.add_argument("--two-d-extent", type=float, default=1.0, help="2D grid spans [-E, E] on both axes")
+    parser.add_argument("--two-d-extent", type=_number(0.0, low_open=True), default=1.0,
+                        help="2D grid spans [-E, E] on both axes (E > 0)")  # fmt: skip
     parser.add_argument("--json", action="store_true", help="print the full result as JSON on stdout")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 

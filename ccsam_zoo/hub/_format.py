@@ -39,6 +39,13 @@ from ..jsonio import loads as _json_loads
 
 torch = lazy_module("torch")  # imported on first use: `ccsam-zoo list` stays fast
 
+# The open-set score names a checkpoint may record (= inference.SCORES, kept import-free so that reading
+# ccsam_zoo.json does not import torch; tests/test_cli_edges.py checks that the two agree).
+OPEN_SET_SCORES = (
+    "msp", "max_logit", "energy", "mahalanobis", "knn", "cosine", "euclidean", "reachability", "hybrid",
+    "layer_stats", "msp+layer_stats", "max_logit+layer_stats", "energy+layer_stats",
+)  # fmt: skip
+
 __all__ = [
     "CARD_NAME", "CONFIG_NAME", "EXTRAS_NAME", "OPEN_SET_STATS_NAME", "PLOT_NAME", "PROTOTYPES_NAME",
     "WEIGHTS_NAME", "FORMAT_VERSION", "CheckpointError", "check_config", "check_extras", "check_finite",
@@ -330,8 +337,7 @@ def check_extras(extras: dict[str, Any], path: Path) -> None:
         return
     if not isinstance(open_set, dict):
         raise bad("open_set", "{score, threshold, tpr} or null")
-    from ..inference.open_set import SCORES
-
+    SCORES = OPEN_SET_SCORES  # noqa: N806  (torch-free: `ccsam-zoo card` reads this file without torch)
     if open_set.get("score") is not None and open_set["score"] not in SCORES:
         raise bad("open_set.score", f"one of {', '.join(SCORES)}")
     threshold = open_set.get("threshold")

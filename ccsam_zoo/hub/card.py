@@ -8,12 +8,19 @@ how to load the folder itself. For a stage folder inside a run folder it also re
 ``metrics.json`` (both stages' numbers), ``log.jsonl`` (epoch times), ``train.log`` (processes, device),
 ``recipe.yaml`` (the reproduction command); whatever is missing is left out. Hand-written text between
 ``<!-- ccsam_zoo:notes -->`` and ``<!-- /ccsam_zoo:notes -->`` in the folder's README.md is kept.
+
+No card holds a path of the machine that trained the model: the data copy is named by its folder name and
+fingerprint, commands use placeholders (``data.source=PATH/TO/cifar10``, ``stage2.init=RUN1/stage1``);
+``portable_recipe`` / ``portable_text`` do the same for a recipe or a log that is shipped. Only the usage
+lines of a card for an unpublished local folder name that folder (how to load it on this machine).
 """
 
 from __future__ import annotations
 
+import copy
 import math
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +29,10 @@ from ..training.run_log import stage_seconds
 from ._format import CONFIG_NAME, read_extras, read_json
 from .registry import pretty_dataset
 
-__all__ = ["render_model_card", "paper_result_for", "plot_per_class_accuracy", "TEMPLATE_PATH", "default_repo_id"]
+__all__ = [
+    "render_model_card", "paper_result_for", "plot_per_class_accuracy", "TEMPLATE_PATH", "default_repo_id",
+    "portable_recipe", "portable_extras", "portable_text", "PLACEHOLDER",
+]  # fmt: skip
 
 NOTES_BEGIN = "<!-- ccsam_zoo:notes -->"
 NOTES_END = "<!-- /ccsam_zoo:notes -->"
@@ -61,6 +71,92 @@ _PAPER_LARGE: list[tuple[str, str, str, tuple[float, float | None, float | None,
 _GROUPS = (("top1", "Overall"), ("many", "Many-shot"), ("medium", "Medium-shot"), ("few", "Few-shot"))
 _METRIC_TYPES = {"top1": "accuracy", "many": "many_shot_accuracy", "medium": "medium_shot_accuracy",
                  "few": "few_shot_accuracy"}
+
+
+# ------------------------------------------------------------------------------------- portable paths
+
+PLACEHOLDER = "PATH/TO"
+TRAIN_COMMAND = "ccsam-zoo train"
+# Recipe keys that hold local paths (a data source may also be a Hub id, which stays as it is).
+_PATH_KEYS = ("data.source", "model.pretrained_file", "stage2.init", "train.output_dir", "output_dir")
+_WINDOWS_ABS = re.compile(r"^[A-Za-z]:[\\/]")
+# An absolute path inside free text (a log line, a command): POSIX, home-relative or Windows.
+# POSIX paths need two parts (``/work/x``): a lone ``/word`` is text (``<!-- /ccsam_zoo:notes -->``, ``img/s``).
+_SEG = r"[^\s'\"`),;:\]<>/]+"
+_PATH_IN_TEXT = re.compile(
+    rf"(?<![\w.:/\\-])(?:~/{_SEG}(?:/{_SEG})*|/{_SEG}(?:/{_SEG})+/?|[A-Za-z]:\\[^\s'\"`),;]+)"
+)
+
+
+def _looks_local(value: str) -> bool:
+    """A local path (absolute, home-relative, ./ or ../ relative, Windows), not a Hub id such as ORG/NAME."""
+    v = value.strip()
+    return bool(v) and (v.startswith(("/", "~", "./", "../", ".\\", "..\\", "\\")) or bool(_WINDOWS_ABS.match(v)))
+
+
+def _portable_path(value: str, hub_ok: bool = True) -> str:
+    """``/work/shared/data/cifar10`` -> ``PATH/TO/cifar10``; a stage folder keeps its run's name
+    (``PATH/TO/ccsam-s42/stage1``); ``ROOT:SPLITS`` (OLTR sources) is done part by part. A Hub id (``ORG/NAME``)
+    stays when ``hub_ok``; placeholders stay as they are."""
+    v = value.strip()
+    if not v or v.startswith(PLACEHOLDER):
+        return value
+    if os.pathsep in v and not _WINDOWS_ABS.match(v):
+        return os.pathsep.join(_portable_path(part, hub_ok) for part in v.split(os.pathsep))
+    if hub_ok and not _looks_local(v) and v.count("/") <= 1 and "\\" not in v:
+        return value  # a Hub id or a bare name
+    parts = [x for x in re.split(r"[\\/]+", v) if x and x not in (".", "..", "~") and not x.endswith(":")]
+    if not parts:
+        return PLACEHOLDER
+    keep = parts[-2:] if parts[-1] in ("stage1", "stage2") and len(parts) >= 2 else parts[-1:]
+    return "/".join([PLACEHOLDER, *keep])
+
+
+def portable_recipe(recipe: Any) -> Any:
+    """A copy of a recipe (dict) whose local paths are placeholders (``data.source: PATH/TO/cifar10``); Hub ids,
+    numbers and names are kept. What a shipped ``recipe.yaml`` / ``ccsam_zoo.json`` holds."""
+    if not isinstance(recipe, dict):
+        return recipe
+    out = copy.deepcopy(recipe)
+    for dotted in _PATH_KEYS:
+        *parents, key = dotted.split(".")
+        node = out
+        for part in parents:
+            node = node.get(part) if isinstance(node, dict) else None
+        if not isinstance(node, dict):
+            continue
+        value = node.get(key)
+        if isinstance(value, str):
+            node[key] = _portable_path(value, hub_ok=dotted == "data.source")
+        elif isinstance(value, dict):  # a source given as {"root": ..., "splits": ...}
+            node[key] = {k: _portable_path(v) if isinstance(v, str) else v for k, v in value.items()}
+    return out
+
+
+def portable_extras(extras: dict[str, Any]) -> dict[str, Any]:
+    """A copy of ``ccsam_zoo.json``'s extras for others (a shipped folder, a Hub upload): the recipe's paths and
+    ``data_source`` are placeholders; everything else (numbers, names, fingerprint) is unchanged."""
+    out = dict(extras)
+    if isinstance(out.get("recipe"), dict):
+        out["recipe"] = portable_recipe(out["recipe"])
+    if isinstance(out.get("data_source"), str):
+        out["data_source"] = _portable_path(out["data_source"])
+    return out
+
+
+def portable_text(text: str) -> str:
+    """Free text (a log, a command line) with every absolute or home-relative path replaced by a placeholder."""
+    return _PATH_IN_TEXT.sub(lambda m: _portable_path(m.group(0), hub_ok=False), text)
+
+
+def data_copy_name(source: Any) -> str | None:
+    """The data copy a recipe names, without the machine's path: ``/work/shared/data/cifar10`` -> ``cifar10``,
+    a Hub id as it is."""
+    if isinstance(source, dict):
+        source = next((v for v in source.values() if isinstance(v, str)), None)
+    if not isinstance(source, str) or not source.strip():
+        return None
+    return _portable_path(source).removeprefix(PLACEHOLDER + "/")
 
 
 # ------------------------------------------------------------------------------------------------ helpers
@@ -141,8 +237,9 @@ def stage_method_labels(extras: dict[str, Any]) -> dict[int, str | None]:
         cfgs[stage] = extras["method"]
     init = ((recipe.get("stage2") or {}).get("init")) if recipe else None
     labels = {n: _stage_label(c) for n, c in cfgs.items()}
+    stage1 = extras.get("stage1_method")  # the stage-1 folder shipped beside this one (a separate run)
     if init:
-        labels[1] = f"loaded from {init}"
+        labels[1] = _stage_label(stage1) if stage1 else f"loaded from {_portable_path(str(init), hub_ok=False)}"
     return labels
 
 
@@ -311,10 +408,14 @@ def _limitations(extras: dict[str, Any], results: list[dict[str, Any]], paper: d
     if source is None and isinstance(recipe, dict):
         source = (recipe.get("data") or {}).get("source")
     fp = extras.get("data_fingerprint")
-    data_line = "Trained and evaluated on the data copy " + (f"`{source}`" if source else "recorded in the recipe")
-    data_line += f" (fingerprint `{fp}`)" if fp else ""
-    data_line += "; a different copy (e.g. the JPEG-compressed CIFAR mirror, lossy versus the original pixels) "
-    data_line += "shifts accuracies slightly."
+    copy_text = extras.get("data_copy") if isinstance(extras.get("data_copy"), str) else None
+    name = data_copy_name(source)
+    what = copy_text or (f"the data copy `{name}`" if name else "the data copy recorded in the recipe")
+    data_line = f"Trained and evaluated on {what}."
+    data_line += (f" Data fingerprint `{fp}`: it covers the copy's files, the long-tailed subset rule and its "
+                  "seed.") if fp else ""  # fmt: skip
+    data_line += (" Another copy of the same images (re-encoded: e.g. the original lossless pixels rather than a "
+                  "JPEG copy) has another fingerprint and shifts accuracies slightly.")  # fmt: skip
     out.append(data_line)
     if any(r["key"] == "few" and r["ours"] is None for r in results):
         out.append("No class falls in the few-shot group under the chosen thresholds: the few-shot accuracy is empty.")
@@ -457,25 +558,38 @@ def _recipe_changes(base: Any, recipe: Any, prefix: str = "") -> list[tuple[str,
     return out
 
 
-def _reproduce(recipe: dict[str, Any], run: Path | None) -> tuple[str | None, list[str]]:
-    """The training command that rebuilds this recipe, and its ``--set`` overrides of the shipped recipe."""
+def _reproduce(recipe: dict[str, Any], run: Path | None) -> tuple[list[str], list[str]]:
+    """The training commands that rebuild this recipe (``ccsam-zoo train``, which a wheel has), and the ``--set``
+    overrides of the published recipe. A stage 2 trained in a separate run from saved stage-1 weights
+    (``stage2.init``) takes two commands: the stage-1 run, then the stage-2 run from its ``stage1/`` folder.
+    Paths are placeholders (``data.source=PATH/TO/cifar10``)."""
     name = recipe.get("name")
     if not name:
-        return None, []
+        return [], []
+    recipe = portable_recipe(recipe)
+    init = (recipe.get("stage2") or {}).get("init")
     try:
         from ..training.config import list_recipes, load_recipe, resolve_recipe
 
         if name in list_recipes():
             changes = _recipe_changes(resolve_recipe(load_recipe(name)), resolve_recipe(recipe))
-            sets = [f"{k}={_yaml_value(v)}" for k, v in changes]
+            sets = [f"{k}={_yaml_value(v)}" for k, v in changes if k != "stage2.init"]
             if len(sets) <= 8:
-                cmd = f"accelerate launch recipes/train.py --recipe {name}"
-                return cmd + (" --set " + " ".join(sets) if sets else ""), sets
+                base = f"{TRAIN_COMMAND} --recipe {name}"
+                if not init:
+                    return [base + (" --set " + " ".join(sets) if sets else "")], sets
+                first = [s for s in sets if not s.startswith("stage2.")]
+                return [
+                    f"{base} --output-dir RUN1" + (" --set " + " ".join(first) if first else "")
+                    + "  # stage 1 (its own stage 2 is not used)",
+                    f"{base} --output-dir RUN2 --set stage2.init=RUN1/stage1 {' '.join(sets)}".rstrip()
+                    + "  # stage 2 from RUN1's stage-1 weights",
+                ], sets  # fmt: skip
     except Exception:  # noqa: BLE001  (recipes not installed, a recipe that no longer loads)
         pass
     if run is not None and (run / "recipe.yaml").is_file():
-        return "accelerate launch recipes/train.py --recipe recipe.yaml  # the run folder's recipe.yaml", []
-    return None, []
+        return [f"{TRAIN_COMMAND} --recipe recipe.yaml  # the run folder's recipe.yaml (set data.source first)"], []
+    return [], []
 
 
 def _run_recipe(run: Path | None, extras: dict[str, Any]) -> dict[str, Any]:
@@ -500,7 +614,10 @@ def _training_context(location: Path, extras: dict[str, Any], local: bool) -> di
     run_metrics = _read_json_quietly(run / "metrics.json") if run else None
     run_metrics = run_metrics if isinstance(run_metrics, dict) else {}
     times, wall = stage_seconds(run) if run else ({}, None)
-    labels = stage_method_labels({**extras, "recipe": recipe})
+    sibling1 = _read_json_quietly(run / "stage1" / "ccsam_zoo.json") if run else None
+    shipped1 = isinstance(sibling1, dict) and sibling1.get("method") is not None
+    labels = stage_method_labels({**extras, "recipe": recipe,
+                                  **({"stage1_method": sibling1["method"]} if shipped1 else {})})  # fmt: skip
     this = extras.get("stage")
     rows = []
     for n in (1, 2):
@@ -518,7 +635,7 @@ def _training_context(location: Path, extras: dict[str, Any], local: bool) -> di
         if n == 2 and cfg.get("sampler") and batch is not None:
             batch = f"{batch}, {str(cfg['sampler']).replace('_', '-')}"
         epochs = cfg.get("epochs")
-        if n == 1 and (recipe.get("stage2") or {}).get("init"):
+        if n == 1 and (recipe.get("stage2") or {}).get("init") and not shipped1:
             epochs = "–"
         rows.append({
             "stage": f"{n} (this model)" if n == this else str(n),
@@ -533,7 +650,8 @@ def _training_context(location: Path, extras: dict[str, Any], local: bool) -> di
     if all(r["method"] == "–" and r["epochs"] == "–" for r in rows):
         rows = []
     command = run_metrics.get("command") if isinstance(run_metrics.get("command"), str) else None
-    reproduce, sets = _reproduce(recipe, run) if recipe else (None, [])
+    command = portable_text(command) if command else None
+    reproduce, sets = _reproduce(recipe, run) if recipe else ([], [])
     wall_s = run_metrics.get("wall_time_s")
     wall_s = float(wall_s) if isinstance(wall_s, (int, float)) and not isinstance(wall_s, bool) else wall
     hardware = run_metrics.get("hardware") if isinstance(run_metrics.get("hardware"), str) else None
@@ -543,7 +661,9 @@ def _training_context(location: Path, extras: dict[str, Any], local: bool) -> di
         "recipe_name": recipe.get("name"),
         "recipe_sets": sets,
         "command": command,
-        "reproduce": None if command else reproduce,
+        "reproduce": None if command or not reproduce else reproduce[0],
+        "reproduce_runs": [] if command or len(reproduce) < 2 else reproduce,
+        "train_command": TRAIN_COMMAND,
         "wall_time": _minutes(wall_s),
         "wall_time_source": "metrics.json" if wall_s is not None and wall_s != wall else "log.jsonl",
         "hardware": hardware or (_hardware(run) if run else None),
@@ -570,6 +690,10 @@ def _card_context(
     ds_label = pretty_dataset(dataset) + (f" (IR {ir})" if ir and (dataset or "").startswith("cifar") else "")
     arch = extras.get("architecture") or config.get("architecture")
     stage = extras.get("stage")
+    run = _run_folder(location)
+    sibling1 = _read_json_quietly(run / "stage1" / "ccsam_zoo.json") if run else None
+    if isinstance(sibling1, dict) and sibling1.get("method") is not None:
+        extras = {**extras, "stage1_method": sibling1["method"]}
     labels = stage_method_labels(extras)
     methods = " + ".join(labels[n] for n in (1, 2) if labels.get(n)) or _method_label(extras)
     title = f"CC-SAM zoo: {_pretty_arch(arch)} on {ds_label}: {methods}" + (f", stage-{stage} model" if stage else "")

@@ -26,6 +26,7 @@ from ._format import (
     CONFIG_NAME,
     EXTRAS_NAME,
     FORMAT_VERSION,
+    OPEN_SET_SCORES,
     OPEN_SET_STATS_NAME,
     PLOT_NAME,
     PROTOTYPES_NAME,
@@ -41,9 +42,9 @@ torch = lazy_module("torch")  # imported on first use: `ccsam-zoo list` stays fa
 nn = lazy_module("torch.nn")
 
 __all__ = [
-    "CARD_NAME", "CONFIG_NAME", "EXTRAS_NAME", "FORMAT_VERSION", "OPEN_SET_STATS_NAME", "PLOT_NAME", "PROTOTYPES_NAME",
-    "WEIGHTS_NAME", "CheckpointError", "LoadedCheckpoint", "load_checkpoint", "read_extras", "save_pretrained",
-    "write_open_set_stats",
+    "CARD_NAME", "CONFIG_NAME", "EXTRAS_NAME", "FORMAT_VERSION", "OPEN_SET_SCORES", "OPEN_SET_STATS_NAME",
+    "PLOT_NAME", "PROTOTYPES_NAME", "WEIGHTS_NAME", "CheckpointError", "LoadedCheckpoint", "load_checkpoint",
+    "read_extras", "save_pretrained", "write_open_set_stats",
 ]  # fmt: skip
 
 # info keys of save_pretrained: the ARCHITECTURE.md contract, then optional extras used by the card.

@@ -17,7 +17,7 @@ from ._format import (
     CheckpointError,
     read_extras,
 )
-from .card import metrics_percent, render_model_card
+from .card import metrics_percent, portable_extras, render_model_card
 from .loading import load_checkpoint
 
 __all__ = ["push_to_hub"]
@@ -76,6 +76,16 @@ def _existing_files(api: Any, repo_id: str, branch: str, token: str | None) -> l
         return []
 
 
+def _portable_extras_bytes(path: Path) -> bytes | None:
+    """``ccsam_zoo.json`` as uploaded: the recipe's local paths become placeholders (None: nothing to change)."""
+    import json
+
+    text = path.read_text(encoding="utf-8")
+    extras = json.loads(text)
+    portable = portable_extras(extras)
+    return None if portable == extras else (json.dumps(portable, indent=2) + "\n").encode("utf-8")
+
+
 def _operations(folder: Path, card: str, existing: list[str]) -> list[Any]:
     from huggingface_hub import CommitOperationAdd, CommitOperationDelete
 
@@ -84,7 +94,10 @@ def _operations(folder: Path, card: str, existing: list[str]) -> list[Any]:
     for path in files:
         if path.name == CARD_NAME:
             continue
-        ops.append(CommitOperationAdd(path_in_repo=path.name, path_or_fileobj=str(path)))
+        content: Any = str(path)
+        if path.name == EXTRAS_NAME:  # no path of this machine goes to the Hub
+            content = _portable_extras_bytes(path) or content
+        ops.append(CommitOperationAdd(path_in_repo=path.name, path_or_fileobj=content))
     ops.append(CommitOperationAdd(path_in_repo=CARD_NAME, path_or_fileobj=card.encode("utf-8")))
     uploaded = {op.path_in_repo for op in ops}
     ops.extend(CommitOperationDelete(path_in_repo=p) for p in sorted(existing) if p in _MANAGED and p not in uploaded)
