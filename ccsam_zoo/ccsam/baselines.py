@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from ..models.heads import NormedLinear
 from . import _dist
 from .block import sam_perturbation
-from .losses import as_float, drw_weights, ldam_logits, ldam_margins, log_prior, mixup, soft_cross_entropy
+from .losses import as_float, drw_weights, ldam_logits, ldam_margins, log_prior, logit_norm, mixup, soft_cross_entropy
 
 __all__ = ["Stage1Method", "Stage2Method", "BalancedSoftmax", "LDAMDRW", "Mixup", "SAM", "NoStage2"]
 
@@ -64,12 +64,13 @@ class _Method:
 
 
 class Stage1Method(_Method):
-    """Plain cross-entropy (``ce``); the other stage-1 methods override ``loss`` or ``forward_backward``."""
+    """Plain cross-entropy (``ce``; ``logit_norm_tau``: the LogitNorm loss of Wei et al. 2022); the other stage-1
+    methods override ``loss`` or ``forward_backward``."""
 
     name = "ce"
 
     def loss(self, logits: torch.Tensor, labels: torch.Tensor, net: nn.Module, accelerator: Any) -> torch.Tensor:
-        return F.cross_entropy(as_float(logits), labels)
+        return F.cross_entropy(logit_norm(logits, self.cfg.get("logit_norm_tau")), labels)
 
     def forward_backward(
         self, net: nn.Module, images: torch.Tensor, labels: torch.Tensor, accelerator: Any = None
@@ -133,7 +134,8 @@ class LDAMDRW(Stage1Method):
 
 
 class Mixup(Stage1Method):
-    """Mixup with ``lam ~ Beta(alpha, alpha)``; ``acc = lam acc(y_a) + (1 - lam) acc(y_b)``."""
+    """Mixup with ``lam ~ Beta(alpha, alpha)``; ``acc = lam acc(y_a) + (1 - lam) acc(y_b)``; ``logit_norm_tau``:
+    the soft-target CE on LogitNorm's ``logits / (tau ||logits||)``."""
 
     name = "mixup"
 
@@ -142,7 +144,7 @@ class Mixup(Stage1Method):
     ) -> dict[str, torch.Tensor]:
         x, targets, y_a, y_b, lam = mixup(images, labels, self.cfg["alpha"], self.num_classes)
         _, logits = net(x)
-        loss = soft_cross_entropy(logits, targets, "mean")
+        loss = soft_cross_entropy(logit_norm(logits, self.cfg["logit_norm_tau"]), targets, "mean")
         _dist.backward(loss, accelerator)
         acc = lam * _accuracy(logits, y_a) + (1 - lam) * _accuracy(logits, y_b)
         return {"loss": loss.detach(), "acc": acc}

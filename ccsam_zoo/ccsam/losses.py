@@ -1,4 +1,4 @@
-"""Losses of the stage-1 baselines: CE, logit adjustment / Balanced Softmax, LDAM + DRW, mixup."""
+"""Losses of the stage-1 baselines: CE, logit adjustment / Balanced Softmax, LDAM + DRW, mixup, LogitNorm."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ __all__ = [
     "ldam_logits",
     "drw_weights",
     "mixup",
+    "logit_norm",
 ]
 
 
@@ -69,3 +70,18 @@ def mixup(
     y_b = labels[perm]
     targets = lam * F.one_hot(labels, num_classes).float() + (1 - lam) * F.one_hot(y_b, num_classes).float()
     return mixed, targets, labels, y_b, lam
+
+
+def logit_norm(logits: torch.Tensor, tau: float | None, eps: float = 1e-7) -> torch.Tensor:
+    """LogitNorm (Wei et al., ICML 2022): ``logits / (tau * (||logits||_2 + eps))`` per sample (float32 or wider).
+
+    Cross-entropy on the result is the LogitNorm loss (hongxin001/logitnorm_ood ``LogitNormLoss``, ``eps =
+    1e-7``): the loss no longer falls by growing the logits' norm, which keeps the network from becoming
+    over-confident on inputs unlike its training images. ``tau`` None returns the (float) logits unchanged.
+    """
+    x = as_float(logits)
+    if tau is None:
+        return x
+    if not tau > 0:
+        raise ValueError(f"logit_norm_tau must be > 0 (e.g. 0.04, the paper's CIFAR-10 value) or None, got {tau}")
+    return x / ((torch.linalg.vector_norm(x, dim=-1, keepdim=True) + eps) * tau)

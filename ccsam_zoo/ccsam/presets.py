@@ -43,14 +43,16 @@ _CCSAM_COMMON: dict[str, Any] = {
     "tau": 0.0,
     "global_stats": True,
     "eps": 1e-12,
+    "logit_norm_tau": None,
 }
 _STAGE1: dict[str, dict[str | None, dict[str, Any]]] = {
-    "ce": {None: {}},
+    # logit_norm_tau: LogitNorm (Wei et al. 2022), CE on logits / (tau ||logits||); None = plain CE
+    "ce": {None: {"logit_norm_tau": None}},
     "sam": {None: {"rho": 0.05, "adaptive": False, "global_stats": True}},
     "balanced_softmax": {None: {"tau": 1.0}},
     # kaidic/LDAM-DRW: drw_epoch None = 80% of the stage's epochs (160 of 200)
     "ldam_drw": {None: {"max_m": 0.5, "s": 30.0, "drw_epoch": None, "beta": 0.9999}},
-    "mixup": {None: {"alpha": 1.0}},
+    "mixup": {None: {"alpha": 1.0, "logit_norm_tau": None}},
     "ccsam": {
         # authors' CIFAR configs; flat_ratio None = 0.3 for <= 10 classes (CIFAR-10), else 0.5 (CIFAR-100)
         # g_c from the MIXED loss of each first-label class (train_cifar.py: torch.autograd.grad(loss_ori[idx]
@@ -89,8 +91,9 @@ _CHOICES = {
     "class_weight": ("none", "log"),
     "bn": ("train", "eval"),
 }
-_NULLABLE = {"max_ratio", "params", "groups", "flat_ratio", "up_limit", "drw_epoch"}
-_TYPES = {"params": str, "groups": int, "flat_ratio": float, "up_limit": float, "max_ratio": float, "drw_epoch": int}
+_NULLABLE = {"max_ratio", "params", "groups", "flat_ratio", "up_limit", "drw_epoch", "logit_norm_tau"}
+_TYPES = {"params": str, "groups": int, "flat_ratio": float, "up_limit": float, "max_ratio": float, "drw_epoch": int,
+          "logit_norm_tau": float}
 
 
 def _closest(key: str, valid: list[str]) -> str:
@@ -117,6 +120,9 @@ def _check_value(method: str, key: str, value: Any, default: Any) -> None:
     if not ok:
         hint = " (YAML reads 1e-6 as a string: write 1.0e-6)" if isinstance(value, str) else ""
         raise ValueError(f"{method}: {key} must be {kind.__name__}, got {value!r}{hint}")
+    if key == "logit_norm_tau" and not value > 0:
+        raise ValueError(f"{method}: logit_norm_tau must be > 0 (LogitNorm's temperature, e.g. 0.04) or null, "
+                         f"got {value}")
 
 
 def resolve_method(table: dict, stage: str, cfg: dict[str, Any], num_classes: int | None) -> dict[str, Any]:

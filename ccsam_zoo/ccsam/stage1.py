@@ -19,7 +19,7 @@ from . import _dist
 from .baselines import Stage1Method, _accuracy
 from .block import TrunkCache, class_gradients, class_perturbations, frequency_groups, select_params
 from .head import head_perturbation
-from .losses import as_float, log_prior, mixup, soft_cross_entropy
+from .losses import as_float, log_prior, logit_norm, mixup, soft_cross_entropy
 
 __all__ = ["CCSAM", "ccsam_objective", "class_weights"]
 
@@ -58,7 +58,8 @@ class CCSAM(Stage1Method):
     losses at w + eps_c, then ``ccsam_objective`` (Eq. 10-11): ``(1 - flat_ratio) sum_i v_i l_i(w) +
     flat_ratio sum_i v_i l_i(w + eps_{y_i})`` with v from ``class_weights``. ``mode="head"``: closed form, one
     forward + one backward. ``mode="block"``: true per-class gradients of the head plus the last ``blocks``
-    blocks (or ``params`` regex).
+    blocks (or ``params`` regex). ``logit_norm_tau``: every loss of the step (the clean term, the class gradients
+    g_c and the perturbed term) is CE on LogitNorm's ``logits / (tau ||logits||)`` (Wei et al. 2022).
     """
 
     name = "ccsam"
@@ -71,13 +72,18 @@ class CCSAM(Stage1Method):
             raise ValueError("ccsam: give either 'blocks' (head + last N blocks) or 'params' (a regex), not both")
         if not 0.0 <= cfg["flat_ratio"] <= 1.0:
             raise ValueError(f"ccsam: flat_ratio must be in [0, 1], got {cfg['flat_ratio']}")
+        if cfg["tau"] and cfg["logit_norm_tau"] is not None:
+            raise ValueError(
+                "ccsam: logit adjustment (tau) and LogitNorm (logit_norm_tau) cannot be combined; set tau=0 or "
+                "logit_norm_tau=null"
+            )
         self.adjustment = log_prior(self.class_counts, cfg["tau"]) if cfg["tau"] else None
         self.group_of, self.group_counts = (None, None)
         if cfg["groups"] is not None:
             self.group_of, self.group_counts = frequency_groups(self.class_counts, cfg["groups"])
 
-    def _losses(self, logits, y, targets):  # per-sample CE (+ logit adjustment), soft when targets given
-        lg = as_float(logits)
+    def _losses(self, logits, y, targets):  # per-sample CE (+ logit adjustment | LogitNorm), soft with targets
+        lg = logit_norm(logits, self.cfg["logit_norm_tau"])
         if self.adjustment is not None:
             lg = lg + self.adjustment.to(lg)
         return soft_cross_entropy(lg, targets) if targets is not None else F.cross_entropy(lg, y, reduction="none")
@@ -110,7 +116,7 @@ class CCSAM(Stage1Method):
             pert_logits, info = head_perturbation(
                 z, y, W, b, self.class_counts.to(z.device), scale=cfg["scale"], norm=cfg["norm"],
                 targets=g_targets, kind=cfg["perturbation"], max_ratio=cfg["max_ratio"], eps=cfg["eps"],
-                logits=logits, logit_adjustment=self.adjustment,
+                logits=logits, logit_adjustment=self.adjustment, logit_norm_tau=cfg["logit_norm_tau"],
                 gather=_dist.padded_gather(accelerator) if cfg["global_stats"] else None,
             )
             pert = _weighted(weights, self._losses(pert_logits, y, p_targets))
