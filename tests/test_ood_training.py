@@ -1,7 +1,8 @@
-"""Training-time options for open-set separation (no outside images): LogitNorm (Wei et al., ICML 2022).
+"""Training-time options for open-set separation without outside images: LogitNorm (Wei et al., ICML 2022) and
+outlier exposure (Hendrycks et al., ICLR 2019) on patch-shuffled training images.
 
-Every check is against an independent re-implementation written here from the paper / reference code
-(hongxin001/logitnorm_ood ``LogitNormLoss``), gradients included, float64.
+Every check is against an independent re-implementation written here from the papers / reference code
+(hongxin001/logitnorm_ood ``LogitNormLoss``; hendrycks/outlier-exposure's OE term), gradients included, float64.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import torch.nn.functional as F
 
 import ccsam_zoo  # noqa: F401  (registers the CIFAR ResNets)
 from ccsam_zoo.ccsam import build_stage1, perturbed_head_logits, stage1_defaults
-from ccsam_zoo.ccsam.losses import logit_norm
+from ccsam_zoo.ccsam.losses import logit_norm, outlier_exposure, patch_shuffle
 from ccsam_zoo.models import FeaturesAndLogits
 from ccsam_zoo.models.heads import linear_head_params
 
@@ -50,9 +51,9 @@ def _targets(y, perm, lam):
     return lam * F.one_hot(y, len(COUNTS)).float() + (1 - lam) * F.one_hot(y[perm], len(COUNTS)).float()
 
 
-def _net(seed=0):
+def _net(seed=0, norm="batchnorm"):
     torch.manual_seed(seed)
-    m = timm.create_model("resnet20_cifar", num_classes=len(COUNTS), widths=(4, 6, 8))
+    m = timm.create_model("resnet20_cifar", num_classes=len(COUNTS), widths=(4, 6, 8), norm=norm)
     return FeaturesAndLogits(m).double().train()
 
 
@@ -252,3 +253,116 @@ def test_recipe_override_reaches_the_method_and_bad_values_name_the_key():
     bad = apply_overrides(load_recipe("cifar10_lt_cpu"), ["stage1.method.logit_norm_tau=0"])
     with pytest.raises(RecipeError, match="logit_norm_tau must be > 0"):
         check_recipe(bad)
+
+
+# ------------------------------------------------------------------ outlier exposure on patch-shuffled images
+
+
+def _ref_patch_shuffle(images, grid):
+    """Patch g x g of each image, moved to place k where ``argsort(rand)`` puts it (the same draws), by loops."""
+    B, _, H, W = images.shape
+    ph, pw = H // grid, W // grid
+    order = torch.argsort(torch.rand(B, grid * grid), dim=1)
+    out = torch.empty_like(images)
+    for i in range(B):
+        for k in range(grid * grid):
+            src = int(order[i, k])
+            r, c = divmod(k, grid)
+            sr, sc = divmod(src, grid)
+            patch = images[i, :, sr * ph:(sr + 1) * ph, sc * pw:(sc + 1) * pw]
+            out[i, :, r * ph:(r + 1) * ph, c * pw:(c + 1) * pw] = patch
+    return out
+
+
+def _hendrycks_oe(x):
+    """hendrycks/outlier-exposure (train.py): ``-(x.mean(1) - torch.logsumexp(x, dim=1)).mean()`` (before 0.5)."""
+    return -(x.mean(1) - torch.logsumexp(x, dim=1)).mean()
+
+
+def test_patch_shuffle_moves_whole_patches_within_each_image():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(6, 3, 8, 8, generator=g, dtype=torch.float64)
+    torch.manual_seed(1)
+    got = patch_shuffle(x, 4)
+    torch.manual_seed(1)
+    torch.testing.assert_close(got, _ref_patch_shuffle(x, 4), rtol=0, atol=0)
+    assert got.shape == x.shape and not torch.equal(got, x)
+
+    def patches(img):
+        cells = [(r, c) for r in range(0, 8, 2) for c in range(0, 8, 2)]
+        return sorted(tuple(img[:, r:r + 2, c:c + 2].flatten().tolist()) for r, c in cells)
+
+    for i in range(6):  # the same multiset of patches, nothing from another image
+        assert patches(got[i]) == patches(x[i])
+    with pytest.raises(ValueError, match=r"oe_grid=3 must divide the image size 8x8; pick a divisor"):
+        patch_shuffle(x, 3)
+    with pytest.raises(ValueError, match="oe_grid must be >= 2"):
+        patch_shuffle(x, 1)
+
+
+def test_outlier_exposure_is_cross_entropy_to_uniform():
+    g = torch.Generator().manual_seed(2)
+    x = (3 * torch.randn(9, 7, generator=g, dtype=torch.float64)).requires_grad_(True)
+    got = outlier_exposure(x)
+    ref = -torch.log_softmax(x, 1).mean()  # CE(uniform, softmax(x)), averaged over outliers
+    torch.testing.assert_close(got, ref, rtol=1e-12, atol=0)
+    torch.testing.assert_close(got, _hendrycks_oe(x), rtol=1e-12, atol=0)
+    (gg,) = torch.autograd.grad(got, x)
+    torch.testing.assert_close(gg, (torch.softmax(x, 1) - 1 / 7).detach() / 9, rtol=1e-10, atol=1e-14)
+    assert outlier_exposure(torch.zeros(2, 7)).item() == pytest.approx(math.log(7))  # the minimum: uniform
+
+
+@pytest.mark.parametrize("tau", [None, TAU])
+def test_ce_with_outlier_exposure_equals_reference_step(tau):
+    net, (x, y) = _net(), _batch()
+    ref_net = copy.deepcopy(net)
+    cfg = {"name": "ce", "oe_weight": 0.5, "oe_fraction": 0.5, "oe_grid": 4, "logit_norm_tau": tau}
+    torch.manual_seed(3)
+    out = build_stage1(cfg, COUNTS).forward_backward(net, x, y, None)
+    torch.manual_seed(3)
+    xo = _ref_patch_shuffle(x[:6], 4)
+    _, logits = ref_net(torch.cat([x, xo]))  # one forward: BatchNorm normalises in- and outliers together (OE)
+    ce, oe = (F.cross_entropy(logits[:12], y), _hendrycks_oe(logits[12:])) if tau is None else (
+        LogitNormLoss(tau)(logits[:12], y),
+        _hendrycks_oe(logits[12:] / ((logits[12:].norm(dim=1, keepdim=True) + 1e-7) * tau)))
+    loss = ce + 0.5 * oe
+    loss.backward()
+    torch.testing.assert_close(out["loss"], loss.detach(), rtol=1e-12, atol=0)
+    torch.testing.assert_close(out["loss_oe"], 0.5 * oe.detach(), rtol=1e-12, atol=0)
+    _assert_grads(_grads(net), _grads(ref_net))
+
+
+def test_ccsam_with_outlier_exposure_adds_the_oe_gradient():
+    """GroupNorm (samples independent): the CC-SAM step with OE = the step without OE + 0.5 grad OE(outliers)."""
+    x, y = _batch(seed=8)
+    cfg = {"name": "ccsam", "preset": "official", "scale": 0.5}
+    nets = [_net(seed=9, norm="groupnorm") for _ in range(3)]
+    torch.manual_seed(4)
+    with_oe = build_stage1(cfg | {"oe_weight": 0.5}, COUNTS).forward_backward(nets[0], x, y, None)
+    torch.manual_seed(4)
+    plain = build_stage1(cfg, COUNTS).forward_backward(nets[1], x, y, None)
+    torch.manual_seed(4)
+    torch.distributions.Beta(1.0, 1.0).sample()  # the draws mixup makes before the outliers are cut
+    torch.randperm(12)
+    _, lo = nets[2](_ref_patch_shuffle(x[:6], 4))
+    oe = 0.5 * _hendrycks_oe(lo)
+    oe.backward()
+    torch.testing.assert_close(with_oe["loss"], plain["loss"] + oe.detach(), rtol=1e-10, atol=0)
+    g_with, g_plain, g_oe = _grads(nets[0]), _grads(nets[1]), _grads(nets[2])
+    for n in g_with:
+        torch.testing.assert_close(g_with[n], g_plain[n] + g_oe[n], rtol=1e-7, atol=1e-11, msg=n)
+
+
+def test_outlier_exposure_settings_are_validated():
+    assert {k: stage1_defaults("ccsam")[k] for k in ("oe_weight", "oe_fraction", "oe_grid")} == {
+        "oe_weight": 0.0, "oe_fraction": 0.5, "oe_grid": 4}
+    with pytest.raises(ValueError, match=r"ce: oe_weight must be >= 0 \(0 = off; 0.5 = Hendrycks et al.\), got -1"):
+        build_stage1({"name": "ce", "oe_weight": -1}, COUNTS)
+    with pytest.raises(ValueError, match=r"mixup: oe_fraction must be in \(0, 1\]"):
+        build_stage1({"name": "mixup", "oe_fraction": 0.0}, COUNTS)
+    with pytest.raises(ValueError, match="ccsam: oe_grid must be int, got 2.5"):
+        build_stage1({"name": "ccsam", "oe_grid": 2.5}, COUNTS)
+    with pytest.raises(ValueError, match=r"outlier exposure \(oe_weight > 0\) applies to mode='head' only"):
+        build_stage1({"name": "ccsam", "mode": "block", "oe_weight": 0.5}, COUNTS)
+    with pytest.raises(ValueError, match="sam: unknown cfg key 'oe_weight'"):
+        build_stage1({"name": "sam", "oe_weight": 0.5}, COUNTS)

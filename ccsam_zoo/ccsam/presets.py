@@ -31,6 +31,9 @@ ADV_NORMS = ("class", "batch", "sample")  # Eq. 12 normalisation: authors' per c
 STAGE1_METHODS = ("ce", "sam", "balanced_softmax", "ldam_drw", "mixup", "ccsam")
 STAGE2_METHODS = ("crt", "ccsam_adv", "none")
 
+# open-set training options without outside images (ce, mixup, ccsam): outlier exposure (Hendrycks et al. 2019)
+# on patch-shuffled training images, off by default (their code's weight: 0.5)
+_OPEN_SET: dict[str, Any] = {"oe_weight": 0.0, "oe_fraction": 0.5, "oe_grid": 4}
 _CCSAM_COMMON: dict[str, Any] = {
     "mode": "head",
     "blocks": 0,
@@ -44,15 +47,16 @@ _CCSAM_COMMON: dict[str, Any] = {
     "global_stats": True,
     "eps": 1e-12,
     "logit_norm_tau": None,
+    **_OPEN_SET,
 }
 _STAGE1: dict[str, dict[str | None, dict[str, Any]]] = {
     # logit_norm_tau: LogitNorm (Wei et al. 2022), CE on logits / (tau ||logits||); None = plain CE
-    "ce": {None: {"logit_norm_tau": None}},
+    "ce": {None: {"logit_norm_tau": None, **_OPEN_SET}},
     "sam": {None: {"rho": 0.05, "adaptive": False, "global_stats": True}},
     "balanced_softmax": {None: {"tau": 1.0}},
     # kaidic/LDAM-DRW: drw_epoch None = 80% of the stage's epochs (160 of 200)
     "ldam_drw": {None: {"max_m": 0.5, "s": 30.0, "drw_epoch": None, "beta": 0.9999}},
-    "mixup": {None: {"alpha": 1.0, "logit_norm_tau": None}},
+    "mixup": {None: {"alpha": 1.0, "logit_norm_tau": None, **_OPEN_SET}},
     "ccsam": {
         # authors' CIFAR configs; flat_ratio None = 0.3 for <= 10 classes (CIFAR-10), else 0.5 (CIFAR-100)
         # g_c from the MIXED loss of each first-label class (train_cifar.py: torch.autograd.grad(loss_ori[idx]
@@ -96,6 +100,13 @@ _TYPES = {"params": str, "groups": int, "flat_ratio": float, "up_limit": float, 
           "logit_norm_tau": float}
 
 
+_RANGES = {
+    "oe_weight": (lambda v: v >= 0, ">= 0 (0 = off; 0.5 = Hendrycks et al.)"),
+    "oe_fraction": (lambda v: 0 < v <= 1, "in (0, 1] (the share of the batch patch-shuffled into outliers)"),
+    "oe_grid": (lambda v: v >= 2, ">= 2 (patches per side; it must divide the image size)"),
+}
+
+
 def _closest(key: str, valid: list[str]) -> str:
     near = difflib.get_close_matches(key, valid, n=1, cutoff=0.0)
     return f"; did you mean {near[0]!r}?" if near else ""
@@ -120,6 +131,8 @@ def _check_value(method: str, key: str, value: Any, default: Any) -> None:
     if not ok:
         hint = " (YAML reads 1e-6 as a string: write 1.0e-6)" if isinstance(value, str) else ""
         raise ValueError(f"{method}: {key} must be {kind.__name__}, got {value!r}{hint}")
+    if key in _RANGES and not _RANGES[key][0](value):
+        raise ValueError(f"{method}: {key} must be {_RANGES[key][1]}, got {value}")
     if key == "logit_norm_tau" and not value > 0:
         raise ValueError(f"{method}: logit_norm_tau must be > 0 (LogitNorm's temperature, e.g. 0.04) or null, "
                          f"got {value}")

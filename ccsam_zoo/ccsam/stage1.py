@@ -60,6 +60,8 @@ class CCSAM(Stage1Method):
     forward + one backward. ``mode="block"``: true per-class gradients of the head plus the last ``blocks``
     blocks (or ``params`` regex). ``logit_norm_tau``: every loss of the step (the clean term, the class gradients
     g_c and the perturbed term) is CE on LogitNorm's ``logits / (tau ||logits||)`` (Wei et al. 2022).
+    ``oe_weight`` > 0 (head mode): patch-shuffled outliers share the clean forward, and ``oe_weight`` x their
+    uniform-target CE is added to Eq. 10-11's objective (their features and logits take no part in eps_c).
     """
 
     name = "ccsam"
@@ -68,6 +70,8 @@ class CCSAM(Stage1Method):
         super().__init__(cfg, class_counts)
         if cfg["mode"] == "head" and (cfg["groups"] is not None or cfg["blocks"] or cfg["params"]):
             raise ValueError("ccsam: 'groups', 'blocks' and 'params' apply to mode='block' only")
+        if cfg["mode"] == "block" and cfg["oe_weight"]:
+            raise ValueError("ccsam: outlier exposure (oe_weight > 0) applies to mode='head' only; set oe_weight=0")
         if cfg["blocks"] and cfg["params"]:
             raise ValueError("ccsam: give either 'blocks' (head + last N blocks) or 'params' (a regex), not both")
         if not 0.0 <= cfg["flat_ratio"] <= 1.0:
@@ -101,14 +105,14 @@ class CCSAM(Stage1Method):
         p_targets = targets if cfg["perturbed_targets"] == "mixed" else None
         weights = class_weights(labels, self.num_classes, cfg["class_weighting"], accelerator, cfg["global_stats"])
         run = self._head if cfg["mode"] == "head" else self._block
-        out, logits = run(net, x, labels, targets, g_targets, p_targets, weights, accelerator)
+        out, logits = run(net, x, images, labels, targets, g_targets, p_targets, weights, accelerator)
         out["acc"] = lam * _accuracy(logits, labels) + (1 - lam) * _accuracy(logits, y_b)
         return out
 
-    def _head(self, net, x, y, targets, g_targets, p_targets, weights, accelerator):
+    def _head(self, net, x, images, y, targets, g_targets, p_targets, weights, accelerator):
         cfg, f = self.cfg, self.cfg["flat_ratio"]
         W, b = linear_head_params(_dist.unwrap(net, accelerator).head)
-        z, logits = net(x)
+        z, logits, outliers = self._forward(net, x, images)
         clean = _weighted(weights, self._losses(logits, y, targets))
         pert = torch.zeros_like(clean)
         out = {"loss_clean": clean.detach()}
@@ -123,10 +127,13 @@ class CCSAM(Stage1Method):
             out |= {"loss_perturbed": pert.detach(), "eps_ratio": info["eps_ratio"].float(),
                     "eps_capped": info["capped"].float(), "eps_classes": info["classes"].float()}
         loss = ccsam_objective(clean, pert, f)  # Eq. 10-11
+        if outliers is not None:  # outlier exposure on patch-shuffled images, outside the class objective
+            oe = self._oe(outliers)
+            loss, out["loss_oe"] = loss + oe, oe.detach()
         _dist.backward(loss, accelerator)
         return {"loss": loss.detach(), **out}, logits
 
-    def _block(self, net, x, y, targets, g_targets, p_targets, weights, accelerator):
+    def _block(self, net, x, images, y, targets, g_targets, p_targets, weights, accelerator):
         cfg, f = self.cfg, self.cfg["flat_ratio"]
         base = _dist.unwrap(net, accelerator)
         if cfg["block_batch"] == "class" and any(
