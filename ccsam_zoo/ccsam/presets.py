@@ -32,6 +32,9 @@ ADV_NORMS = ("class", "batch", "sample")  # Eq. 12 normalisation: authors' per c
 STAGE1_METHODS = ("ce", "sam", "balanced_softmax", "ldam_drw", "mixup", "ccsam")
 STAGE2_METHODS = ("crt", "ccsam_adv", "none")
 
+# open-set training options without outside images (ce, mixup, ccsam): outlier exposure (Hendrycks et al. 2019)
+# on patch-shuffled training images, off by default (their code's weight: 0.5)
+_OPEN_SET: dict[str, Any] = {"oe_weight": 0.0, "oe_fraction": 0.5, "oe_grid": 4}
 _CCSAM_COMMON: dict[str, Any] = {
     "mode": "head",
     "blocks": 0,
@@ -44,14 +47,17 @@ _CCSAM_COMMON: dict[str, Any] = {
     "tau": 0.0,
     "global_stats": True,
     "eps": 1e-12,
+    "logit_norm_tau": None,
+    **_OPEN_SET,
 }
 _STAGE1: dict[str, dict[str | None, dict[str, Any]]] = {
-    "ce": {None: {}},
+    # logit_norm_tau: LogitNorm (Wei et al. 2022), CE on logits / (tau ||logits||); None = plain CE
+    "ce": {None: {"logit_norm_tau": None, **_OPEN_SET}},
     "sam": {None: {"rho": 0.05, "adaptive": False, "global_stats": True}},
     "balanced_softmax": {None: {"tau": 1.0}},
     # kaidic/LDAM-DRW: drw_epoch None = 80% of the stage's epochs (160 of 200)
     "ldam_drw": {None: {"max_m": 0.5, "s": 30.0, "drw_epoch": None, "beta": 0.9999}},
-    "mixup": {None: {"alpha": 1.0}},
+    "mixup": {None: {"alpha": 1.0, "logit_norm_tau": None, **_OPEN_SET}},
     "ccsam": {
         # authors' CIFAR configs; flat_ratio None = 0.3 for <= 10 classes (CIFAR-10), else 0.5 (CIFAR-100)
         # g_c from the MIXED loss of each first-label class (train_cifar.py: torch.autograd.grad(loss_ori[idx]
@@ -90,8 +96,9 @@ _CHOICES = {
     "class_weight": ("none", "log"),
     "bn": ("train", "eval"),
 }
-_NULLABLE = {"max_ratio", "params", "groups", "flat_ratio", "up_limit", "drw_epoch"}
-_TYPES = {"params": str, "groups": int, "flat_ratio": float, "up_limit": float, "max_ratio": float, "drw_epoch": int}
+_NULLABLE = {"max_ratio", "params", "groups", "flat_ratio", "up_limit", "drw_epoch", "logit_norm_tau"}
+_TYPES = {"params": str, "groups": int, "flat_ratio": float, "up_limit": float, "max_ratio": float, "drw_epoch": int,
+          "logit_norm_tau": float}
 # Ranges of the numeric keys (checked before any work): (low, high, low exclusive, high exclusive); every other
 # number must be finite and >= 0 (a negative scale, rho, alpha, margin, ... cannot train).
 _RANGES: dict[str, tuple[float, float | None, bool, bool]] = {
@@ -102,6 +109,9 @@ _RANGES: dict[str, tuple[float, float | None, bool, bool]] = {
     "eps": (0.0, None, True, False),  # a guard against division by zero
     "groups": (1.0, None, False, False),
     "max_ratio": (0.0, None, True, False),
+    "logit_norm_tau": (0.0, None, True, False),  # LogitNorm's temperature (e.g. 0.04)
+    "oe_fraction": (0.0, 1.0, True, False),  # the share of the batch patch-shuffled into outliers
+    "oe_grid": (2.0, None, False, False),  # patches per side (it must divide the image size)
 }
 
 
