@@ -47,16 +47,17 @@ def strong_augment(spec: bool | str) -> nn.Module | None:
     return v2.AutoAugment(v2.AutoAugmentPolicy(name))
 
 
-def _draw_ops(t: nn.Module, height: int, width: int) -> list[tuple[str, float]]:
+def _draw_ops(t: nn.Module, magnitudes: dict[str, torch.Tensor | None]) -> list[tuple[str, float]]:
     """One image's ops ``[(op, magnitude)]``, drawn exactly as one ``t.forward`` call on that image draws them
     (the same torch RNG calls in the same order: sub-policy / op, then per op its coin flip and sign), without
-    applying them. ``Identity`` and skipped ops are left out."""
+    applying them. ``magnitudes``: each op's magnitude bins for the image size (``_magnitudes``). ``Identity``
+    and skipped ops are left out."""
     ops: list[tuple[str, float]] = []
     space = t._AUGMENTATION_SPACE
     if hasattr(t, "_policies"):  # AutoAugment: one sub-policy, each of its ops applied with its probability
-        bins, steps = 10, t._policies[int(torch.randint(len(t._policies), ()))]
+        steps = t._policies[int(torch.randint(len(t._policies), ()))]
     else:  # RandAugment: num_ops ops drawn uniformly, all at the same magnitude
-        bins, steps = t.num_magnitude_bins, range(t.num_ops)
+        steps = range(t.num_ops)
     for step in steps:
         if hasattr(t, "_policies"):
             tid, prob, midx = step
@@ -64,11 +65,10 @@ def _draw_ops(t: nn.Module, height: int, width: int) -> list[tuple[str, float]]:
                 continue
         else:
             tid, midx = t._get_random_item(space)[0], t.magnitude
-        magnitudes_fn, signed = space[tid]
-        magnitudes = magnitudes_fn(bins, height, width)
+        signed = space[tid][1]
         magnitude = 0.0
-        if magnitudes is not None:
-            magnitude = float(magnitudes[midx])
+        if magnitudes[tid] is not None:
+            magnitude = float(magnitudes[tid][midx])
             if signed and torch.rand(()) <= 0.5:
                 magnitude *= -1
         if tid != "Identity":
@@ -81,7 +81,9 @@ def per_image_augment(t: nn.Module, x: torch.Tensor) -> torch.Tensor:
     [B, C, H, W], each image with its own draw (the result of ``torch.stack([t(img) for img in x])`` under the
     same RNG state); images sharing an (op, magnitude) at a step are transformed together by torchvision's op."""
     b, _, h, w = x.shape
-    drawn = [_draw_ops(t, h, w) for _ in range(b)]
+    bins = t.num_magnitude_bins if hasattr(t, "num_magnitude_bins") else 10  # AutoAugment's policies: 10 bins
+    magnitudes = {tid: fn(bins, h, w) for tid, (fn, _) in t._AUGMENTATION_SPACE.items()}
+    drawn = [_draw_ops(t, magnitudes) for _ in range(b)]
     out = x.clone()
     for step in range(max((len(ops) for ops in drawn), default=0)):
         groups: dict[tuple[str, float], list[int]] = {}
