@@ -7,9 +7,13 @@ epochs and the median img/s of the epochs after the first is read from ``log.jso
 ResNet-32 forward + backward + SGD step on in-memory tensors at the same batch size and thread count.
 
 Variants: ce, ccsam (official preset, the recipes' stage 1), ccsam + channels_last, ccsam + bf16 autocast,
-ccsam + both and, with ``--compile``, the same with torch.compile. Prints one JSON object.
+ccsam + both and, with ``--compile``, the same with torch.compile; with ``--strong``, ce with the strong
+augmentation (AutoAugment CIFAR-10 policy + Cutout 16: ``ce_strong``; RandAugment rand-m9-n2 + Cutout 16:
+``ce_randaugment``) and the augmentation alone (``augment_img_per_s``: the batch module on a uint8 batch, no
+model). Prints one JSON object.
 
-    python bench/train_throughput.py [--epochs 4] [--batch 128] [--threads 2] [--compile] [--only VARIANT ...]
+    python bench/train_throughput.py [--epochs 4] [--batch 128] [--threads 2] [--compile] [--strong]
+        [--only VARIANT ...]
 """
 
 from __future__ import annotations
@@ -36,6 +40,34 @@ VARIANTS = {
     "ccsam_bf16": ["train.mixed_precision=bf16"],
     "ccsam_bf16_channels_last": ["train.mixed_precision=bf16", "model.channels_last=true"],
 }
+
+
+STRONG_VARIANTS = {
+    "ce_strong": ["method=ce", "data.autoaugment=cifar10", "data.cutout=16"],
+    "ce_randaugment": ["method=ce", "data.autoaugment=rand-m9-n2", "data.cutout=16"],
+}
+AUGMENTS = {
+    "pad_crop_flip": {},
+    "autoaugment_cutout": {"autoaugment": "cifar10", "cutout": 16},
+    "randaugment_cutout": {"autoaugment": "rand-m9-n2", "cutout": 16},
+}
+
+
+def _augment_speed(batch: int, steps: int) -> dict[str, float]:
+    """img/s of the training batch transform alone (uint8 [batch, 3, 32, 32] -> normalised float)."""
+    from ccsam_zoo.data import BatchAugment
+    from ccsam_zoo.models import CIFAR_MEAN, CIFAR_STD
+
+    x = torch.randint(0, 256, (batch, 3, 32, 32), dtype=torch.uint8)
+    out = {}
+    for name, kwargs in AUGMENTS.items():
+        aug = BatchAugment(CIFAR_MEAN, CIFAR_STD, **kwargs)
+        aug(x)
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            aug(x)
+        out[name] = round(batch * steps / (time.perf_counter() - t0), 1)
+    return out
 
 
 def _bare(batch: int, steps: int) -> float:
@@ -87,6 +119,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
     ap.add_argument("--compile", action="store_true", help="also time torch.compile variants (slow to compile)")
+    ap.add_argument("--strong", action="store_true", help="also the strong-augmentation variants (issue 22)")
     ap.add_argument("--only", nargs="+", default=None, metavar="VARIANT", help="time only these variants")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -94,10 +127,15 @@ def main() -> None:
     if args.compile:
         variants["ccsam_compile"] = ["model.compile=true"]
         variants["ccsam_bf16_channels_last_compile"] = [*VARIANTS["ccsam_bf16_channels_last"], "model.compile=true"]
+    if args.strong:
+        variants.update(STRONG_VARIANTS)
     if args.only:
         unknown = sorted(set(args.only) - set(variants))
         if unknown:
-            ap.error(f"unknown variant(s) {unknown}: choose from {sorted(variants)} (compile ones need --compile)")
+            ap.error(
+                f"unknown variant(s) {unknown}: choose from {sorted(variants)} (compile ones need --compile, "
+                "strong ones --strong)"
+            )
         variants = {k: v for k, v in variants.items() if k in args.only}
     result: dict = {
         "device": "cpu",
@@ -110,6 +148,8 @@ def main() -> None:
         "loop_img_per_s": {},
         "loop_over_bare": {},
     }
+    if args.strong:
+        result["augment_img_per_s"] = _augment_speed(args.batch, 20)
     with tempfile.TemporaryDirectory() as tmp:
         for name, overrides in variants.items():
             speed = _loop(overrides, args.epochs, args.batch, Path(tmp))

@@ -26,7 +26,8 @@ __all__ = [
 ]
 
 NORMS = ("per_tensor", "global")  # Eq. 8-9 gradient norm: per tensor (authors) or one global norm (paper)
-KINDS = ("ccsam", "direction", "magnitude")  # Eq. 9, and the Table 2 "dir" / "mag" ablations
+# Eq. 9, the Table 2 "dir" / "mag" ablations, and "radius": SAM's step with Eq. 8's class dependence (block mode)
+KINDS = ("ccsam", "direction", "magnitude", "radius")
 ADV_NORMS = ("class", "batch", "sample")  # Eq. 12 normalisation: authors' per class, paper's batch, per sample
 
 STAGE1_METHODS = ("ce", "sam", "balanced_softmax", "ldam_drw", "mixup", "ccsam")
@@ -67,6 +68,13 @@ _STAGE1: dict[str, dict[str | None, dict[str, Any]]] = {
         # Eq. 8-11 as written: s = 1, one gradient norm, pure perturbed objective, classes weighted equally
         "paper": {"scale": 1.0, "norm": "global", "flat_ratio": 1.0, "class_weighting": "class",
                   "mixup_alpha": 0.0, **_CCSAM_COMMON, "grad_targets": "first_label"},
+        # a perturbation that acts (issue 22): SAM's step rho g_c / ||g_c|| (scale = rho) scaled per class by
+        # Eq. 8's (n_c - 1)^(-1/4) (normalised to 1 at the geometric mean count), on the last stage and the head
+        # (ResNet-32: layer3 + fc, 76% of the weights; params="." = the whole network), true per-class
+        # gradients, the pure perturbed objective averaged over samples as plain SAM's, no mixup
+        "block": {"scale": 0.1, "norm": "global", "flat_ratio": 1.0, "class_weighting": "instance",
+                  "mixup_alpha": 0.0, **_CCSAM_COMMON, "mode": "block", "params": r"^(layer3|fc)\.",
+                  "perturbation": "radius", "grad_targets": "first_label"},
     },
 }
 _STAGE2: dict[str, dict[str | None, dict[str, Any]]] = {
@@ -201,6 +209,9 @@ def stage2_defaults(name: str, preset: str | None = None, num_classes: int | Non
 METHODS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "ccsam": ({"name": "ccsam", "preset": "official"}, {"name": "ccsam_adv", "preset": "official"}),
     "ccsam_paper": ({"name": "ccsam", "preset": "paper"}, {"name": "ccsam_adv", "preset": "paper"}),
+    # issue 22: the class-conditional perturbation at SAM's size over the last stage + head (stage1 "block"
+    # preset; stage1.method.scale is the radius rho), the paper's stage 2; compare with method=sam at the same rho
+    "ccsam_block": ({"name": "ccsam", "preset": "block"}, {"name": "ccsam_adv", "preset": "paper"}),
     # the official stage 1 with a perturbation that is not numerically inert (s = 1e-2: ||eps_c|| ~ 0.5% of ||w||),
     # the paper's stage 2; on the full CIFAR-10-LT protocol s = 1e-2 cost 1.1 points against the authors' 1e-6
     # (docs/RESULTS.md section 0: the shipped ccsam-cifar10-lt is method=ccsam with stage2.method.preset=paper)

@@ -20,6 +20,7 @@ from .baselines import Stage1Method, _accuracy
 from .block import TrunkCache, class_gradients, class_perturbations, frequency_groups, select_params
 from .head import head_perturbation
 from .losses import as_float, log_prior, logit_norm, mixup, soft_cross_entropy
+from .perturbation import radius_reference
 
 __all__ = ["CCSAM", "ccsam_objective", "class_weights"]
 
@@ -74,6 +75,8 @@ class CCSAM(Stage1Method):
             raise ValueError("ccsam: outlier exposure (oe_weight > 0) applies to mode='head' only; set oe_weight=0")
         if cfg["blocks"] and cfg["params"]:
             raise ValueError("ccsam: give either 'blocks' (head + last N blocks) or 'params' (a regex), not both")
+        if cfg["perturbation"] == "radius" and cfg["mode"] != "block":
+            raise ValueError("ccsam: perturbation='radius' (SAM's step per class) needs mode='block'")
         if not 0.0 <= cfg["flat_ratio"] <= 1.0:
             raise ValueError(f"ccsam: flat_ratio must be in [0, 1], got {cfg['flat_ratio']}")
         if cfg["tau"] and cfg["logit_norm_tau"] is not None:
@@ -82,6 +85,7 @@ class CCSAM(Stage1Method):
                 "logit_norm_tau=null"
             )
         self.adjustment = log_prior(self.class_counts, cfg["tau"]) if cfg["tau"] else None
+        self.ref_count = radius_reference(self.class_counts)  # n_ref of perturbation="radius"
         self.group_of, self.group_counts = (None, None)
         if cfg["groups"] is not None:
             self.group_of, self.group_counts = frequency_groups(self.class_counts, cfg["groups"])
@@ -171,7 +175,7 @@ class CCSAM(Stage1Method):
             grads = class_gradients(asc, slots, present.numel(), params, gcnt[present], reduce, loss_scale=ls)
             delta, ratio, capped = class_perturbations(
                 grads, params, slot_counts.to(grads.device)[present], scale=cfg["scale"], norm=cfg["norm"],
-                kind=cfg["perturbation"], max_ratio=cfg["max_ratio"], eps=cfg["eps"],
+                kind=cfg["perturbation"], max_ratio=cfg["max_ratio"], eps=cfg["eps"], ref_count=self.ref_count,
             )
             del asc
             leaves = cache.leaves if cache is not None else []

@@ -25,6 +25,7 @@ from .tensor_data import TensorSplit, decode_rows, passthrough_collate
 _MAX_TENSOR_SIZE = 64
 _DEFAULT_LARGE_SIZE = 224
 _DEFAULT_IR = {"cifar10_lt": 100.0, "cifar100_lt": 100.0}
+VAL_RULES = ("fill", "left_out")  # val_per_class: top up from the subset, or only the images it leaves out
 
 
 class LongTailedBenchmark:
@@ -175,8 +176,13 @@ def _select(
     selection: str,
     seed: int,
     val_per_class: int,
+    val_rule: str = "fill",
 ) -> tuple[np.ndarray, np.ndarray | None]:
-    """(train rows, val rows or None) of the base training split."""
+    """(train rows, val rows or None) of the base training split.
+
+    Validation rows come first from the class's rows the subset leaves out; ``val_rule="fill"`` then moves
+    rows out of the subset when too few are left out (keeping >= 1), ``"left_out"`` never touches the subset
+    (a class with nothing left out, e.g. CIFAR-10-LT's head class, has no validation images)."""
     names = base.class_names
     order = _per_class_order(base.train.labels, len(names), selection, seed)
     available = [len(o) for o in order]
@@ -199,7 +205,7 @@ def _select(
         chosen, rest = rows[:n], rows[n:]
         if val_per_class:
             extra = rest[:val_per_class]
-            take = min(val_per_class - len(extra), max(n - 1, 0))  # from the subset, leaving >= 1 image
+            take = 0 if val_rule == "left_out" else min(val_per_class - len(extra), max(n - 1, 0))  # from the subset
             if take:
                 extra = np.concatenate([extra, chosen[n - take :]])
                 chosen = chosen[: n - take]
@@ -214,6 +220,11 @@ def _select(
         )
     train_rows = np.sort(np.concatenate(train))
     val_rows = np.sort(np.concatenate(val)) if val_per_class else None
+    if val_rows is not None and not len(val_rows):
+        raise ValueError(
+            f"{name}: val_rule='left_out' found no training image left out of the subset in any class: "
+            "use val_rule='fill' (moves images out of the subset) or a larger imbalance_ratio / smaller max_count"
+        )
     return train_rows, val_rows
 
 
@@ -227,6 +238,7 @@ def build_benchmark(
     shot_thresholds: tuple[int, int] = (100, 20),
     shot_rule: str = "paper",
     val_per_class: int = 0,
+    val_rule: str = "fill",
     cache_dir: str | os.PathLike | None = None,
     image_size: int | None = None,
     max_count: int | None = None,
@@ -248,8 +260,10 @@ def build_benchmark(
     cifar*_lt where it means 100. ImageNet-LT / Places-LT / iNaturalist are fixed by their split files.
     ``selection``: "first" n images of each class in source order, or "shuffle" (LDAM's seeded per-class
     shuffle, ``seed``). ``val_per_class``: a validation split of that many images per class, taken from the
-    class's training images left out of the subset; when too few are left out, the rest is moved out of
-    the subset (keeping >= 1 training image). Never from the test split. OLTR benchmarks ship their own val.
+    class's training images left out of the subset; when too few are left out, ``val_rule="fill"`` moves
+    the rest out of the subset (keeping >= 1 training image), ``"left_out"`` leaves the subset untouched (a
+    class with no left-over image, e.g. airplane at CIFAR-10-LT IR 100, gets none). Never from the test split.
+    OLTR benchmarks ship their own val.
     ``shot_thresholds`` = (many, few) and ``shot_rule`` ("paper": > / <, "authors": >= / <=) give shot groups.
     ``image_size``: images of at most 64 px go to the uint8 tensor fast path (decoded once and cached under
     ``cache_dir`` / ``$CCSAM_CACHE`` / ``~/.cache/ccsam_zoo``); larger ones to the timm transform path
@@ -276,6 +290,8 @@ def build_benchmark(
         )
     if int(val_per_class) != val_per_class or val_per_class < 0:
         raise ValueError(f"val_per_class must be a non-negative integer, got {val_per_class!r}")
+    if val_rule not in VAL_RULES:
+        raise ValueError(f"unknown val_rule {val_rule!r}: use one of {VAL_RULES}")
     if image_size is not None and (int(image_size) != image_size or image_size < 1):
         raise ValueError(f"image_size must be a positive integer, got {image_size!r}")
     shot_thresholds = (int(shot_thresholds[0]), int(shot_thresholds[1]))
@@ -293,7 +309,7 @@ def build_benchmark(
         max_count = int(np.count_nonzero(base.train.labels == 0))
 
     train_rows, val_rows = _select(
-        base, name, imbalance_ratio, max_count, profile, selection, seed, int(val_per_class)
+        base, name, imbalance_ratio, max_count, profile, selection, seed, int(val_per_class), val_rule
     )
     val_split: Split | None = base.val
     size = image_size or base.native_size or _DEFAULT_LARGE_SIZE
@@ -326,6 +342,8 @@ def build_benchmark(
         "val_per_class": int(val_per_class),
         "image_size": size,
     }
+    if val_per_class and val_rule != "fill":  # only when set: older runs keep their fingerprint
+        options["val_rule"] = val_rule
     identity = {
         "name": name,
         "splits": {

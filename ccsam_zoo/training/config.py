@@ -60,6 +60,7 @@ DEFAULTS: dict[str, Any] = {
         "shot_rule": "paper",
         "shot_thresholds": [100, 20],
         "val_per_class": 0,
+        "val_rule": "fill",  # "left_out": only images the LT subset leaves out (a class may get none)
         "num_workers": 0,
         "device_resident": False,  # uint8 fast path: keep the training images on the accelerator's device
         "image_size": None,
@@ -93,6 +94,7 @@ DEFAULTS: dict[str, Any] = {
         "milestones": [],
         "gamma": 0.1,
         "init": None,
+        "init_from": "last",  # "best": start from the stage-1 epoch of best validation score (eval.select_on=val)
         "sampler": "class_balanced",
         "method": {},
     },
@@ -200,6 +202,7 @@ _SPEC: dict[str, tuple[str, Any, bool]] = {
     "data.shot_rule": ("enum", _shot_rules, False),
     "data.shot_thresholds": ("pair", None, False),
     "data.val_per_class": ("int", 0, False),
+    "data.val_rule": ("enum", ("fill", "left_out"), False),
     "data.num_workers": ("int", 0, False),
     "data.device_resident": ("bool", None, False),
     "data.image_size": ("int", 1, True),
@@ -209,7 +212,8 @@ _SPEC: dict[str, tuple[str, Any, bool]] = {
     **{f"{stage}.{k}": v for stage in ("stage1", "stage2") for k, v in _STAGE.items()},
     "eval.every": ("int", 0, False),
     "eval.batch_size": ("int", 1, False),
-    "eval.select_on": ("enum", ("last",), False),
+    "eval.select_on": ("enum", ("last", "val"), False),
+    "stage2.init_from": ("enum", ("last", "best"), False),
     "train.mixed_precision": ("enum", ("no", "fp16", "bf16"), False),
     "train.grad_accum": ("int", 1, False),
     "train.checkpoint_every": ("int", 0, False),
@@ -268,9 +272,9 @@ def _expected(spec: tuple[str, Any, bool]) -> str:
     elif kind == "dict":
         text = "a mapping of method settings, e.g. {preset: paper}"
     elif kind == "bool_or_int":
-        text = "false or a whole number >= 0 (the Cutout size)"
+        text = "false, true (16) or a whole number >= 0 (the Cutout size)"
     else:  # bool_or_str
-        text = "true, false or an AutoAugment policy name"
+        text = "true, false, an AutoAugment policy name (cifar10, imagenet, svhn) or rand-mM-nN (RandAugment)"
     return f"null or {text}" if nullable else text
 
 
@@ -413,6 +417,12 @@ def check_recipe(recipe: dict[str, Any]) -> None:
                 f"would take the whole stage (the full learning rate only in the last epoch, or never); set "
                 f"{stage}.warmup_epochs < {cfg['epochs']}, e.g. {stage}.warmup_epochs={min(5, cfg['epochs'] // 10)}"
             )
+    aa = d["autoaugment"]
+    if isinstance(aa, str) and not re.fullmatch(r"cifar10|imagenet|svhn|rand-m(\d|10)-n[1-9]\d*", aa.lower()):
+        raise RecipeError(
+            f"data.autoaugment={aa!r}: use true, false, an AutoAugment policy (cifar10, imagenet, svhn) or "
+            "rand-mM-nN (RandAugment: N ops of magnitude M out of 10, e.g. rand-m9-n2)"
+        )
     if d["device_resident"] and d["num_workers"]:
         raise RecipeError("data.device_resident=true needs data.num_workers=0 (workers cannot share device tensors)")
     if s2["init"] and not (Path(str(s2["init"])).expanduser() / "model.safetensors").is_file():
@@ -628,7 +638,26 @@ def stage_methods(recipe: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any
     return s1, s2
 
 
-_SELECT_ON = ("last",)  # model selection: the last epoch (the test split is never used to select)
+_SELECT_ON = ("last", "val")  # the last epoch, or the best validation epoch (the test split never selects)
+
+
+def _check_selection(recipe: dict[str, Any]) -> None:
+    """``eval.select_on=val`` needs a validation split and periodic evaluation; ``stage2.init_from=best`` needs
+    ``select_on=val`` and its own stage 1."""
+    ev, d, s2 = recipe["eval"], recipe["data"], recipe["stage2"]
+    if ev["select_on"] == "val":
+        if not d["val_per_class"] and d["name"] not in ("imagenet_lt", "places_lt"):
+            raise RecipeError(
+                "eval.select_on=val needs a validation split: set data.val_per_class=N (e.g. 100, with "
+                "data.val_rule=left_out to keep the training subset as it is)"
+            )
+        if not ev["every"]:
+            raise RecipeError("eval.select_on=val needs eval.every >= 1 (validate every N epochs)")
+    if s2.get("init_from", "last") == "best":
+        if ev["select_on"] != "val":
+            raise RecipeError("stage2.init_from=best needs eval.select_on=val (the best stage-1 epoch on validation)")
+        if s2["init"]:
+            raise RecipeError("stage2.init names the stage-1 weights: drop stage2.init_from=best (or stage2.init)")
 
 
 def resolve_recipe(recipe: dict[str, Any]) -> dict[str, Any]:
@@ -656,8 +685,9 @@ def resolve_recipe(recipe: dict[str, Any]) -> dict[str, Any]:
     if out["eval"]["select_on"] not in _SELECT_ON:
         raise RecipeError(
             f"eval.select_on={out['eval']['select_on']!r} is not implemented: use one of {_SELECT_ON} "
-            "(the last epoch; the test split is never used for selection)"
+            "(the last epoch, or the best validation epoch; the test split is never used for selection)"
         )
+    _check_selection(out)
     return out
 
 

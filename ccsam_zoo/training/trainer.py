@@ -36,7 +36,7 @@ from .config import (
     save_recipe,
     stage_methods,
 )
-from .evaluation import evaluate
+from .evaluation import balanced_accuracy, evaluate
 from .run_dir import check_run_dir, prepare_run_dir
 from .run_log import RunLog, drop_records_after, readable_metrics
 from .schedule import lr_at
@@ -165,8 +165,16 @@ def _train(
     elif recipe["stage1"]["epochs"] > 0 and not state.get("stage1_done"):
         resume_from = checkpoint if checkpoint is not None and state.get("stage") == "stage1" else None
         _run_stage(ctx, "stage1", model, s1_cfg, resume_from)
+        if recipe["stage2"]["init_from"] == "best" and recipe["stage2"]["epochs"] > 0:
+            _load_stage1(model, output_dir / "stage1-best")
+            log.info(f"stage 2 starts from the validation-best stage-1 epoch ({output_dir / 'stage1-best'})")
     elif state.get("stage1_done"):
-        _load_stage1(model, output_dir / "stage1")
+        best = recipe["stage2"]["init_from"] == "best"
+        _load_stage1(model, output_dir / ("stage1-best" if best else "stage1"))
+        if best and "stage1_best" not in state["metrics"]:  # state rebuilt from stage1/ (no checkpoint)
+            state["metrics"]["stage1_best"] = json.loads((output_dir / "stage1-best" / "ccsam_zoo.json").read_text())[
+                "metrics"
+            ]
 
     if recipe["stage2"]["epochs"] > 0 and s2_cfg["name"] != "none":
         resume_from = checkpoint if checkpoint is not None and state.get("stage") == "stage2" else None
@@ -263,31 +271,71 @@ def _warn_not_exact(ctx: _Context, problem: str) -> None:
 
 
 def _fit(ctx: _Context, stage: str, net, method, optimizer, loader, cfg: dict[str, Any], start: int) -> None:
-    """Epoch loop: schedule, train, evaluate every N epochs, checkpoint every N epochs."""
+    """Epoch loop: schedule, train, validate every N epochs (and at the last epoch; never on the test split),
+    keep the validation-best weights (``eval.select_on=val``), checkpoint every N epochs."""
     tcfg, every = ctx.recipe["train"], ctx.recipe["eval"]["every"]
+    if every and ctx.bench.val is None and start == 0:
+        ctx.log.info(f"eval.every={every}: no validation split (data.val_per_class=0): no evaluation during training")
     for epoch in range(start, cfg["epochs"]):
         ctx.progress.update(stage=stage, epoch=epoch + 1, epochs=cfg["epochs"])
         lr = lr_at(epoch, cfg)
         for group in optimizer.param_groups:
             group["lr"] = lr
         stats = _train_epoch(ctx, stage, net, method, optimizer, loader, epoch, cfg["epochs"])
-        record = {"stage": stage, "epoch": epoch + 1, "lr": lr, **stats}
-        if every and ((epoch + 1) % every == 0) and epoch + 1 < cfg["epochs"]:
-            metrics = evaluate(net, ctx.bench, "test", ctx.accelerator, ctx.recipe["eval"]["batch_size"])
-            record.update(test_top1=metrics["top1"])
+        record = {"stage": stage, "epoch": epoch + 1, "lr": lr, **stats}  # epochs count from 1 everywhere
+        last = epoch + 1 == cfg["epochs"]
+        if every and ctx.bench.val is not None and ((epoch + 1) % every == 0 or last):
+            metrics = evaluate(net, ctx.bench, "val", ctx.accelerator, ctx.recipe["eval"]["batch_size"])
+            record.update(val_top1=metrics["top1"], val_bacc=balanced_accuracy(metrics))
+            if ctx.recipe["eval"]["select_on"] == "val":
+                _keep_if_best(ctx, stage, net, epoch + 1, record["val_bacc"])
         ctx.log.record(**record)
         ctx.log.info(
             f"{stage} epoch {epoch + 1}/{cfg['epochs']} loss {stats['loss']:.4f} lr {record['lr']:.4g} "
             f"{stats['img_per_s']:.0f} img/s"
             + (f" train top-1 {stats['train_top1']:.1f}" if "train_top1" in stats else "")
-            + (f" test top-1 {record['test_top1']:.2f}" if "test_top1" in record else "")
+            + (f" val balanced acc {record['val_bacc']:.2f}" if "val_bacc" in record else "")
             + (f" cap bound {100 * stats['eps_capped_share']:.1f}%" if stats.get("eps_capped_share") else "")
         )
         ctx.state["history"].append(record)
         _check_learning(ctx, stage, cfg, epoch, cfg.get("sampler", "shuffle"))
         n = tcfg["checkpoint_every"]
-        if n and (epoch + 1) % n == 0 and epoch + 1 < cfg["epochs"]:
+        if n and (epoch + 1) % n == 0 and not last:
             save_training_state(ctx.accelerator, ctx.output_dir, stage, epoch + 1, ctx.state, tcfg["keep_checkpoints"])
+            _prune_best(ctx, stage)
+
+
+def _best_file(output_dir: Path, stage: str, epoch: int) -> Path:
+    return output_dir / "checkpoints" / f"{stage}-best-epoch{epoch:04d}.safetensors"
+
+
+def _keep_if_best(ctx: _Context, stage: str, net, epoch: int, score: float) -> None:
+    """``eval.select_on=val``: when ``score`` beats the stage's best so far (ties keep the earlier epoch), record
+    the epoch in the trainer state and write the weights to ``checkpoints/{stage}-best-epochE.safetensors``."""
+    best = ctx.state.setdefault("best", {}).get(stage)
+    if best is not None and not score > best["score"]:
+        return
+    ctx.state["best"][stage] = {"epoch": epoch, "score": score}
+    if ctx.accelerator.is_main_process:
+        from safetensors.torch import save_file
+
+        path = _best_file(ctx.output_dir, stage, epoch)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().cpu().contiguous() for k, v in unwrap(net).state_dict().items()}
+        save_file(state, str(path.with_suffix(".tmp")))
+        os.replace(path.with_suffix(".tmp"), path)
+    ctx.accelerator.wait_for_everyone()
+
+
+def _prune_best(ctx: _Context, stage: str, keep: bool = True) -> None:
+    """Delete the stage's best-weight files except the one the trainer state names (``keep=False``: all)."""
+    best = ctx.state.get("best", {}).get(stage)
+    if not ctx.accelerator.is_main_process:
+        return
+    wanted = _best_file(ctx.output_dir, stage, best["epoch"]) if best and keep else None
+    for path in (ctx.output_dir / "checkpoints").glob(f"{stage}-best-epoch*.safetensors"):
+        if path != wanted:
+            path.unlink(missing_ok=True)
 
 
 def _train_epoch(ctx: _Context, stage: str, net, method, optimizer, loader, epoch: int, epochs: int) -> dict:
@@ -402,12 +450,55 @@ def _finish_stage(ctx: _Context, stage: str, net, method_cfg: dict[str, Any]) ->
     # the saved float32 weights, uncompiled and without autocast: what from_pretrained users measure (bf16
     # autocast moved CIFAR-10-LT top-1 by up to 0.1 points; the per-epoch logs keep the run's precision)
     metrics = evaluate(_float32_view(net), bench, "test", acc, batch, autocast=False)
-    metrics.update(split="test", epoch=ctx.recipe[stage]["epochs"], selection=ctx.recipe["eval"]["select_on"])
+    metrics.update(split="test", epoch=ctx.recipe[stage]["epochs"], selection="last")
+    last_val = [r for r in ctx.state["history"] if r.get("stage") == stage and "val_bacc" in r]
+    if last_val and last_val[-1]["epoch"] == ctx.recipe[stage]["epochs"]:
+        metrics.update(val_bacc=last_val[-1]["val_bacc"])
     ctx.state["metrics"][stage] = metrics
     ctx.log.info(
         f"{stage} test: top-1 {metrics['top1']:.2f} many {_fmt(metrics['many'])} medium {_fmt(metrics['medium'])} "
         f"few {_fmt(metrics['few'])}"
     )
+    if ctx.recipe["eval"]["select_on"] == "val":
+        _finish_selected(ctx, stage, net, method_cfg)
+    _save_stage(ctx, stage, net, method_cfg, stage, metrics)
+    ctx.state["epoch"] = ctx.recipe[stage]["epochs"]
+    ctx.state[f"{stage}_done"] = True
+    save_training_state(acc, ctx.output_dir, stage, ctx.state["epoch"], ctx.state)
+    _prune_best(ctx, stage, keep=False)  # the selected weights now live in {stage}-best/
+
+
+def _finish_selected(ctx: _Context, stage: str, net, method_cfg: dict[str, Any]) -> None:
+    """``eval.select_on=val``: the validation-best epoch's weights, evaluated once on the test split and saved
+    as ``{stage}-best/`` beside ``{stage}/``; the network holds the last epoch's weights again afterwards."""
+    from safetensors.torch import load_file
+
+    best = ctx.state["best"][stage]
+    path = _best_file(ctx.output_dir, stage, best["epoch"])
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path}: the validation-best weights of {stage} epoch {best['epoch']} are missing; rerun the run "
+            "with --overwrite (or set eval.select_on=last)"
+        )
+    model = unwrap(net)
+    last = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    model.load_state_dict(load_file(str(path)), strict=True)
+    metrics = evaluate(_float32_view(net), ctx.bench, "test", ctx.accelerator, ctx.recipe["eval"]["batch_size"],
+                       autocast=False)
+    metrics.update(split="test", epoch=best["epoch"], selection="val", val_bacc=best["score"])
+    ctx.state["metrics"][f"{stage}_best"] = metrics
+    ctx.log.info(
+        f"{stage} validation-selected epoch {best['epoch']} (val balanced acc {best['score']:.2f}) test: "
+        f"top-1 {metrics['top1']:.2f} many {_fmt(metrics['many'])} medium {_fmt(metrics['medium'])} "
+        f"few {_fmt(metrics['few'])}"
+    )
+    _save_stage(ctx, stage, net, method_cfg, f"{stage}-best", metrics)
+    model.load_state_dict(last, strict=True)
+
+
+def _save_stage(ctx: _Context, stage: str, net, method_cfg: dict[str, Any], folder: str, metrics: dict) -> None:
+    """Prototypes, open-set statistics and the Hub-ready folder ``output_dir/folder`` of the weights in ``net``."""
+    acc, bench = ctx.accelerator, ctx.bench
     prototypes, open_set, open_set_stats = None, None, None
     if ctx.recipe["train"]["prototypes"]:
         prototypes, open_set, open_set_stats = _prototypes_and_threshold(ctx, net)
@@ -417,7 +508,7 @@ def _finish_stage(ctx: _Context, stage: str, net, method_cfg: dict[str, Any]) ->
 
         save_pretrained(
             model,
-            ctx.output_dir / stage,
+            ctx.output_dir / folder,
             info=dict(
                 class_names=bench.class_names,
                 class_counts=bench.class_counts,
@@ -434,9 +525,6 @@ def _finish_stage(ctx: _Context, stage: str, net, method_cfg: dict[str, Any]) ->
                 open_set_stats=open_set_stats,
             ),
         )
-    ctx.state["epoch"] = ctx.recipe[stage]["epochs"]
-    ctx.state[f"{stage}_done"] = True
-    save_training_state(acc, ctx.output_dir, stage, ctx.state["epoch"], ctx.state)
 
 
 def _prototypes_and_threshold(ctx: _Context, net) -> tuple[torch.Tensor | None, dict[str, Any] | None, Any]:
@@ -536,6 +624,7 @@ def _build_data(recipe: dict[str, Any]):
         shot_thresholds=tuple(d["shot_thresholds"]),
         shot_rule=d["shot_rule"],
         val_per_class=d["val_per_class"],
+        val_rule=d.get("val_rule", "fill"),
         image_size=d["image_size"],
         max_count=d["max_count"],
         profile=d["profile"],
