@@ -44,9 +44,12 @@ class SmallInputResNet(ResNet):
         self.maxpool = nn.Identity()
         if stem == "s1":
             self.conv1 = nn.Conv2d(self.conv1.in_channels, self.conv1.out_channels, 3, 1, 1, bias=False)
-        factor = 2 if stem == "nomaxpool" else 4  # the max-pool's 2 and the conv's 2
+        factor = 2 if stem == "nomaxpool" else 4  # the max-pool's 2 (and the stem conv's 2)
         for info in self.feature_info:
-            info["reduction"] = max(1, info["reduction"] // factor)
+            if info["module"] == "act1":  # the stem conv's output, before the (removed) max-pool
+                info["reduction"] = 2 if stem == "nomaxpool" else 1
+            else:
+                info["reduction"] //= factor
 
 
 def _cfg(stem: str) -> dict[str, Any]:
