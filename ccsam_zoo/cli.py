@@ -330,7 +330,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 _STATUS_HELP = """\
 shipped: inside the package (works offline)   cached: in the Hugging Face cache   local: a registered folder
 not published: nothing uploaded under this name yet; train it: accelerate launch recipes/train.py --recipe RECIPE
-not cached: a registered Hub repo, downloaded on first use"""
+not cached: a registered Hub repo, downloaded on first use
+not installed: an optional asset too large for the package ($CCSAM_ASSETS/ALIAS, default ~/.cache/ccsam_zoo/assets)"""
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
@@ -349,6 +350,12 @@ def _cmd_list(args: argparse.Namespace) -> int:
             ["alias", "status", "architecture", "dataset", "recipe", "method", "Hub repo"],
         )
     )  # fmt: skip
+    nearest: dict[str, list[str]] = {}
+    for r in rows:
+        if r.get("nearest") and ":" not in r["alias"]:
+            nearest.setdefault(r["nearest"], []).append(r["alias"])
+    for target, aliases in nearest.items():
+        print(f"\n{', '.join(aliases)}: nothing trained yet; the nearest trained model of that code path is {target}")
     print(f"\n{_STATUS_HELP}")
     return 0
 
