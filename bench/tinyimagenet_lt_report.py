@@ -24,8 +24,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import torch
-
 import ccsam_zoo  # noqa: F401
 from ccsam_zoo.data import build_benchmark
 from ccsam_zoo.hub import from_pretrained
