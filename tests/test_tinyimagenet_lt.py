@@ -220,3 +220,68 @@ def test_recipe_trains_one_tiny_epoch_on_real_data(tin_dir, tmp_path, one_thread
     for p in preds:
         assert isinstance(p["known"], bool) and p["score_type"] and p["threshold"] is not None
         assert p["label"] in clf.class_names if p["known"] else p["nearest_class"] in clf.class_names
+
+
+# ------------------------------------------------------------------------------------------ aliases
+@pytest.fixture
+def registry_env(tmp_path, monkeypatch):
+    """Offline, an empty CCSAM_ASSETS and a registry rebuilt from it (restored after the test)."""
+    from huggingface_hub import constants
+
+    from ccsam_zoo.hub import registry
+
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf-cache"))
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setenv("CCSAM_ASSETS", str(tmp_path / "assets"))
+    monkeypatch.setattr(registry, "_REGISTRY", {**registry._REGISTRY, **registry._builtin_entries()})
+    return registry, tmp_path / "assets"
+
+
+def test_reserved_names_point_to_the_nearest_trained_model(registry_env):
+    from ccsam_zoo import from_pretrained, list_pretrained
+    from ccsam_zoo.hub import CheckpointError
+
+    rows = {r.alias: r for r in list_pretrained()}
+    for alias in ("ccsam-imagenet-lt", "ccsam-places-lt", "ccsam-inat2018"):
+        assert rows[alias].status == "not published" and rows[alias].nearest == "ccsam-tinyimagenet-lt", alias
+    assert rows["ccsam-cifar100-lt"].nearest is None
+    with pytest.raises(CheckpointError) as err:
+        from_pretrained("ccsam-places-lt")
+    msg = str(err.value)
+    assert msg.startswith("model 'ccsam-places-lt' is not published yet") and len(msg) < 400
+    assert msg.endswith("nearest trained model of this code path: 'ccsam-tinyimagenet-lt'")
+
+
+def test_optional_asset_alias_not_installed_then_local(registry_env, one_thread):
+    from ccsam_zoo import from_pretrained, list_pretrained, save_pretrained
+    from ccsam_zoo.hub import CheckpointError
+
+    registry, assets = registry_env
+    rows = {r.alias: r for r in list_pretrained()}
+    for alias, method in (("ccsam-tinyimagenet-lt", "ccsam"), ("ce-crt-tinyimagenet-lt", "ce")):
+        row = rows[alias]
+        assert (row.status, row.available_locally, row.method) == ("not installed", False, method)
+        assert (row.recipe, row.dataset) == ("tinyimagenet_lt_cpu", "tinyimagenet_lt")
+        assert row.architecture == "resnet50_64px"
+    with pytest.raises(CheckpointError, match=r"'ce-crt-tinyimagenet-lt' is not installed: .* looked for in .*assets"
+                       r"/ce-crt-tinyimagenet-lt.*--recipe tinyimagenet_lt_cpu --set method=ce"):  # fmt: skip
+        from_pretrained("ce-crt-tinyimagenet-lt")
+    # a (tiny) checkpoint folder put there makes the alias usable, stage 2 only
+    model = timm.create_model("resnet20_cifar", num_classes=2, widths=(4, 6, 8)).eval()
+    save_pretrained(model, assets / "ccsam-tinyimagenet-lt" / "stage2", info=dict(class_names=["fountain", "fur coat"]))
+    registry._REGISTRY.update(registry._builtin_entries())
+    rows = {r.alias: r for r in list_pretrained()}
+    assert rows["ccsam-tinyimagenet-lt"].status == "local" and rows["ccsam-tinyimagenet-lt"].available_locally
+    assert rows["ccsam-tinyimagenet-lt:stage1"].status == "not installed"
+    assert from_pretrained("ccsam-tinyimagenet-lt").class_names == ["fountain", "fur coat"]
+
+
+def test_cli_list_names_the_nearest_model(capsys):
+    from ccsam_zoo.cli import main
+
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    assert "ccsam-imagenet-lt, ccsam-places-lt, ccsam-inat2018: nothing trained yet; the nearest trained model of " \
+        "that code path is ccsam-tinyimagenet-lt" in out  # fmt: skip
+    assert "ce-crt-tinyimagenet-lt" in out
