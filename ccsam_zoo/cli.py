@@ -439,9 +439,10 @@ _STATUS_HELP = """\
 shipped: inside the package (works offline)   cached: in the Hugging Face cache   local: a registered folder
 not cached: a registered Hub repo, downloaded on first use   missing: a registered folder that is gone
 not shipped: the package holds stage 2 of this model only (its stage 1 is not included)
-not published: nothing uploaded under this name yet; train it: ccsam-zoo train --recipe RECIPE"""
+not published: nothing uploaded under this name yet; train it: ccsam-zoo train --recipe RECIPE
+not installed: an optional asset too large for the package ($CCSAM_ASSETS/ALIAS, default ~/.cache/ccsam_zoo/assets)"""
 # every status list_pretrained can give (tests/test_cli_edges.py checks the legend explains each)
-STATUSES = ("shipped", "cached", "local", "not cached", "missing", "not shipped", "not published")
+STATUSES = ("shipped", "cached", "local", "not cached", "missing", "not shipped", "not published", "not installed")
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
@@ -460,6 +461,12 @@ def _cmd_list(args: argparse.Namespace) -> int:
             ["alias", "status", "architecture", "dataset", "recipe", "method", "Hub repo"],
         )
     )  # fmt: skip
+    nearest: dict[str, list[str]] = {}
+    for r in rows:
+        if r.get("nearest") and ":" not in r["alias"]:
+            nearest.setdefault(r["nearest"], []).append(r["alias"])
+    for target, aliases in nearest.items():
+        print(f"\n{', '.join(aliases)}: nothing trained yet; the nearest trained model of that code path is {target}")
     print(f"\n{_STATUS_HELP}")
     return 0
 

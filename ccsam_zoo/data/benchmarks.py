@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler, SequentialSampler
 
 from ..models.cifar_resnet import CIFAR_MEAN, CIFAR_STD
 from ._cache import cache_root, hash_json
-from ._names import BENCHMARKS, SAMPLERS, SELECTIONS
+from ._names import BENCHMARKS, PIPELINES, SAMPLERS, SELECTIONS
 from .augment import BatchAugment
 from .counts import PROFILES, SHOT_RULES, long_tailed_counts, shot_groups
 from .image_data import ImageSplit, timm_transform
@@ -26,6 +26,9 @@ _MAX_TENSOR_SIZE = 64
 _DEFAULT_LARGE_SIZE = 224
 _DEFAULT_IR = {"cifar10_lt": 100.0, "cifar100_lt": 100.0}
 VAL_RULES = ("fill", "left_out")  # val_per_class: top up from the subset, or only the images it leaves out
+# Benchmarks of small images that keep the ImageNet-LT pipeline (timm's RandomResizedCrop + flip + colour
+# jitter per image, ImageNet mean / std) at their native size instead of the uint8 fast path.
+_DEFAULT_PIPELINE = {"tinyimagenet_lt": "timm"}
 
 
 class LongTailedBenchmark:
@@ -246,12 +249,13 @@ def build_benchmark(
     image_column: str | None = None,
     label_column: str | None = None,
     open_source: str | os.PathLike | None = None,
+    pipeline: str | None = None,
 ) -> LongTailedBenchmark:
     """Build a long-tailed benchmark.
 
     ``name``: cifar10_lt, cifar100_lt (base data: ``source`` = local folder with train/test parquet, or a Hub
     id; default ``$CCSAM_DATA/cifar10`` (``cifar100``) when that folder exists, else ``uoft-cs/cifar10``
-    (``uoft-cs/cifar100``)), imagenet_lt, places_lt (OLTR split files), inat2018 (train2018.json /
+    (``uoft-cs/cifar100``)), imagenet_lt, places_lt, tinyimagenet_lt (OLTR split files), inat2018 (train2018.json /
     val2018.json), imagefolder, parquet, embedded (the shipped CIFAR-10-LT subset). ``source`` forms are
     described in ``ccsam_zoo.data.sources``.
 
@@ -267,8 +271,12 @@ def build_benchmark(
     ``shot_thresholds`` = (many, few) and ``shot_rule`` ("paper": > / <, "authors": >= / <=) give shot groups.
     ``image_size``: images of at most 64 px go to the uint8 tensor fast path (decoded once and cached under
     ``cache_dir`` / ``$CCSAM_CACHE`` / ``~/.cache/ccsam_zoo``); larger ones to the timm transform path
-    (default 224 for large sources). ``image_column`` / ``label_column`` name table columns (auto: img /
-    image, label / fine_label). ``open_source``: parquet or image folder of open-set images (labels -1).
+    (default 224 for large sources, the native 64 for tinyimagenet_lt). ``pipeline``: "tensor" (uint8 fast
+    path, images of at most 64 px: pad-crop-flip batch augmentation, CIFAR mean / std) or "timm" (per-image
+    timm ImageNet transforms at any size, ImageNet mean / std); None: "timm" for tinyimagenet_lt (the
+    ImageNet-LT augmentation at 64 px), else "tensor" up to 64 px. ``image_column`` / ``label_column`` name
+    table columns (auto: img / image, label / fine_label). ``open_source``: parquet or image folder of
+    open-set images (labels -1).
 
     ``fingerprint``: sha256 of the sources' identity (parquet: file sha256; Hub: dataset fingerprint; split
     files / json: their sha256 and the image root; image folders: the file listing and folder), the chosen
@@ -281,6 +289,8 @@ def build_benchmark(
         raise ValueError(f"unknown selection {selection!r}: use one of {SELECTIONS}")
     if shot_rule not in SHOT_RULES:
         raise ValueError(f"unknown shot_rule {shot_rule!r}: use one of {SHOT_RULES}")
+    if pipeline is not None and pipeline not in PIPELINES:
+        raise ValueError(f"unknown pipeline {pipeline!r}: use one of {PIPELINES} (or None for the default)")
     if profile not in PROFILES:
         raise ValueError(f"unknown profile {profile!r}: use one of {PROFILES}")
     if imbalance_ratio is not None and not imbalance_ratio >= 1:
@@ -313,7 +323,13 @@ def build_benchmark(
     )
     val_split: Split | None = base.val
     size = image_size or base.native_size or _DEFAULT_LARGE_SIZE
-    is_tensor = size <= _MAX_TENSOR_SIZE
+    pipeline = pipeline or _DEFAULT_PIPELINE.get(name)
+    if pipeline == "tensor" and size > _MAX_TENSOR_SIZE:
+        raise ValueError(
+            f"pipeline='tensor' holds images of at most {_MAX_TENSOR_SIZE} px in memory, got image_size={size}: "
+            "pass a smaller image_size or pipeline='timm'"
+        )
+    is_tensor = size <= _MAX_TENSOR_SIZE if pipeline is None else pipeline == "tensor"
     mean, std = (CIFAR_MEAN, CIFAR_STD) if is_tensor else (IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD)
 
     def make(split: Split, rows: np.ndarray | None, train: bool) -> TensorSplit | ImageSplit:
@@ -344,6 +360,8 @@ def build_benchmark(
     }
     if val_per_class and val_rule != "fill":  # only when set: older runs keep their fingerprint
         options["val_rule"] = val_rule
+    if is_tensor != (size <= _MAX_TENSOR_SIZE):  # recorded only where it differs from the size rule
+        options["pipeline"] = "tensor" if is_tensor else "timm"
     identity = {
         "name": name,
         "splits": {

@@ -8,9 +8,11 @@ iNaturalist json, image folders) or a table column of ``{"bytes", "path"}`` stru
 - ``cifar10_lt`` / ``cifar100_lt`` / ``parquet`` / ``embedded``: a folder holding ``train.parquet`` and
   ``test.parquet`` (or HF shards ``train-*.parquet``, also under ``data/`` or one sub-folder), a dict
   ``{"train": file(s), "test": file(s)}``, or (cifar only) a Hub dataset id for ``datasets.load_dataset``.
-- ``imagenet_lt`` / ``places_lt``: ``{"root": image root, "splits": folder with the OLTR .txt files}``
-  or the string ``"root"`` / ``"root:splits"`` (``os.pathsep``-separated); without ``splits`` the files
-  are looked for in ``root`` and ``root/ImageNet_LT`` (``root/Places_LT``).
+- ``imagenet_lt`` / ``places_lt`` / ``tinyimagenet_lt``: ``{"root": image root, "splits": folder with the
+  OLTR .txt files}`` or the string ``"root"`` / ``"root:splits"`` (``os.pathsep``-separated); without
+  ``splits`` the files are looked for in ``root`` and ``root/ImageNet_LT`` (``Places_LT``,
+  ``TinyImageNet_LT``). Class names come from a ``CLASS_NAME_FILES`` file beside the split files (or in the
+  root) when one exists, else from the images' parent folders when unambiguous, else "0", "1", ...
 - ``inat2018``: ``{"root": image root, "annotations": folder with train2018.json / val2018.json}`` or
   ``"root"`` / ``"root:annotations"``; without ``annotations`` the json files are looked for in ``root``.
 - ``imagefolder``: a root with ``train/`` and ``test/`` (or ``val/``) class-per-folder trees, or
@@ -22,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,7 +44,13 @@ _HUB_IDS = {
     "cifar10_lt": ("uoft-cs/cifar10", ("label", "fine_label")),
     "cifar100_lt": ("uoft-cs/cifar100", ("fine_label", "label")),
 }
-_OLTR = {"imagenet_lt": "ImageNet_LT", "places_lt": "Places_LT"}
+_OLTR = {"imagenet_lt": "ImageNet_LT", "places_lt": "Places_LT", "tinyimagenet_lt": "TinyImageNet_LT"}
+# Class-name files looked for beside the OLTR split files (then in the image root), first found wins:
+# ``classes.txt`` (``label<TAB>wnid<TAB>words`` or ``label<TAB>name``), ImageNet's ``words.txt`` /
+# Kaggle's ``LOC_synset_mapping.txt`` (``wnid<TAB or space>words``, matched to each class's wnid in its image
+# paths) and Places-365's ``categories_places365.txt`` (``/a/airfield 0``).
+CLASS_NAME_FILES = ("classes.txt", "words.txt", "LOC_synset_mapping.txt", "categories_places365.txt")
+_WNID = re.compile(r"^n\d{8}$")
 EMBEDDED_DIR = Path(__file__).resolve().parents[1] / "assets" / "embedded"
 
 
@@ -429,6 +438,7 @@ def _split_root(source: Any, key: str, name: str, example: str) -> tuple[Path, P
 _FILES_FROM = {
     "imagenet_lt": "the OLTR release, https://github.com/zhmiao/OpenLongTailRecognition-OLTR",
     "places_lt": "the OLTR release, https://github.com/zhmiao/OpenLongTailRecognition-OLTR",
+    "tinyimagenet_lt": "the Tiny-ImageNet-LT folder (TinyImageNet_LT_*.txt, classes.txt, images/)",
     "inat2018": "https://github.com/visipedia/inat_comp/tree/master/2018",
 }
 
@@ -468,6 +478,69 @@ def _names_from_parents(paths: list[str], labels: np.ndarray, num_classes: int) 
     return [names[i] for i in range(num_classes)]
 
 
+def _class_wnids(paths: list[str], labels: np.ndarray, num_classes: int) -> list[str | None]:
+    """The WordNet id (``n########`` folder in the image path) of each class, None where absent or mixed."""
+    wnids: dict[int, str | None] = {}
+    for p, y in zip(paths, labels.tolist()):
+        found = next((part for part in reversed(Path(p).parts[:-1]) if _WNID.match(part)), None)
+        if wnids.setdefault(y, found) != found:
+            wnids[y] = None
+    return [wnids.get(c) for c in range(num_classes)]
+
+
+def _unique_names(words: list[str], keys: list[str]) -> list[str]:
+    """First synonym of each class's words ("flagpole, flagstaff" -> "flagpole"); the full words, then
+    ``words (key)``, where that would name two classes alike (ImageNet has two "crane" and two "maillot")."""
+    names = [w.split(",")[0].strip() or w for w in words]
+    for candidate in (words, [f"{w} ({k})" for w, k in zip(words, keys)]):
+        counts: dict[str, int] = {}
+        for n in names:
+            counts[n] = counts.get(n, 0) + 1
+        names = [c if counts[n] > 1 else n for n, c in zip(names, candidate)]
+    return names
+
+
+def _names_from_file(path: Path, paths: list[str], labels: np.ndarray, num_classes: int) -> list[str]:
+    """Class names from a ``CLASS_NAME_FILES`` file (see there), checked against the split files' labels."""
+    by_label: dict[int, tuple[str, str]] = {}
+    by_wnid: dict[str, str] = {}
+    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        parts = [p.strip() for p in line.split("\t")] if "\t" in line else line.strip().split(maxsplit=1)
+        if len(parts) >= 2 and parts[0].lstrip("-").isdigit():  # label<TAB>[wnid<TAB>]words
+            by_label[int(parts[0])] = (parts[-1], parts[1] if len(parts) > 2 else parts[0])
+        elif len(parts) == 2 and _WNID.match(parts[0]):  # wnid<TAB>words (words.txt, LOC_synset_mapping.txt)
+            by_wnid[parts[0]] = parts[1]
+        elif len(parts) == 2 and parts[1].isdigit():  # /a/airfield 0 (categories_places365.txt)
+            place = parts[0].strip("/")
+            by_label[int(parts[1])] = (place.split("/", 1)[1] if place[1:2] == "/" else place, parts[0])
+        else:
+            raise ValueError(
+                f"{path}:{lineno}: expected 'label<TAB>wnid<TAB>words', 'label<TAB>name', 'wnid<TAB>words' or "
+                f"'/x/name label', got {line!r}; fix the line or remove {path.name} to use numeric class names"
+            )
+    if by_label:
+        missing = [c for c in range(num_classes) if c not in by_label]
+        if missing:
+            raise ValueError(
+                f"{path} names no class for label(s) {missing[:5]}" + (" ..." if len(missing) > 5 else "")
+                + f" of the {num_classes} classes in the split files; add them or remove {path.name}"
+            )
+        words, keys = zip(*(by_label[c] for c in range(num_classes)))
+        return _unique_names(list(words), list(keys))
+    wnids = _class_wnids(paths, labels, num_classes)
+    unnamed = [c for c, w in enumerate(wnids) if w is None or w not in by_wnid]
+    if unnamed:
+        c = unnamed[0]
+        raise ValueError(
+            f"{path}: no words for class {c} (wnid {wnids[c]!r} from its image paths)"
+            + (f" and {len(unnamed) - 1} more" if len(unnamed) > 1 else "")
+            + f"; the image paths must hold the class's n######## folder, or remove {path.name}"
+        )
+    return _unique_names([by_wnid[w] for w in wnids], [w for w in wnids])
+
+
 def _oltr_file(path: Path, root: Path, open_set: bool = False) -> tuple[list[str], np.ndarray, str]:
     paths, labels = [], []
     text = path.read_text()
@@ -505,9 +578,21 @@ def _oltr_source(name: str, source: Any) -> BaseData:
             raise ValueError(f"{f} has negative labels")
         splits[split] = Split(labels, FileImages(paths, str(f)), {"file": f.name, "sha256": sha, "root": str(root)})
     num_classes = int(max(splits["train"].labels.max(), splits["test"].labels.max())) + 1
-    names = _names_from_parents(splits["train"].images.paths, splits["train"].labels, num_classes)
+    train = splits["train"]
+    folders = list(dict.fromkeys([files[0].parent, root]))
+    names_file = next((d / n for d in folders for n in CLASS_NAME_FILES if (d / n).is_file()), None)
+    if names_file is not None:
+        names = _names_from_file(names_file, train.images.paths, train.labels, num_classes)
+    else:
+        names = _names_from_parents(train.images.paths, train.labels, num_classes)
     return BaseData(
-        splits["train"], splits["test"], names, fixed=True, val=splits.get("val"), open=splits.get("open")
+        splits["train"],
+        splits["test"],
+        names,
+        native_size=_probe_size(train) if name == "tinyimagenet_lt" else None,
+        fixed=True,
+        val=splits.get("val"),
+        open=splits.get("open"),
     )
 
 

@@ -376,6 +376,12 @@ _DATA_HELP = {
         "ImageNet_LT_train.txt, ImageNet_LT_test.txt (and ImageNet_LT_val.txt, ImageNet_LT_open.txt) from "
         "https://github.com/zhmiao/OpenLongTailRecognition-OLTR",
     ),
+    "tinyimagenet_lt": (
+        "IMAGE_ROOT:SPLIT_DIR",
+        "IMAGE_ROOT holds the Tiny-ImageNet images (the images/ folder) and SPLIT_DIR TinyImageNet_LT_train.txt, "
+        "TinyImageNet_LT_test.txt (and _val.txt, _open.txt, classes.txt), e.g. "
+        "../shared/data/tinyimagenet_lt/images:../shared/data/tinyimagenet_lt",
+    ),
     "inat2018": (
         "IMAGE_ROOT:ANNOTATION_DIR",
         "IMAGE_ROOT holds the iNaturalist 2018 images and ANNOTATION_DIR train2018.json and val2018.json, both "
@@ -384,7 +390,7 @@ _DATA_HELP = {
     "imagefolder": ("FOLDER", "FOLDER holds train/ and test/ with one sub-folder of images per class"),
     "parquet": ("FOLDER", "FOLDER holds train.parquet and test.parquet"),
 }
-_FIXED_IMBALANCE = ("imagenet_lt", "places_lt", "inat2018")
+_FIXED_IMBALANCE = ("imagenet_lt", "places_lt", "inat2018", "tinyimagenet_lt")
 _DEFAULT_IMBALANCE = ("cifar10_lt", "cifar100_lt")  # imbalance_ratio null means 100 (the data layer's default)
 
 
