@@ -198,7 +198,8 @@ def check_weights(state: dict[str, torch.Tensor], expected: dict[str, torch.Tens
 
     A floating tensor of the model must be stored as float16 / bfloat16 / float32 / float64 (``load_state_dict``
     would cast bool, integer or float8 weights without a word); an integer buffer (``num_batches_tracked``) as
-    an integer. A BatchNorm ``running_var`` must be >= 0 (a negative variance makes every output NaN).
+    an integer, a bool buffer as bool. A BatchNorm ``running_var`` must be >= 0 (a negative variance makes every
+    output NaN).
     """
     for key, t in state.items():
         want = expected.get(key)
@@ -211,10 +212,12 @@ def check_weights(state: dict[str, torch.Tensor], expected: dict[str, torch.Tens
                 f"weights must be floating point ({', '.join(WEIGHT_DTYPES)}) and are never cast from {have}: the "
                 "file was altered or written by another tool, re-save (save_pretrained) or re-download it"
             )
-        if not want.is_floating_point() and (t.is_floating_point() or t.is_complex() or t.dtype == torch.bool):
+        if not want.is_floating_point() and t.dtype != want.dtype and (
+            t.is_floating_point() or t.is_complex() or torch.bool in (t.dtype, want.dtype)
+        ):
             raise CheckpointError(
-                f"{path}: tensor {key!r} is stored as {have}, but the model's {key!r} is an integer "
-                f"({_dtype_name(want.dtype)}) counter; re-save (save_pretrained) or re-download the checkpoint"
+                f"{path}: tensor {key!r} is stored as {have}, but the model's {key!r} is "
+                f"{_dtype_name(want.dtype)}; re-save (save_pretrained) or re-download the checkpoint"
             )
     for key, t in state.items():
         if key.endswith("running_var") and t.is_floating_point() and t.numel():
