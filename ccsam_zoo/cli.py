@@ -217,6 +217,7 @@ def _benchmark_spec(data: str, source: str | None) -> tuple[str, Any]:
 # Classes of the benchmarks whose copies share one layout (train/test parquet): a copy of the other one under
 # this name is caught by its class count. (OLTR benchmarks are named by their split files' prefix.)
 _BENCHMARK_CLASSES = {"cifar10_lt": 10, "cifar100_lt": 100, "embedded": 10}
+_OPEN_SPLIT_BENCHMARKS = ("imagenet_lt", "places_lt", "tinyimagenet_lt")  # OLTR split files with an open split
 _PLOT_SUFFIXES = (".png", ".pdf", ".svg", ".jpg", ".jpeg")
 _PLOT_NAME = "open_set_histograms.png"
 
@@ -295,6 +296,10 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     bad = [s for s in scores or () if s not in _SCORES]
     if bad:
         raise UsageError(f"unknown --scores {bad}; choose from {','.join(_SCORES)}")
+    open_flags = [f for f, v in (("--plot", args.plot), ("--scores", scores), ("--score", getattr(args, "score", None)),
+                                 ("--threshold", getattr(args, "threshold", None))) if v is not None]  # fmt: skip
+    if open_flags and not args.open_data and name not in _OPEN_SPLIT_BENCHMARKS:  # before any loading
+        raise UsageError(f"{open_flags[0]} is about open-set scores: it needs --open-data (open-set images)")
     clf = _load_model(args)
     meta = clf.meta or {}
     thresholds = args.shot_thresholds or meta.get("shot_thresholds") or (100, 20)
@@ -320,8 +325,6 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         _check_val_per_class(bench, args.val_per_class)
     if args.open_data:  # built apart: the closed-set fingerprint stays the one the card shows
         bench.open = build_benchmark(name, source, **kwargs, open_source=args.open_data).open
-    open_flags = [f for f, v in (("--plot", args.plot), ("--scores", scores), ("--score", getattr(args, "score", None)),
-                                 ("--threshold", getattr(args, "threshold", None))) if v is not None]  # fmt: skip
     if bench.open is None and open_flags:  # open-set options without open-set images: never silently ignored
         raise UsageError(f"{open_flags[0]} is about open-set scores: it needs --open-data (open-set images)")
     counts = clf.class_counts or bench.class_counts

@@ -236,8 +236,9 @@ def test_evaluate_default_plot_path_quiet_and_none(capsys, run_dir, tmp_path, oo
     assert "score histograms: open_set_histograms.png" in out and "known images" in err
     rc, out, err = _run(capsys, *argv, "--scores", "msp", "--plot", "none", "--quiet", "--json")
     assert rc == 0 and err == "" and json.loads(out)["open_set_plot"] is None
-    rc, _, err = _run(capsys, *argv, "--plot", tmp_path)  # a folder: refused before any work
-    assert rc == 2 and "--plot" in err and "is a folder" in err
+    rc, out, err = _run(capsys, *argv, "--scores", "msp", "--plot", tmp_path)  # a folder: the PNG goes into it
+    assert rc == 0 and (tmp_path / "open_set_histograms.png").read_bytes()[:4] == b"\x89PNG"
+    assert f"score histograms: {tmp_path / 'open_set_histograms.png'}" in out
 
 
 def test_evaluate_user_errors_name_the_flag(capsys, run_dir, tmp_path, monkeypatch):

@@ -121,6 +121,13 @@ _RANGES: dict[str, tuple[float, float | None, bool, bool]] = {
     "oe_fraction": (0.0, 1.0, True, False),  # the share of the batch patch-shuffled into outliers
     "oe_grid": (2.0, None, False, False),  # patches per side (it must divide the image size)
 }
+# What a number means, said in its range error where a bare interval would not tell the user enough.
+_RANGE_HINTS = {
+    "logit_norm_tau": "LogitNorm's temperature, e.g. 0.04",
+    "oe_weight": "0 = off; 0.5 = Hendrycks et al.",
+    "oe_fraction": "the share of the batch patch-shuffled into outliers",
+    "oe_grid": "patches per side; it must divide the image size",
+}
 
 
 def _closest(key: str, valid: list[str]) -> str:
@@ -155,7 +162,8 @@ def _check_value(method: str, key: str, value: Any, default: Any) -> None:
             text = f"{'>' if low_open else '>='} {low:g}" + (
                 f" and {'<' if high_open else '<='} {high:g}" if high is not None else ""
             )
-            raise ValueError(f"{method}: {key} must be a finite number {text}, got {value!r}")
+            hint = f" ({_RANGE_HINTS[key]})" if key in _RANGE_HINTS else ""
+            raise ValueError(f"{method}: {key} must be a finite number {text}{hint}, got {value!r}")
 
 
 def resolve_method(table: dict, stage: str, cfg: dict[str, Any], num_classes: int | None) -> dict[str, Any]:
