@@ -31,6 +31,19 @@ from ccsam_zoo.training.run_log import stage_seconds
 
 REPO = Path(__file__).resolve().parents[1]
 
+STRONG = [
+    "data.autoaugment=cifar10",
+    "data.cutout=16",
+    "data.val_per_class=100",
+    "data.val_rule=left_out",
+    "eval.every=5",
+    "eval.select_on=val",
+    "stage2.init_from=best",
+]
+PAPER_STAGE2 = ["stage2.method.name=ccsam_adv", "stage2.method.preset=paper"]
+RADIUS = 0.1  # ccsam_block's preset radius; the sweep picks it on the validation split
+SWEEP = (0.05, 0.1, 0.2, 0.5, 0.8)
+
 # name -> --set overrides on top of the recipe (paper Table 2 ablations: ccsam_dir, ccsam_mag; the s sweep:
 # ccsam_s<s>, with ccsam itself the s = 1e-6 point of the official preset)
 RUNS: dict[str, list[str]] = {
@@ -45,6 +58,25 @@ RUNS: dict[str, list[str]] = {
     "ccsam_dir": ["method=ccsam_dir"],
     "ccsam_mag": ["method=ccsam_mag"],
     **{f"ccsam_s{s:g}": ["method=ccsam", f"stage1.method.scale={s:g}"] for s in (1e-3, 1e-2, 1e-1, 1.0)},
+    # issue 22 (on top of cifar10_lt): the strong augmentation of the authors' README (AutoAugment CIFAR-10 policy
+    # + Cutout 16), selection on a validation split of left-over training images (never the test split), stage 2
+    # from the validation-best stage-1 epoch (the authors' script does this on the test split)
+    "ce_strong": ["method=ce", *STRONG],
+    "mixup_crt_strong": ["method=mixup_crt", *STRONG],
+    # authors' stage 1 with mixup off (their answer to zzpustc/CC-SAM issue 4) + the paper's stage 2
+    "ccsam_strong": ["method=ccsam", "stage1.method.mixup_alpha=0.0", "stage2.method.preset=paper", *STRONG],
+    # a perturbation that acts, and plain SAM at the same radius with the same (paper) stage 2
+    "ccsam_block_strong": ["method=ccsam_block", f"stage1.method.scale={RADIUS:g}", *STRONG],
+    "sam_strong": ["method=sam", f"stage1.method.rho={RADIUS:g}", *PAPER_STAGE2, *STRONG],
+    # the radius sweep, read on the validation split (results.json: stage1_best / stage2_best val_bacc)
+    **{f"ccsam_block_r{r:g}": ["method=ccsam_block", f"stage1.method.scale={r:g}", *STRONG] for r in SWEEP},
+    **{f"sam_r{r:g}": ["method=sam", f"stage1.method.rho={r:g}", *PAPER_STAGE2, *STRONG] for r in SWEEP},
+}
+# run groups (bench/gpu/reproduce_cifar10_lt.py --group)
+GROUPS: dict[str, list[str]] = {
+    "paper": ["ce", "mixup_crt", "ccsam", "ccsam_rec"],
+    "issue22": ["ce_strong", "mixup_crt_strong", "ccsam_strong", "ccsam_block_strong", "sam_strong"],
+    "issue22_sweep": [*(f"ccsam_block_r{r:g}" for r in SWEEP), *(f"sam_r{r:g}" for r in SWEEP)],
 }
 
 
@@ -138,12 +170,12 @@ def report(out: Path) -> dict:
     summary = {}
     for name, by_seed in runs.items():
         row = {}
-        for stage in ("stage1", "stage2"):
-            for key in ("top1", "many", "medium", "few"):
+        for stage in ("stage1", "stage2", "stage1_best", "stage2_best"):  # *_best: eval.select_on=val
+            for key in ("top1", "many", "medium", "few", "val_bacc"):
                 vals = [
                     r["metrics"][stage][key]
                     for r in by_seed.values()
-                    if stage in r["metrics"] and r["metrics"][stage][key] is not None
+                    if stage in r["metrics"] and r["metrics"][stage].get(key) is not None
                 ]
                 if vals:
                     row[f"{stage}.{key}"] = _mean_std(vals)
@@ -185,6 +217,20 @@ def _markdown(summary: dict, runs: dict) -> str:
             f"{_fmt(row.get('stage2.many'))} | {_fmt(row.get('stage2.medium'))} | {_fmt(row.get('stage2.few'))} | "
             f"{train} | {wall} | {peak} |"
         )
+    selected = {n: r for n, r in summary.items() if "stage1_best.top1" in r or "stage2_best.top1" in r}
+    if selected:  # eval.select_on=val: the validation-selected epochs beside the last ones (test split)
+        lines += ["", "Validation-selected epochs (eval.select_on=val; val = balanced accuracy on the validation "
+                  "split, the selection score; top-1 on the test split):", "",
+                  "| Method | Stage-1 val | Stage-1 top-1 (last / selected) | Stage-2 val | Stage-2 top-1 (last / "
+                  "selected) | Many | Medium | Few |", "|---|---|---|---|---|---|---|---|"]
+        for name, row in selected.items():
+            lines.append(
+                f"| {name} | {_fmt(row.get('stage1_best.val_bacc'))} | {_fmt(row.get('stage1.top1'))} / "
+                f"{_fmt(row.get('stage1_best.top1'))} | {_fmt(row.get('stage2_best.val_bacc'))} | "
+                f"{_fmt(row.get('stage2.top1'))} / {_fmt(row.get('stage2_best.top1'))} | "
+                f"{_fmt(row.get('stage2_best.many'))} | {_fmt(row.get('stage2_best.medium'))} | "
+                f"{_fmt(row.get('stage2_best.few'))} |"
+            )
     lines += ["", "Per-class stage-2 accuracy (%), mean over the seeds of each method:", ""]
     lines += ["| Method | " + " | ".join(str(c) for c in range(10)) + " |", "|---|" + "---|" * 10]
     for name, by_seed in runs.items():

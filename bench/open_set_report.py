@@ -16,16 +16,19 @@ Protocol (nothing used to choose or calibrate is reported on):
   Tiny-ImageNet images, 64 px uniform noise resized by the eval transform; ``--far-n`` of each) come in a
   selection set (``--far-seed-select``, blurred from the selection half) and a report set
   (``--far-seed-report``, blurred from the report half);
-- SELECTION = validation images + selection half + selection far-OOD. The default score is the one with the best
-  selection AUROC among those that reject >= 99% of the selection uniform-noise and constant images at their
-  threshold (if none does, the best selection AUROC, flagged);
+- SELECTION = validation images + selection half + selection far-OOD. The default score follows
+  ``ccsam_zoo.inference.open_set.DEFAULT_RULE`` (``select_default_score``): the best selection AUROC (0.1-point
+  resolution, ties to the first in SCORES order) among the scores that reject >= 99% of the selection
+  uniform-noise and constant images at their threshold (if none does, the best selection AUROC, flagged);
 - REPORT = CIFAR-10 test images + report half + report far-OOD: AUROC, FPR95, OLTR F-measure, the share of each
   far-OOD kind rejected, and per shot group the share of known test images rejected, with the global threshold and
   with class-conditional thresholds (by predicted class, calibrated on the validation images); the logit scores
   also with a prior correction (logit adjustment: ``logits - log(class prior)``, Menon et al. 2021).
 
 ``--write-stats`` stores the fitted statistics and every score's validation threshold in the checkpoint folder
-(``open_set_stats.safetensors``, ``ccsam_zoo.json``), with the selected default score.
+(``open_set_stats.safetensors``, ``ccsam_zoo.json``), with the selected default score and the selection metrics
+it was chosen on (``open_set.selection``). ``--store-default REPORT.json`` writes the same ``open_set`` block from
+a saved report without running the model (the statistics are left as they are).
 
 A benchmark protocol (it needs the project's data copy and OOD set), so it stays in bench/: the scores, their
 statistics and calibration are the package's (``ccsam_zoo.inference``), and so is the rule that rebuilds a
@@ -49,10 +52,10 @@ from ccsam_zoo.data.subset_rule import recorded_subset_rule
 from ccsam_zoo.data.tensor_data import TensorSplit
 from ccsam_zoo.hub.card import PLACEHOLDER
 from ccsam_zoo.inference import DEFAULT_SCORE, Classifier, class_thresholds_at_tpr, threshold_at_tpr
+from ccsam_zoo.inference.open_set import DEFAULT_RULE, JUNK_GUARD, select_default_score
 from ccsam_zoo.metrics import load_metric
 
 FAR_KINDS = ("uniform", "gaussian", "constant", "blurred", "uniform_64px")
-REQUIRED_FAR = ("uniform", "constant")  # the selection rule: >= 99% of these rejected
 LOGIT_SCORES = ("msp", "max_logit", "energy")
 
 
@@ -243,19 +246,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "threshold": thr if mode == "global" else None,
         }
 
-    def eligible(r: dict[str, Any]) -> bool:
-        return all(r["select"][k] >= 0.99 for k in REQUIRED_FAR)
-
     plain = {n: r for n, r in rows.items() if r["thresholds"] == "global" and n in scores}
-    pool = {n: r for n, r in plain.items() if eligible(r)} or plain
-    default = max(pool, key=lambda n: pool[n]["select"]["auroc"])
+    default, rule_met = select_default_score(_selection(plain))
     calibration = f"{len(bench.val)} known validation images" + (
         " (training images outside the model's subset, at most "
         f"{args.heldout_per_class} per class: {torch.bincount(bench.val.labels, minlength=bench.num_classes).tolist()})"
         if bench.val_indices is None else ""
     )  # fmt: skip
     if args.write_stats:
-        _write(clf, stats, {n: plain[n]["threshold"] for n in plain}, default, args.tpr, calibration)
+        _write(clf, stats, {n: plain[n]["threshold"] for n in plain}, default, args.tpr, calibration, _selection(plain))
     if args.plot:
         from ccsam_zoo.inference import plot_score_histograms
 
@@ -272,13 +271,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             f"{args.far_n} of each far-OOD kind (seed {args.far_seed_select})",
             "report": f"{len(bench.test)} CIFAR-10 test + {len(perm) - half} tinyimagenet_ood + {args.far_n} of each "
             f"far-OOD kind (seed {args.far_seed_report})",
-            "rule": "best selection AUROC among scores rejecting >= 99% of selection uniform and constant images",
+            "rule": DEFAULT_RULE,
         },
         "shot_groups": dict(zip(clf.class_names, groups)),
         "test_accuracy": closed,
         "statistics": {"bytes": sum(t.numel() * t.element_size() for t in tensors.values()), **meta},
         "default": default,
-        "default_rule_met": eligible(rows[default]),
+        "default_rule_met": rule_met,
         "library_default": DEFAULT_SCORE,
         "default_matches_library": default == DEFAULT_SCORE,
         "msp_report_auroc": rows["msp"]["report"]["auroc"],
@@ -286,19 +285,60 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def _write(clf: Classifier, stats, thresholds: dict[str, float], default: str, tpr: float, calibration: str) -> None:
+def _selection(plain: dict[str, dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """The selection-set metrics the default rule reads: AUROC, FPR95 and the guard kinds rejected, per score."""
+    return {
+        n: {"auroc": r["select"]["auroc"], "fpr95": r["select"]["fpr95"], **{k: r["select"][k] for k in JUNK_GUARD}}
+        for n, r in plain.items()
+    }
+
+
+def _write(
+    clf: Classifier,
+    stats,
+    thresholds: dict[str, float],
+    default: str,
+    tpr: float,
+    calibration: str,
+    selection: dict[str, dict[str, float]],
+    write_stats: bool = True,
+) -> None:
     from ccsam_zoo.hub.checkpoint import EXTRAS_NAME, OPEN_SET_STATS_NAME, write_open_set_stats
 
     folder = Path(clf.meta["path"])
     extras = json.loads((folder / EXTRAS_NAME).read_text(encoding="utf-8"))
     extras["open_set"] = {"score": default, "threshold": thresholds[default], "tpr": tpr, "thresholds": thresholds,
-                          "calibration": calibration}  # fmt: skip
-    if stats is not None:
+                          "calibration": calibration, "rule": "ccsam_zoo.inference.open_set.DEFAULT_RULE",
+                          "selection": selection}  # fmt: skip
+    if not write_stats:
+        pass
+    elif stats is not None:
         extras["open_set_stats"] = write_open_set_stats(folder, stats)
     else:  # --no-stats: the folder keeps no statistics
         (folder / OPEN_SET_STATS_NAME).unlink(missing_ok=True)
         extras.pop("open_set_stats", None)
     (folder / EXTRAS_NAME).write_text(json.dumps(extras, indent=2) + "\n", encoding="utf-8")
+
+
+def store_default(model: str, report_path: str) -> dict[str, Any]:
+    """``--store-default``: the ``open_set`` block of a saved report (rule applied again) into the model's folder."""
+    rep = json.loads(Path(report_path).read_text(encoding="utf-8"))
+    clf = ccsam_zoo.from_pretrained(model)
+    if rep.get("data_fingerprint") != clf.meta.get("data_fingerprint"):
+        raise SystemExit(f"{report_path} was made for data {str(rep.get('data_fingerprint'))[:12]}, not this model's")
+    scores = set(clf.available_scores())
+    plain = {n: r for n, r in rep["scores"].items() if r["thresholds"] == "global" and n in scores}
+    if set(plain) != scores:
+        raise SystemExit(f"{report_path} lacks scores {sorted(scores - set(plain))} that {model} can compute")
+    default, met = select_default_score(_selection(plain))
+    tpr, calibration = rep["protocol"]["tpr"], rep["protocol"]["calibration"]
+    thresholds = {n: float(r["threshold"]) for n, r in plain.items()}
+    stored = clf.open_set or {}
+    if set(stored.get("thresholds") or {}) == set(thresholds) and stored.get("calibration") == calibration:
+        # the same calibration images: keep the stored numbers (a re-run differs in float rounding only)
+        thresholds = {n: float(stored["thresholds"][n]) for n in thresholds}
+    _write(clf, None, thresholds, default, tpr, calibration, _selection(plain), write_stats=False)
+    return {"model": model, "default": default, "default_rule_met": met, "threshold": thresholds[default]}
 
 
 def markdown(rep: dict[str, Any]) -> str:
@@ -373,11 +413,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--plot", default=None, help="PNG of the report-half score histograms")
     p.add_argument("--markdown", action="store_true", help="also print the RESULTS.md table (stderr)")
     p.add_argument("--output", default=None, help="also write the JSON here")
+    p.add_argument("--store-default", default=None, metavar="REPORT.json",
+                   help="write the default score, thresholds and selection metrics of a saved report into the model "
+                        "folder's ccsam_zoo.json (no model run)")  # fmt: skip
     return p.parse_args(argv)
 
 
 def main() -> None:
     args = parse_args()
+    if args.store_default:
+        print(json.dumps(store_default(args.model, args.store_default), indent=1))
+        return
     torch.manual_seed(0)
     rep = run(args)
     text = json.dumps(rep, indent=1, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o))

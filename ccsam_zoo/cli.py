@@ -82,18 +82,18 @@ def _table(rows: list[list[Any]], header: list[str]) -> str:
     return "\n".join(lines)
 
 
-def _check_output(path: str | None) -> None:
+def _check_output(path: str | None, flag: str = "--output") -> None:
     """Refuse an ``--output`` that cannot be written before any work (a folder, a parent that is a file, ...)."""
     if not path:
         return
     out = Path(path).expanduser()
     parent = next((p for p in (out.parent, *out.parent.parents) if p.exists()), Path("."))
     if out.is_dir():
-        raise UsageError(f"--output {path} is a folder; give a file name")
+        raise UsageError(f"{flag} {path} is a folder; give a file name")
     if not parent.is_dir():
-        raise UsageError(f"cannot write --output {path}: {parent} is not a folder")
+        raise UsageError(f"cannot write {flag} {path}: {parent} is not a folder")
     if not os.access(parent, os.W_OK):
-        raise UsageError(f"cannot write --output {path}: no write permission in {parent}")
+        raise UsageError(f"cannot write {flag} {path}: no write permission in {parent}")
 
 
 def _write_output(path: str, text: str) -> None:
@@ -107,30 +107,33 @@ def _write_output(path: str, text: str) -> None:
 
 
 def _pct(v: float | None) -> str:
-    return "-" if v is None else f"{100 * v:.2f}"
+    """A value already in % (``_to_percent``), two decimals."""
+    return "-" if v is None else f"{v:.2f}"
+
+
+_RATE_KEYS = ("auroc", "fpr95", "f_measure", "precision", "recall", "rejected", "rejected_known", "rejected_open")
+
+
+def _to_percent(result: dict[str, Any]) -> None:
+    """``evaluate_model``'s fractions to % in place (accuracies, per class, every open-set rate)."""
+
+    def pct(v: Any) -> Any:
+        return None if v is None else 100.0 * float(v)
+
+    for k in ("top1", "many", "medium", "few"):
+        if k in result:
+            result[k] = pct(result[k])
+    if result.get("per_class") is not None:
+        result["per_class"] = [pct(v) for v in result["per_class"]]
+    for m in (result.get("open_set") or {}).values():
+        for k in _RATE_KEYS:
+            if k in m:
+                m[k] = pct(m[k])
+        if m.get("rejected_known_by_group") is not None:
+            m["rejected_known_by_group"] = {g: pct(v) for g, v in m["rejected_known_by_group"].items()}
 
 
 # ---------------------------------------------------------------------------------------------- predict
-def _check_open_set(args: argparse.Namespace, clf: Any) -> None:
-    """``--open-set`` on a model that cannot do it as asked: say which flag fixes it (before reading images)."""
-    if not args.open_set:
-        return
-    stored = clf.open_set or {}
-    score = args.score or stored.get("score") or "cosine"
-    if score != "msp" and clf.prototypes is None:
-        raise ValueError(
-            f"--open-set with score {score!r} needs class prototypes and {args.model} has none: use --score msp "
-            "(OLTR's fixed threshold 0.1, or --threshold T)"
-        )
-    calibrated = stored.get("score") == score and stored.get("threshold") is not None
-    if args.threshold is None and score != "msp" and not calibrated:
-        why = "has no open-set threshold" if stored.get("threshold") is None else f"has no threshold for {score!r}"
-        raise ValueError(
-            f"--open-set: {args.model} {why}; pass --threshold T "
-            f"(a {score} score, higher = more likely known), or --score msp (OLTR's fixed threshold 0.1)"
-        )
-
-
 def _check_open_set_flags(args: argparse.Namespace) -> None:
     """``--score`` / ``--threshold`` only act with ``--open-set``: alone they are a usage error, not ignored."""
     given = [flag for flag, key in (("--score", "score"), ("--threshold", "threshold"))
@@ -145,8 +148,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
     _check_open_set_flags(args)
     clf = _load_model(args)
-    _check_open_set(args, clf)
-    try:
+    try:  # the Python API does the open-set work (score, stored threshold, errors) exactly as clf.predict
         results = clf.predict(
             args.images,
             top_k=args.top_k,
@@ -190,8 +192,9 @@ def _cmd_predict(args: argparse.Namespace) -> int:
             thresholds = {r["threshold"] for r in results if "threshold" in r}
             thr = f"{first['threshold']:.4g}" if len(thresholds) == 1 else "per predicted class"
             print(
-                f"\nopen-set score: {first['score_type']}, threshold {thr} (higher = more likely known); "
-                "'unknown' = rejected"
+                f"\nopen-set score: {first['score_type']} ({first['score_source']}), threshold {thr} "
+                f"({first['threshold_source']})\nhigher = more likely known; 'unknown' = rejected (score below the "
+                "threshold)"
             )
     return 1 if len(bad) == len(results) else 0
 
@@ -215,12 +218,19 @@ def _benchmark_spec(data: str, source: str | None) -> tuple[str, Any]:
 # Classes of the benchmarks whose copies share one layout (train/test parquet): a copy of the other one under
 # this name is caught by its class count. (OLTR benchmarks are named by their split files' prefix.)
 _BENCHMARK_CLASSES = {"cifar10_lt": 10, "cifar100_lt": 100, "embedded": 10}
+_OPEN_SPLIT_BENCHMARKS = ("imagenet_lt", "places_lt", "tinyimagenet_lt")  # OLTR split files with an open split
 _PLOT_SUFFIXES = (".png", ".pdf", ".svg", ".jpg", ".jpeg")
 _PLOT_NAME = "open_set_histograms.png"
 
 
-def _plot_path(plot: str) -> Path:
-    """``--plot``: a file (``.png`` added when it has no suffix) or a folder (``open_set_histograms.png`` in it)."""
+def _plot_path(args: argparse.Namespace) -> Path | None:
+    """``--plot``: 'none' for no plot, a file (``.png`` added when it has no suffix) or a folder
+    (``open_set_histograms.png`` in it); without it beside ``--output``, else ./open_set_histograms.png."""
+    plot = args.plot
+    if plot and plot.lower() == "none":
+        return None
+    if not plot:
+        return Path(args.output).expanduser().with_suffix(".png") if args.output else Path(_PLOT_NAME)
     path = Path(plot).expanduser()
     if path.is_dir() or plot.endswith(("/", os.sep)):
         return path / _PLOT_NAME
@@ -278,12 +288,19 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from ccsam_zoo.inference import evaluate_model
 
     _check_output(args.output)
+    if args.open_data or args.plot:
+        plot_path = _plot_path(args)
+        if plot_path is not None:
+            _check_output(str(plot_path), "--plot")
     name, source = _benchmark_spec(args.data, args.data_source)
     scores = tuple(s.strip() for s in args.scores.split(",") if s.strip()) if args.scores else None
     bad = [s for s in scores or () if s not in _SCORES]
     if bad:
         raise UsageError(f"unknown --scores {bad}; choose from {','.join(_SCORES)}")
-    plot_file = _plot_path(args.plot) if args.plot else None
+    open_flags = [f for f, v in (("--plot", args.plot), ("--scores", scores), ("--score", getattr(args, "score", None)),
+                                 ("--threshold", getattr(args, "threshold", None))) if v is not None]  # fmt: skip
+    if open_flags and not args.open_data and name not in _OPEN_SPLIT_BENCHMARKS:  # before any loading
+        raise UsageError(f"{open_flags[0]} is about open-set scores: it needs --open-data (open-set images)")
     clf = _load_model(args)
     meta = clf.meta or {}
     thresholds = args.shot_thresholds or meta.get("shot_thresholds") or (100, 20)
@@ -298,6 +315,9 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         kwargs["imbalance_ratio"] = int(ir) if float(ir).is_integer() else ir
     if args.val_per_class:
         kwargs["val_per_class"] = args.val_per_class
+    if not args.quiet:
+        print(f"loading {name} {source or ''}".rstrip() + (f" and {args.open_data}" if args.open_data else "")
+              + " (decoding the images once: they are cached for the next run)", file=sys.stderr)  # fmt: skip
     bench = build_benchmark(name, source, **kwargs)
     _check_data_matches(name, source, bench, clf)
     if args.split == "val" and getattr(bench, "val", None) is None:
@@ -306,8 +326,6 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         _check_val_per_class(bench, args.val_per_class)
     if args.open_data:  # built apart: the closed-set fingerprint stays the one the card shows
         bench.open = build_benchmark(name, source, **kwargs, open_source=args.open_data).open
-    open_flags = [f for f, v in (("--plot", plot_file), ("--scores", scores), ("--score", getattr(args, "score", None)),
-                                 ("--threshold", getattr(args, "threshold", None))) if v is not None]  # fmt: skip
     if bench.open is None and open_flags:  # open-set options without open-set images: never silently ignored
         raise UsageError(f"{open_flags[0]} is about open-set scores: it needs --open-data (open-set images)")
     counts = clf.class_counts or bench.class_counts
@@ -324,6 +342,11 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
             raise ValueError(f"--scores {s}: {problem}")
     # an OLTR benchmark's own open split (ImageNet_LT_open.txt, Places_LT_open.txt) when present (OLTR Table 4)
     has_open = bench.open is not None
+    if not args.quiet:
+        what = f"{len(bench.split(args.split))} {args.split} images"
+        what += f" + {len(bench.open)} open-set images" if has_open else ""
+        print(f"evaluating {args.model}: {what}", file=sys.stderr)
+    plot = _plot_path(args) if has_open else None
     result = evaluate_model(
         clf,
         data_of(args.split),
@@ -334,16 +357,18 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         many_threshold=int(thresholds[0]),
         few_threshold=int(thresholds[1]),
         rule=rule,
-        return_scores=has_open and bool(args.plot or args.output),
+        return_scores=plot is not None,
+        progress=not args.quiet,
     )
     raw_scores = result.pop("scores", None)
-    plot = plot_file or (Path(args.output).expanduser().with_suffix(".png") if args.output and has_open else None)
-    if raw_scores is not None and plot:
+    if raw_scores is not None and plot is not None:
         from ccsam_zoo.inference import plot_score_histograms
 
         plot.parent.mkdir(parents=True, exist_ok=True)
-        plot_score_histograms(raw_scores, plot, {s: m["threshold"] for s, m in result["open_set"].items()})
+        thr = {s: m["threshold"] for s, m in result["open_set"].items()}
+        plot_score_histograms(raw_scores, plot, thr, default=result["default_score"])
         plot = str(plot)
+    _to_percent(result)
     report = {
         "model": str(args.model),
         "data": name,
@@ -351,6 +376,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         "split": args.split,
         "open_data": args.open_data or ("the benchmark's open split" if has_open else None),
         "open_set_plot": plot if raw_scores is not None else None,
+        "units": "% (accuracies and open-set rates; thresholds and scores in the score's own units)",
         "data_fingerprint": bench.fingerprint,
         "subset_rule": {**{k: v for k, v in kwargs.items() if k != "image_size"},
                         "from": "the model's recipe" if recorded else "build_benchmark's defaults"},  # fmt: skip
@@ -364,6 +390,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         _write_output(args.output, dumps(report) + "\n")
     if args.json:
         print(dumps(report))
+        if report["open_set_plot"] and not args.quiet:
+            print(f"score histograms: {report['open_set_plot']}", file=sys.stderr)
         return 0
     print(f"model: {args.model}   data: {name} ({args.split}, {result['num_samples']} images)   "
           f"fingerprint: {bench.fingerprint[:12]}" + (" (the model's subset rule)" if recorded else ""))  # fmt: skip
@@ -384,7 +412,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     if "open_set" in result:
         print(
             f"\nopen set: {report['open_data']} ({result['num_open']} images); scores: higher = more likely known; "
-            f"default: {result['default_score']}"
+            f"default: {result['default_score']} ({result['default_score_source']})"
         )
         group_names = [g for g in ("many", "medium", "few") if g in set(groups)]
         rows = [
@@ -415,9 +443,10 @@ _STATUS_HELP = """\
 shipped: inside the package (works offline)   cached: in the Hugging Face cache   local: a registered folder
 not cached: a registered Hub repo, downloaded on first use   missing: a registered folder that is gone
 not shipped: the package holds stage 2 of this model only (its stage 1 is not included)
-not published: nothing uploaded under this name yet; train it: ccsam-zoo train --recipe RECIPE"""
+not published: nothing uploaded under this name yet; train it: ccsam-zoo train --recipe RECIPE
+not installed: an optional asset too large for the package ($CCSAM_ASSETS/ALIAS, default ~/.cache/ccsam_zoo/assets)"""
 # every status list_pretrained can give (tests/test_cli_edges.py checks the legend explains each)
-STATUSES = ("shipped", "cached", "local", "not cached", "missing", "not shipped", "not published")
+STATUSES = ("shipped", "cached", "local", "not cached", "missing", "not shipped", "not published", "not installed")
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
@@ -436,6 +465,12 @@ def _cmd_list(args: argparse.Namespace) -> int:
             ["alias", "status", "architecture", "dataset", "recipe", "method", "Hub repo"],
         )
     )  # fmt: skip
+    nearest: dict[str, list[str]] = {}
+    for r in rows:
+        if r.get("nearest") and ":" not in r["alias"]:
+            nearest.setdefault(r["nearest"], []).append(r["alias"])
+    for target, aliases in nearest.items():
+        print(f"\n{', '.join(aliases)}: nothing trained yet; the nearest trained model of that code path is {target}")
     print(f"\n{_STATUS_HELP}")
     return 0
 
@@ -551,7 +586,9 @@ def build_parser(with_sharpness: bool = True) -> argparse.ArgumentParser:
         help="open-set images: parquet file / folder or image folder (OLTR benchmarks use their own open split "
         "when present)",
     )
-    p.add_argument("--plot", default=None, help="PNG of the open-set score histograms (default: beside --output)")
+    p.add_argument("--plot", default=None,
+                   help="PNG of the open-set score histograms (default: beside --output as .png, else "
+                        "./open_set_histograms.png; 'none': no plot)")  # fmt: skip
     p.add_argument(
         "--scores", default=None, help=f"comma-separated open-set scores (default: all of {','.join(_SCORES)})"
     )
@@ -561,6 +598,7 @@ def build_parser(with_sharpness: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--num-workers", type=_non_negative, default=0, help="loader workers for large images")
     p.add_argument("--json", action="store_true", help="JSON output")
     p.add_argument("--output", default=None, help="also write the JSON report to this file")
+    p.add_argument("--quiet", action="store_true", help="no progress on stderr")
     p.set_defaults(func=_cmd_evaluate, batch_size=256)
 
     p = sub.add_parser("list", parents=[common], help="pretrained aliases")

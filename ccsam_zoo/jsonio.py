@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 from typing import Any
 
-__all__ = ["jsonable", "dumps"]
+__all__ = ["JSONNestingError", "jsonable", "dumps", "loads"]
 
 
 def jsonable(value: Any) -> Any:
@@ -33,3 +34,21 @@ def jsonable(value: Any) -> Any:
 def dumps(value: Any, indent: int | None = 2) -> str:
     """``json.dumps`` of ``jsonable(value)`` (never NaN / Infinity tokens)."""
     return json.dumps(jsonable(value), indent=indent, allow_nan=False)
+
+
+class JSONNestingError(ValueError):
+    """JSON text nested deeper than Python's parser can follow (``json.loads`` would raise ``RecursionError``)."""
+
+
+def loads(text: str | bytes, source: str = "JSON text") -> Any:
+    """``json.loads`` whose too-deep nesting is a ``JSONNestingError`` naming ``source`` (not a ``RecursionError``).
+
+    Malformed JSON still raises ``json.JSONDecodeError``; callers name the file and the fix for both.
+    """
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise JSONNestingError(
+            f"{source}: JSON nested too deeply (arrays / objects inside each other more than about "
+            f"{sys.getrecursionlimit()} levels deep); no ccsam_zoo file is nested more than a few levels"
+        ) from None

@@ -100,7 +100,8 @@ def test_predict_table_and_open_set(capsys, run_dir, images):
     paths, _ = images
     rc, out, _ = _run(capsys, "predict", "--model", run_dir / "stage2", paths[0], "--open-set")
     assert rc == 0
-    assert "img0.png" in out and "known" in out and "open-set score: cosine, threshold" in out
+    assert "img0.png" in out and "known" in out and "open-set score: cosine (checkpoint default), threshold" in out
+    assert "(calibrated at 95% TPR)" in out
     rc, out, _ = _run(capsys, "predict", "--model", run_dir / "stage2", paths[0], "--open-set", "--json",
                       "--score", "msp", "--threshold", "1.5")  # fmt: skip
     r = json.loads(out)[0]
@@ -120,9 +121,12 @@ def test_predict_open_set_without_calibration_names_threshold(capsys, run_dir, i
     extras = json.loads((folder / "ccsam_zoo.json").read_text())
     (folder / "ccsam_zoo.json").write_text(json.dumps({**extras, "open_set": None}))
     rc, _, err = _run(capsys, "predict", "--model", folder, images[0][0], "--open-set")
-    assert rc == 1 and "has no open-set threshold" in err and "--threshold T (a cosine score" in err
+    _one_line_error(err, "no open-set threshold for score 'cosine' (this model has no calibrated threshold)",
+                    "--threshold T, a cosine score")  # fmt: skip
+    assert rc == 1 and "OLTR" not in err
     rc, out, _ = _run(capsys, "predict", "--model", folder, images[0][0], "--open-set", "--threshold", "0.5")
-    assert rc == 0 and "open-set score: cosine, threshold 0.5" in out
+    assert rc == 0 and "open-set score: cosine (fallback (the checkpoint stores no default score;" in out
+    assert "threshold 0.5 (given)" in out
 
 
 def test_predict_bad_inputs(capsys, run_dir, images):
@@ -192,21 +196,49 @@ def test_evaluate_json_and_output(capsys, run_dir, tmp_path, ood_dir):
     assert set(rep) >= {"top1", "many", "medium", "few", "per_class", "open_set", "class_names", "shot_rule"}
     assert set(rep["open_set"]) == {"msp", "max_logit", "energy", "cosine", "euclidean", "reachability", "hybrid"}
     assert rep["open_set"]["cosine"]["threshold_source"] == "checkpoint" and rep["default_score"] == "cosine"
+    assert rep["default_score_source"] == "checkpoint default"
     groups = rep["open_set"]["cosine"]["rejected_known_by_group"]
-    assert set(groups) == {"many", "medium", "few"} and all(0.0 <= v <= 1.0 for v in groups.values())
-    assert rep["open_set_plot"] == str(out_file.with_suffix(".png")) and out_file.with_suffix(".png").stat().st_size
-    # the same numbers as the library call
+    assert set(groups) == {"many", "medium", "few"} and all(0.0 <= v <= 100.0 for v in groups.values())
+    png = out_file.with_suffix(".png")
+    assert rep["open_set_plot"] == str(png) and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size
+    # progress on stderr (tqdm bars of the known and the open images), the JSON alone on stdout
+    assert "known images" in err and "open-set images" in err and "30/30" in err and f"score histograms: {png}" in err
+    # the same numbers as the library call, in % (the library returns fractions)
     bench = build_benchmark("parquet", str(tmp_path / "bench"), open_source=str(ood), image_size=32)
     direct = evaluate_model(from_pretrained(run_dir / "stage2"), bench.test, bench.open)
-    assert rep["top1"] == pytest.approx(direct["top1"])
-    assert rep["open_set"]["msp"]["auroc"] == pytest.approx(direct["open_set"]["msp"]["auroc"])
+    assert rep["top1"] == pytest.approx(100 * direct["top1"])
+    assert rep["per_class"] == pytest.approx([100 * v for v in direct["per_class"]])
+    for s, m in direct["open_set"].items():
+        for k in ("auroc", "fpr95", "f_measure", "rejected_known", "rejected_open"):
+            assert rep["open_set"][s][k] == pytest.approx(100 * m[k]), (s, k)
+        assert rep["open_set"][s]["threshold"] == pytest.approx(m["threshold"])  # thresholds keep their units
+    assert rep["open_set"]["msp"]["auroc"] > 1.0 or direct["open_set"]["msp"]["auroc"] <= 0.01
     rc, out, _ = _run(capsys, *argv, "--scores", "msp,cosine")
     assert rc == 0 and "top-1 %" in out and "AUROC" in out and "per class" in out and "airplane" in out
     assert "many rej. %" in out and "open rej. %" in out and "cosine (default)" in out
+    assert "default: cosine (checkpoint default)" in out
     rc, _, err = _run(capsys, *argv, "--scores", "msp,entropy")
     assert rc == 2 and "entropy" in err
     rc, _, err = _run(capsys, *argv, "--scores", "mahalanobis")  # the checkpoint has no open_set_stats
     assert rc == 1 and "mahalanobis" in err and "fit_open_set" in err
+
+
+def test_evaluate_default_plot_path_quiet_and_none(capsys, run_dir, tmp_path, ood_dir, monkeypatch):
+    """Without --output / --plot the histograms go to ./open_set_histograms.png (printed); --plot none: no PNG."""
+    ood = _small_parquet_benchmark(tmp_path / "bench", ood_dir / "test.parquet")
+    work = tmp_path / "cwd"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    argv = ["evaluate", "--model", run_dir / "stage2", "--data", tmp_path / "bench", "--open-data", ood]
+    rc, out, err = _run(capsys, *argv, "--scores", "msp,cosine")
+    assert rc == 0, err
+    assert (work / "open_set_histograms.png").read_bytes()[:4] == b"\x89PNG"
+    assert "score histograms: open_set_histograms.png" in out and "known images" in err
+    rc, out, err = _run(capsys, *argv, "--scores", "msp", "--plot", "none", "--quiet", "--json")
+    assert rc == 0 and err == "" and json.loads(out)["open_set_plot"] is None
+    rc, out, err = _run(capsys, *argv, "--scores", "msp", "--plot", tmp_path)  # a folder: the PNG goes into it
+    assert rc == 0 and (tmp_path / "open_set_histograms.png").read_bytes()[:4] == b"\x89PNG"
+    assert f"score histograms: {tmp_path / 'open_set_histograms.png'}" in out
 
 
 def test_evaluate_user_errors_name_the_flag(capsys, run_dir, tmp_path, monkeypatch):
@@ -243,16 +275,20 @@ def test_open_set_without_threshold_or_prototypes_names_the_flag(capsys, run_dir
     img = images[0][0]
     rc, out, err = _run(capsys, "predict", "--model", folder, img, "--open-set")
     assert rc == 1 and out == ""
-    _one_line_error(err, "has no open-set threshold; pass --threshold T", "--score msp")
+    _one_line_error(err, "no open-set threshold for score 'cosine'", "--threshold T")
     rc, out, _ = _run(capsys, "predict", "--model", folder, img, "--open-set", "--threshold", "0.5", "--json")
     assert rc == 0 and json.loads(out)[0]["score_type"] == "cosine"
     rc, out, _ = _run(capsys, "predict", "--model", folder, img, "--open-set", "--score", "msp", "--json")
-    assert rc == 0 and json.loads(out)[0]["score_type"] == "msp"
+    r = json.loads(out)[0]
+    assert rc == 0 and r["score_type"] == "msp" and r["threshold"] == 0.1 and r["score_source"] == "given"
+    assert r["threshold_source"] == "OLTR's fixed 0.1 (no calibrated msp threshold)"
     (folder / "prototypes.safetensors").unlink()
     (folder / "ccsam_zoo.json").write_text(json.dumps({**extras, "open_set": None, "prototypes": None}))
-    rc, _, err = _run(capsys, "predict", "--model", folder, img, "--open-set", "--threshold", "0.5")
-    assert rc == 1
-    _one_line_error(err, "needs class prototypes", "use --score msp")
+    rc, out, _ = _run(capsys, "predict", "--model", folder, img, "--open-set", "--threshold", "0.5", "--json")
+    r = json.loads(out)[0]  # no prototypes: the fallback chain ends at msp, and the output says so
+    assert rc == 0 and r["score_type"] == "msp" and r["score_source"].startswith("fallback (") and r["threshold"] == 0.5
+    rc, _, err = _run(capsys, "predict", "--model", folder, img, "--open-set", "--score", "cosine")
+    _one_line_error(err, "'cosine' needs class prototypes and this model has none", "use a score this model has: msp")
 
 
 def test_list_json(capsys):

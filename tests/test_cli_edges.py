@@ -28,7 +28,8 @@ def _run(capsys, *argv):
 
 
 def _one_line(err: str) -> str:
-    lines = [ln for ln in err.strip().splitlines() if ln.strip()]
+    """The one error line (evaluate's progress lines, "loading ..." / "evaluating ...", may come before it)."""
+    lines = [ln for ln in err.strip().splitlines() if ln.strip() and not ln.startswith(("loading ", "evaluating "))]
     assert len(lines) == 1 and "Traceback" not in err, err
     return lines[0]
 
@@ -239,7 +240,7 @@ def test_list_legend_explains_every_status_list_can_show(capsys, tmp_path):
         for alias in ("edge-local", "edge-missing", "edge-hub"):
             _REGISTRY.pop(alias, None)
     assert {"shipped", "local", "missing", "not cached", "not published", "not shipped"} <= seen <= set(STATUSES)
-    legend = out[out.index("\n\n") + 2:]
+    legend = out[out.rindex("\n\n") + 2:]  # the last paragraph (after the reserved names' pointers)
     assert legend.strip() == _STATUS_HELP
     for status in STATUSES:
         assert f"{status}: " in legend, status

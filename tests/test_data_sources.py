@@ -392,8 +392,25 @@ def test_hub_ids_fail_clearly_offline(monkeypatch):
         raise ConnectionError("offline")
 
     monkeypatch.setattr(datasets, "load_dataset", offline)
-    with pytest.raises(FileNotFoundError, match="could not load 'uoft-cs/cifar100'.*source=<local folder"):
+    with pytest.raises(FileNotFoundError, match="could not load 'uoft-cs/cifar100'.*--set data.source=DIR"):
         build_benchmark("cifar100_lt", "uoft-cs/cifar100")
+
+
+def test_unreachable_hub_fails_at_once_with_the_command_line_fix(monkeypatch):
+    """Not offline by the environment but no network: no load_dataset (its ~30 s of retries), the fix."""
+    import datasets
+
+    import ccsam_zoo.data.sources as sources
+
+    def never(*args, **kwargs):
+        raise AssertionError("load_dataset must not be tried when the Hub is unreachable")
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(sources, "_hub_offline", lambda: False)
+    monkeypatch.setattr(sources, "_hub_reachable", lambda timeout=3.0: False)
+    monkeypatch.setattr(datasets, "load_dataset", never)
+    with pytest.raises(FileNotFoundError, match=r"Hub is unreachable.*--set data.source=DIR.*HF_HUB_OFFLINE=1"):
+        build_benchmark("cifar10_lt", "uoft-cs/cifar10")
 
 
 def test_large_path_corrupt_image_names_the_file(tmp_path):

@@ -58,3 +58,29 @@ def test_gpu_script_names_missing_data(tmp_path):
         text=True,
     )
     assert proc.returncode == 1 and "no train.parquet" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_every_run_of_the_gpu_groups_is_a_valid_recipe():
+    """Each run of bench/compare.py's groups (what the GPU script launches) passes the recipe checks."""
+    sys.path.insert(0, str(REPO / "bench"))
+    from compare import GROUPS, RUNS
+
+    from ccsam_zoo.training import apply_overrides, load_recipe
+    from ccsam_zoo.training.config import check_recipe, resolve_recipe, stage_methods
+
+    strong = {"ce_strong", "mixup_crt_strong", "ccsam_strong", "ccsam_block_strong", "sam_strong"}
+    assert set(GROUPS["issue22"]) == strong
+    for group in GROUPS.values():
+        for name in group:
+            recipe = resolve_recipe(apply_overrides(load_recipe("cifar10_lt"), [*RUNS[name], "data.source=x"]))
+            check_recipe(recipe)
+            if name in GROUPS["issue22"]:
+                d = recipe["data"]
+                assert (d["autoaugment"], d["cutout"], d["val_rule"]) == ("cifar10", 16, "left_out")
+                assert recipe["eval"]["select_on"] == "val" and recipe["stage2"]["init_from"] == "best"
+    s1, s2 = stage_methods(apply_overrides(load_recipe("cifar10_lt"), RUNS["ccsam_strong"]))
+    assert s1["mixup_alpha"] == 0.0 and s2["preset"] == "paper"
+    # the acting CC-SAM and plain SAM: the same radius and the same stage 2
+    block = stage_methods(apply_overrides(load_recipe("cifar10_lt"), RUNS["ccsam_block_strong"]))
+    sam = stage_methods(apply_overrides(load_recipe("cifar10_lt"), RUNS["sam_strong"]))
+    assert block[0]["scale"] == sam[0]["rho"] and block[1] == sam[1] == {"name": "ccsam_adv", "preset": "paper"}

@@ -9,9 +9,12 @@ import torch
 
 import ccsam_zoo
 from ccsam_zoo.hub.registry import ASSETS_DIR
-from ccsam_zoo.inference import DEFAULT_SCORE, SCORES
+from ccsam_zoo.inference import SCORES
+from ccsam_zoo.inference.open_set import select_default_score
 
 FOLDER = ASSETS_DIR / "ccsam-cifar10-lt-cpu"
+# the default this folder stores, chosen by open_set.DEFAULT_RULE on its stored selection metrics
+DEFAULT_SCORE = json.loads((FOLDER / "ccsam_zoo.json").read_text())["open_set"]["score"]
 
 
 @pytest.fixture(scope="module")
@@ -25,6 +28,7 @@ def test_shipped_statistics_and_thresholds(clf):
     assert extras["open_set_stats"]["bytes"] == size < 1_000_000
     assert sum(p.stat().st_size for p in FOLDER.iterdir()) < 3_000_000
     assert clf.available_scores() == SCORES and clf.default_score() == DEFAULT_SCORE
+    assert select_default_score(extras["open_set"]["selection"]) == (DEFAULT_SCORE, True)
     assert set(clf.open_set["thresholds"]) == set(SCORES) and clf.open_set["tpr"] == 0.95
     assert clf.open_set_stats.num_train == sum(extras["class_counts"])
 

@@ -17,7 +17,10 @@ import pytest
 from ccsam_zoo.cli import main as ccsam_zoo_main
 from tests.conftest import REPO
 
-SHIPPED = {"cifar10_lt", "cifar100_lt", "imagenet_lt", "places_lt", "inat2018", "cifar10_lt_cpu", "quickstart"}
+SHIPPED = {
+    "cifar10_lt", "cifar100_lt", "imagenet_lt", "places_lt", "inat2018", "cifar10_lt_cpu", "quickstart",
+    "tinyimagenet_lt", "tinyimagenet_lt_cpu",
+}  # fmt: skip
 
 
 def _python(code_or_args: str | list[str], cwd: Path = REPO, **env: str) -> subprocess.CompletedProcess:

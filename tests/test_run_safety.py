@@ -54,7 +54,7 @@ def _run_folder(folder: Path, **changes) -> dict:
         section, name = key.split("__")
         recipe[section][name] = value
     save_recipe(recipe, folder / "recipe.yaml")
-    (folder / "log.jsonl").write_text('{"stage": "stage1", "epoch": 0, "loss": 1.0, "lr": 0.1}\n')
+    (folder / "log.jsonl").write_text('{"stage": "stage1", "epoch": 1, "loss": 1.0, "lr": 0.1}\n')
     (folder / "train.log").write_text("12:00:00 stage1 epoch 1/30 loss 1.0\n")
     return recipe
 
@@ -137,7 +137,7 @@ def saved_checkpoints(tmp_path):
     model = torch.nn.Linear(8, 4)
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     model, opt = acc.prepare(model, opt)
-    for epoch in range(3):
+    for epoch in range(1, 4):  # epochs done, numbered from 1
         model(torch.randn(2, 8)).sum().backward()
         opt.step()
         save_training_state(acc, tmp_path, "stage1", epoch, {"metrics": {}, "history": []}, keep=3)
@@ -146,7 +146,7 @@ def saved_checkpoints(tmp_path):
 
 def test_truncated_or_damaged_checkpoint_falls_back_to_the_previous_one(saved_checkpoints):
     root = saved_checkpoints / "checkpoints"
-    newest, middle = root / "stage1-epoch0002", root / "stage1-epoch0001"
+    newest, middle = root / "stage1-epoch0003", root / "stage1-epoch0002"
     assert verify_checkpoint(newest) is None
     weights = newest / "model.safetensors"
     size = weights.stat().st_size
@@ -155,10 +155,10 @@ def test_truncated_or_damaged_checkpoint_falls_back_to_the_previous_one(saved_ch
     data[-1] ^= 0xFF  # same size, one byte changed
     (middle / "optimizer.bin").write_bytes(bytes(data))
     chosen, state, broken = choose_checkpoint(saved_checkpoints)
-    assert chosen == root / "stage1-epoch0000" and state["epoch"] == 0 and "files" not in state
+    assert chosen == root / "stage1-epoch0001" and state["epoch"] == 1 and "files" not in state
     assert [(p.name, problem.split(" (")[0]) for p, problem in broken] == [
-        ("stage1-epoch0002", f"model.safetensors has 100 bytes, {size} were written"),
-        ("stage1-epoch0001", "optimizer.bin does not match its sha256"),
+        ("stage1-epoch0003", f"model.safetensors has 100 bytes, {size} were written"),
+        ("stage1-epoch0002", "optimizer.bin does not match its sha256"),
     ]
 
 
@@ -169,7 +169,7 @@ def test_no_intact_checkpoint_says_which_is_broken_and_what_to_do(saved_checkpoi
     with pytest.raises(CheckpointBroken) as err:
         choose_checkpoint(saved_checkpoints)
     msg = str(err.value)
-    assert f"checkpoint {root / 'stage1-epoch0002'} is broken: trainer_state.json is unreadable" in msg
+    assert f"checkpoint {root / 'stage1-epoch0003'} is broken: trainer_state.json is unreadable" in msg
     assert "Nothing was changed" in msg and "--overwrite" in msg and "keep_checkpoints" in msg
 
 
@@ -188,13 +188,50 @@ def test_broken_stage2_checkpoint_restarts_stage2_from_the_stage1_folder(saved_c
     save_file({"w": torch.zeros(3)}, str(run / "stage1" / "model.safetensors"))
     metrics = {"top1": 40.0, "per_class": [40.0], "epoch": 30}
     (run / "stage1" / "ccsam_zoo.json").write_text(json.dumps({"metrics": metrics, "recipe": {"name": "x"}}))
-    lines = [{"stage": "stage1", "epoch": e, "loss": 1.0, "lr": 0.1} for e in range(30)]
-    lines.append({"stage": "stage2", "epoch": 0, "loss": 1.0, "lr": 0.1})
+    lines = [{"stage": "stage1", "epoch": e, "loss": 1.0, "lr": 0.1} for e in range(1, 31)]
+    lines.append({"stage": "stage2", "epoch": 1, "loss": 1.0, "lr": 0.1})
     (run / "log.jsonl").write_text("".join(json.dumps({"time": 1.0, **r}) + "\n" for r in lines))
     chosen, state, broken = choose_checkpoint(run)
     assert chosen is None and [p.name for p, _ in broken] == ["stage2-epoch0001"]
-    assert state["stage1_done"] and (state["stage"], state["epoch"]) == ("stage1", 29)
-    assert state["metrics"] == {"stage1": metrics} and len(state["history"]) == 30
+    assert state["stage1_done"] and (state["stage"], state["epoch"]) == ("stage1", 30)
+    assert state["metrics"] == {"stage1": metrics} and [r["epoch"] for r in state["history"]] == list(range(1, 31))
+    # a log written when epochs were numbered from 0 gives the same state
+    old = [{**r, "epoch": r["epoch"] - 1} for r in lines]
+    (run / "log.jsonl").write_text("".join(json.dumps({"time": 1.0, **r}) + "\n" for r in old))
+    assert choose_checkpoint(run)[1] == state
+
+
+def _rewrite_file(checkpoint: Path, name: str, data: bytes) -> None:
+    """Replace a checkpoint file and its size/sha256 in trainer_state.json: intact, but not loadable."""
+    import hashlib
+
+    (checkpoint / name).write_bytes(data)
+    state = json.loads((checkpoint / "trainer_state.json").read_text())
+    state["files"][name] = {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    (checkpoint / "trainer_state.json").write_text(json.dumps(state))
+
+
+def test_resume_whose_random_state_cannot_be_loaded_says_it_is_not_exact(saved_checkpoints):
+    """Accelerate logs "Could not load random states" at INFO and carries on: load_training_state says so."""
+    from accelerate import Accelerator
+
+    from ccsam_zoo.training.checkpointing import load_training_state
+
+    newest = saved_checkpoints / "checkpoints" / "stage1-epoch0003"
+
+    def load() -> str | None:
+        acc = Accelerator(cpu=True)
+        model = torch.nn.Linear(8, 4)
+        acc.prepare(model, torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9))
+        torch.manual_seed(0)
+        return load_training_state(acc, newest)
+
+    assert load() is None
+    _rewrite_file(newest, "random_states_0.pkl", b"not a pickle")
+    assert verify_checkpoint(newest) is None  # intact: only loading it fails
+    assert load() == f"{newest / 'random_states_0.pkl'} could not be loaded"
+    (newest / "random_states_0.pkl").unlink()
+    assert load() == f"{newest / 'random_states_0.pkl'} is missing (was the run saved with fewer processes?)"
 
 
 def test_checkpoints_and_stage_folders_follow_the_umask(tmp_path):
@@ -207,7 +244,7 @@ def test_checkpoints_and_stage_folders_follow_the_umask(tmp_path):
     try:
         acc = Accelerator(cpu=True)
         net = acc.prepare(torch.nn.Linear(4, 2))
-        folder = save_training_state(acc, tmp_path, "stage1", 0, {"metrics": {}, "history": []})
+        folder = save_training_state(acc, tmp_path, "stage1", 1, {"metrics": {}, "history": []})
         model = timm.create_model("resnet20_cifar", num_classes=3)
         info = dict(class_names=["a", "b", "c"], class_counts=[5, 3, 1], stage="stage1", method={"name": "ce"})
         stage = save_pretrained(model, tmp_path / "stage1", info=info)
@@ -215,7 +252,7 @@ def test_checkpoints_and_stage_folders_follow_the_umask(tmp_path):
         os.umask(old)
     del net
     modes = {p.name: p.stat().st_mode & 0o777 for p in [folder, *folder.iterdir(), stage, *stage.iterdir()]}
-    assert modes["stage1"] == modes["stage1-epoch0000"] == 0o775
+    assert modes["stage1"] == modes["stage1-epoch0001"] == 0o775
     assert modes["model.safetensors"] == modes["trainer_state.json"] == modes["config.json"] == 0o664, modes
 
 
@@ -231,13 +268,32 @@ def test_leftovers_of_interrupted_writes_are_removed(tmp_path):
 
 def test_log_records_past_the_restored_epoch_are_dropped(tmp_path):
     log = tmp_path / "log.jsonl"
-    records = [("stage1", e) for e in range(6)] + [("stage2", 0), ("stage2", 1)]
+    records = [("stage1", e) for e in range(1, 7)] + [("stage2", 1), ("stage2", 2)]
     text = "".join(json.dumps({"time": 1.0, "stage": s, "epoch": e, "loss": 1.0}) + "\n" for s, e in records)
     log.write_text(text + '{"stage": "stage2", "ep')  # a line cut by a kill
-    assert drop_records_after(log, "stage1", 3) == 5
+    assert drop_records_after(log, "stage1", 4) == 5  # 4 epochs done: epochs 5, 6 and stage 2 redone
     kept = [(r["stage"], r["epoch"]) for r in map(json.loads, log.read_text().splitlines())]
-    assert kept == [("stage1", e) for e in range(4)]
-    assert drop_records_after(log, None, -1) == 4 and log.read_text() == ""  # resumed from scratch
+    assert kept == [("stage1", e) for e in range(1, 5)]
+    assert drop_records_after(log, None, 0) == 4 and log.read_text() == ""  # resumed from scratch
+
+
+def test_runs_written_with_epochs_from_0_resume_in_todays_numbering(saved_checkpoints):
+    """Before issue 25, checkpoint folders, trainer_state.json and log.jsonl counted epochs from 0
+    (``stage1-epoch0004`` after "epoch 5/30"): such a run resumes, renumbered from 1."""
+    root = saved_checkpoints / "checkpoints"
+    newest = root / "stage1-epoch0003"
+    state_file = newest / "trainer_state.json"
+    state = json.loads(state_file.read_text())
+    del state["epoch_base"]
+    state.update(epoch=2, history=[{"stage": "stage1", "epoch": e, "loss": 1.0} for e in range(3)])
+    state_file.write_text(json.dumps(state))
+    chosen, restored, broken = choose_checkpoint(saved_checkpoints)
+    assert (chosen, broken) == (newest, [])
+    assert restored["epoch"] == 3 and [r["epoch"] for r in restored["history"]] == [1, 2, 3]
+    log = saved_checkpoints / "log.jsonl"
+    log.write_text("".join(json.dumps({"stage": "stage1", "epoch": e, "loss": 1.0}) + "\n" for e in range(5)))
+    assert drop_records_after(log, "stage1", 3) == 2
+    assert [json.loads(line)["epoch"] for line in log.read_text().splitlines()] == [1, 2, 3]
 
 
 # ---------------------------------------------------------------------------------------------- errors
@@ -250,7 +306,7 @@ def test_log_records_past_the_restored_epoch_are_dropped(tmp_path):
         ("stage1.epochs=-1", "stage1.epochs=-1 is not valid: expected a whole number >= 0"),
         ("stage2.epochs=1.5", "stage2.epochs=1.5 is not valid: expected a whole number >= 0"),
         ("epochs=1.5", "unknown recipe key 'epochs'; did you mean 'stage2.epochs'?"),
-        ("stage1.lr=abc", "stage1.lr='abc' is not valid: expected a number >= 0; e.g. stage1.lr=0.1"),
+        ("stage1.lr=abc", "stage1.lr='abc' is not valid: expected a number > 0; e.g. stage1.lr=0.1"),
         ("stage1.weight_decay=-1e-4", "stage1.weight_decay=-0.0001 is not valid: expected a number >= 0"),
         ("seed=abc", "seed='abc' is not valid: expected a whole number >= 0; e.g. seed=42"),
         ("stage1.schedule=cosin", "expected one of step, cosine, constant; did you mean 'cosine'?"),
@@ -385,7 +441,7 @@ def test_kill_then_resume_from_a_broken_checkpoint_keeps_each_epoch_once(tmp_pat
     proc = subprocess.Popen(
         [*cmd, "--output-dir", str(killed)], cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
-    newest = killed / "checkpoints" / "stage1-epoch0002"
+    newest = killed / "checkpoints" / "stage1-epoch0003"
     deadline = time.time() + 600
     while time.time() < deadline and not newest.exists():
         time.sleep(0.05)
@@ -399,10 +455,10 @@ def test_kill_then_resume_from_a_broken_checkpoint_keeps_each_epoch_once(tmp_pat
     assert again.returncode == 0, again.stderr[-2000:]
     wait_ok(full)
     log = (killed / "train.log").read_text()
-    assert "checkpoint stage1-epoch0002 is broken (model.safetensors has" in log
-    assert "resuming from stage1-epoch0001 (the previous complete checkpoint)" in log
-    assert (killed / "checkpoints" / ".broken-stage1-epoch0002").is_dir()
+    assert "checkpoint stage1-epoch0003 is broken (model.safetensors has" in log
+    assert "resuming from stage1-epoch0002 (the previous complete checkpoint)" in log
+    assert (killed / "checkpoints" / ".broken-stage1-epoch0003").is_dir()
     records = [json.loads(line) for line in (killed / "log.jsonl").read_text().splitlines()]
     epochs = [(r["stage"], r["epoch"]) for r in records]
-    assert epochs == [("stage1", e) for e in range(4)] + [("stage2", 0)]
+    assert epochs == [("stage1", e) for e in range(1, 5)] + [("stage2", 1)]
     assert json.loads((killed / "metrics.json").read_text()) == json.loads((tmp_path / "full/metrics.json").read_text())

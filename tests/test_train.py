@@ -92,7 +92,7 @@ def test_two_stage_run_end_to_end(cifar_slice, tmp_path):
 
     records = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
     epochs = [(r["stage"], r["epoch"]) for r in records if "img_per_s" in r]
-    assert epochs == [("stage1", 0), ("stage1", 1), ("stage2", 0)]
+    assert epochs == [("stage1", 1), ("stage1", 2), ("stage2", 1)]  # numbered as the progress line
     assert all(r["loss"] > 0 and r["lr"] > 0 for r in records if "img_per_s" in r)
     assert load_recipe(tmp_path / "recipe.yaml") == resolve_recipe(recipe)
     chosen = json.loads((tmp_path / "train_indices.json").read_text())  # the subset, recorded
@@ -135,9 +135,10 @@ def test_stage2_alone_from_stage1_checkpoint(cifar_slice, tmp_path):
     first = apply_overrides(load_recipe("cifar10_lt"), tiny_overrides(cifar_slice, **{"stage2.epochs": 0}))
     train(first, tmp_path / "a")
     assert not (tmp_path / "a" / "stage2").exists()
-    # lr 0: what stage 2 starts from is what it saves. cRT (Kang et al.) re-initialises the classifier
+    # lr 1e-12 (lr 0 is refused): each update is below float32 resolution, so what stage 2 starts from is
+    # what it saves. cRT (Kang et al.) re-initialises the classifier
     second = apply_overrides(
-        first, ["stage2.epochs=1", "stage2.lr=0", f"stage2.init={tmp_path / 'a' / 'stage1'}", "method=ce"]
+        first, ["stage2.epochs=1", "stage2.lr=1e-12", f"stage2.init={tmp_path / 'a' / 'stage1'}", "method=ce"]
     )
     metrics = train(second, tmp_path / "b")
     assert set(metrics) == {"stage2"}
@@ -183,11 +184,11 @@ def test_sigkill_during_stage1_then_resume_gives_identical_metrics(cifar_slice, 
         stderr=subprocess.DEVNULL,
     )
     deadline = time.time() + 300
-    while time.time() < deadline and not (killed / "checkpoints" / "stage1-epoch0001").exists():
+    while time.time() < deadline and not (killed / "checkpoints" / "stage1-epoch0002").exists():
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert (killed / "checkpoints" / "stage1-epoch0001").exists() and not (killed / "metrics.json").exists()
+    assert (killed / "checkpoints" / "stage1-epoch0002").exists() and not (killed / "metrics.json").exists()
     _run([sys.executable, "recipes/train.py", "--recipe", "cifar10_lt", "--resume", str(killed)])
     wait_ok(full)
 

@@ -1,5 +1,8 @@
 """The paper protocol on one GPU: ResNet-32, CIFAR-10-LT IR 100, 200 + 30 epochs, for ce, mixup_crt, ccsam and
-the project's recommended CC-SAM configuration (``ccsam_rec``).
+the project's recommended CC-SAM configuration (``ccsam_rec``); ``--group issue22`` runs issue 22's strong-
+augmentation protocol instead (CE + cRT, mixup + cRT, CC-SAM authors' stage 1 without mixup + paper stage 2, the
+acting CC-SAM ``ccsam_block`` and plain SAM at the same radius; AutoAugment + Cutout, validation-selected epochs),
+``--group issue22_sweep`` the radius sweep of both (pick the radius on ``stage*_best.val_bacc``, never on test).
 
 All runs start at once on the same GPU (each is small: ResNet-32 at batch 64 leaves the GPU mostly idle,
 so the processes overlap their Python overhead). Each run is the project's own command, with the overrides
@@ -14,8 +17,14 @@ of ``bench/compare.py``'s ``RUNS`` for its name::
 
     # on the GPU machine, from the repository root, with the CIFAR-10 parquet copied to data/cifar10:
     python bench/gpu/reproduce_cifar10_lt.py --data data/cifar10 --out "$OUT"
+    python bench/gpu/reproduce_cifar10_lt.py --data data/cifar10 --out "$OUT" --group issue22
+    python bench/gpu/reproduce_cifar10_lt.py --data data/cifar10 --out "$OUT" --runs ccsam_strong ce_strong --seeds 43
     # CPU dry run (the test does this): a tiny schedule
     python bench/gpu/reproduce_cifar10_lt.py --data ../shared/data/cifar10 --stage1-epochs 1 --stage2-epochs 1
+
+A run whose folder already has ``metrics.json`` is not run again; one with ``recipe.yaml`` but no metrics is
+resumed (``--resume``): a session cut off mid-run continues where its last checkpoint left it. Folders are
+``OUT/<run>`` for seed 42 and ``OUT/<run>-s<seed>`` for other seeds.
 """
 
 from __future__ import annotations
@@ -30,7 +39,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "bench"))
-from compare import RUNS  # noqa: E402  (bench/compare.py: run name -> recipe overrides)
+from compare import GROUPS, RUNS  # noqa: E402  (bench/compare.py: run name -> recipe overrides)
 
 
 def _device() -> str:
@@ -45,13 +54,16 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, default=Path(os.environ.get("CCSAM_DATA", "../shared/data")) / "cifar10")
     ap.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "runs/gpu")))
-    ap.add_argument("--runs", "--methods", nargs="+", default=["ce", "mixup_crt", "ccsam", "ccsam_rec"],
-                    choices=list(RUNS), dest="methods", help="run names of bench/compare.py")
+    ap.add_argument("--runs", "--methods", nargs="+", default=None, choices=list(RUNS), dest="methods",
+                    help="run names of bench/compare.py (default: the --group's)")
+    ap.add_argument("--group", default="paper", choices=list(GROUPS), help="a run group of bench/compare.py")
+    ap.add_argument("--seeds", nargs="+", type=int, default=[42], help="one run per name and seed")
     ap.add_argument("--stage1-epochs", type=int, default=200)
     ap.add_argument("--stage2-epochs", type=int, default=30)
     ap.add_argument("--precision", default="bf16", choices=["no", "bf16", "fp16"])
     ap.add_argument("--set", nargs="*", default=[], dest="extra", metavar="KEY=VALUE", help="more recipe overrides")
     args = ap.parse_args()
+    names = args.methods or GROUPS[args.group]
     if not (args.data / "train.parquet").exists():
         sys.exit(f"error: no train.parquet in {args.data}; pass --data DIR holding CIFAR-10 train/test parquet")
     args.out.mkdir(parents=True, exist_ok=True)
@@ -70,12 +82,20 @@ def main() -> None:
         *args.extra,
     ]
     procs, t0 = {}, time.time()
-    for method in args.methods:
-        folder = args.out / method
-        cmd = [sys.executable, str(REPO / "recipes/train.py"), "--recipe", "cifar10_lt", "--output-dir", str(folder)]
-        cmd += ["--set", *common, *RUNS[method]]
-        log = open(args.out / f"{method}.log", "w")  # noqa: SIM115 - closed below
-        procs[method] = (subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT), log, time.time())
+    for method, seed in [(n, s) for s in args.seeds for n in names]:
+        run = method if seed == 42 else f"{method}-s{seed}"
+        folder = args.out / run
+        if (folder / "metrics.json").exists():
+            procs[run] = (None, None, time.time())
+            continue
+        cmd = [sys.executable, str(REPO / "recipes/train.py")]
+        if (folder / "recipe.yaml").exists():  # an interrupted run: continue from its newest checkpoint
+            cmd += ["--resume", str(folder)]
+        else:
+            cmd += ["--recipe", "cifar10_lt", "--output-dir", str(folder)]
+            cmd += ["--set", *common, *RUNS[method], f"seed={seed}"]
+        log = open(args.out / f"{run}.log", "a")  # noqa: SIM115 - closed below
+        procs[run] = (subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT), log, time.time())
     result = {
         "device": _device(),
         "protocol": f"cifar10_lt IR 100, resnet32_cifar, {s1} + {s2} epochs",
@@ -83,14 +103,17 @@ def main() -> None:
         "runs": {},
     }
     for method, (proc, log, start) in procs.items():
-        proc.wait()
-        log.close()
-        run = {"returncode": proc.returncode, "wall_s": round(time.time() - start, 1)}
+        if proc is None:  # finished earlier
+            run = {"returncode": 0, "wall_s": None, "done_before": True}
+        else:
+            proc.wait()
+            log.close()
+            run = {"returncode": proc.returncode, "wall_s": round(time.time() - start, 1)}
         metrics_file = args.out / method / "metrics.json"
         if metrics_file.exists():
             metrics = json.loads(metrics_file.read_text())
-            for stage, m in metrics.items():
-                run[stage] = {k: m[k] for k in ("top1", "many", "medium", "few")}
+            for stage, m in metrics.items():  # stage1, stage2 (last epochs), stage*_best (validation-selected)
+                run[stage] = {k: m[k] for k in ("top1", "many", "medium", "few", "epoch", "val_bacc") if k in m}
         else:
             run["log_tail"] = (args.out / f"{method}.log").read_text()[-2000:]
         result["runs"][method] = run

@@ -24,7 +24,18 @@ import torch.nn.functional as F
 from ..models.heads import NormedLinear
 from . import _dist
 from .block import sam_perturbation
-from .losses import as_float, drw_weights, ldam_logits, ldam_margins, log_prior, mixup, soft_cross_entropy
+from .losses import (
+    as_float,
+    drw_weights,
+    ldam_logits,
+    ldam_margins,
+    log_prior,
+    logit_norm,
+    mixup,
+    outlier_exposure,
+    patch_shuffle,
+    soft_cross_entropy,
+)
 
 __all__ = ["Stage1Method", "Stage2Method", "BalancedSoftmax", "LDAMDRW", "Mixup", "SAM", "NoStage2"]
 
@@ -64,20 +75,47 @@ class _Method:
 
 
 class Stage1Method(_Method):
-    """Plain cross-entropy (``ce``); the other stage-1 methods override ``loss`` or ``forward_backward``."""
+    """Plain cross-entropy (``ce``); the other stage-1 methods override ``loss`` or ``forward_backward``.
+
+    Open-set options without outside images (``ce``, ``mixup``, ``ccsam``): ``logit_norm_tau`` (LogitNorm, Wei et
+    al. 2022: CE on ``logits / (tau ||logits||)``); ``oe_weight`` > 0 (outlier exposure, Hendrycks et al. 2019, on
+    synthetic outliers: ``oe_fraction`` of the batch's images patch-shuffled on an ``oe_grid`` x ``oe_grid`` grid,
+    in the same forward as the batch, their CE to the uniform distribution added with weight ``oe_weight``).
+    """
 
     name = "ce"
 
     def loss(self, logits: torch.Tensor, labels: torch.Tensor, net: nn.Module, accelerator: Any) -> torch.Tensor:
-        return F.cross_entropy(as_float(logits), labels)
+        return F.cross_entropy(logit_norm(logits, self.cfg.get("logit_norm_tau")), labels)
+
+    def _forward(
+        self, net: nn.Module, x: torch.Tensor, images: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """``net(x)`` -> (features, logits, outlier logits or None): with ``oe_weight`` > 0 the patch-shuffled
+        first ``oe_fraction`` of ``images`` go through the same forward (BatchNorm sees both, as in OE)."""
+        if not self.cfg.get("oe_weight"):
+            z, logits = net(x)
+            return z, logits, None
+        n = max(1, round(self.cfg["oe_fraction"] * images.shape[0]))
+        z, logits = net(torch.cat([x, patch_shuffle(images[:n], self.cfg["oe_grid"])]))
+        b = x.shape[0]
+        return z[:b], logits[:b], logits[b:]
+
+    def _oe(self, outlier_logits: torch.Tensor) -> torch.Tensor:
+        """``oe_weight`` x the uniform-target CE of the outliers (on LogitNorm's logits when that is on too)."""
+        return self.cfg["oe_weight"] * outlier_exposure(logit_norm(outlier_logits, self.cfg.get("logit_norm_tau")))
 
     def forward_backward(
         self, net: nn.Module, images: torch.Tensor, labels: torch.Tensor, accelerator: Any = None
     ) -> dict[str, torch.Tensor]:
-        _, logits = net(images)
+        _, logits, outliers = self._forward(net, images, images)
         loss = self.loss(logits, labels, net, accelerator)
+        out = {}
+        if outliers is not None:
+            oe = self._oe(outliers)
+            loss, out["loss_oe"] = loss + oe, oe.detach()
         _dist.backward(loss, accelerator)
-        return {"loss": loss.detach(), "acc": _accuracy(logits, labels)}
+        return {"loss": loss.detach(), "acc": _accuracy(logits, labels), **out}
 
 
 class BalancedSoftmax(Stage1Method):
@@ -133,7 +171,9 @@ class LDAMDRW(Stage1Method):
 
 
 class Mixup(Stage1Method):
-    """Mixup with ``lam ~ Beta(alpha, alpha)``; ``acc = lam acc(y_a) + (1 - lam) acc(y_b)``."""
+    """Mixup with ``lam ~ Beta(alpha, alpha)``; ``acc = lam acc(y_a) + (1 - lam) acc(y_b)``; ``logit_norm_tau``:
+    the soft-target CE on LogitNorm's ``logits / (tau ||logits||)``; outlier exposure: outliers from the unmixed
+    images."""
 
     name = "mixup"
 
@@ -141,11 +181,15 @@ class Mixup(Stage1Method):
         self, net: nn.Module, images: torch.Tensor, labels: torch.Tensor, accelerator: Any = None
     ) -> dict[str, torch.Tensor]:
         x, targets, y_a, y_b, lam = mixup(images, labels, self.cfg["alpha"], self.num_classes)
-        _, logits = net(x)
-        loss = soft_cross_entropy(logits, targets, "mean")
+        _, logits, outliers = self._forward(net, x, images)  # outliers from the unmixed images
+        loss = soft_cross_entropy(logit_norm(logits, self.cfg["logit_norm_tau"]), targets, "mean")
+        out = {}
+        if outliers is not None:
+            oe = self._oe(outliers)
+            loss, out["loss_oe"] = loss + oe, oe.detach()
         _dist.backward(loss, accelerator)
         acc = lam * _accuracy(logits, y_a) + (1 - lam) * _accuracy(logits, y_b)
-        return {"loss": loss.detach(), "acc": acc}
+        return {"loss": loss.detach(), "acc": acc, **out}
 
 
 class SAM(Stage1Method):

@@ -128,6 +128,7 @@ def class_perturbations(
     max_ratio: float | None = None,
     eps: float = 1e-12,
     generator: torch.Generator | None = None,
+    ref_count: float | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Eq. 8-9 on flat class gradients (P x k): ``(eps (P x k), ||eps_c|| / ||w|| (P,), capped (P,) bool)``.
 
@@ -140,7 +141,7 @@ def class_perturbations(
     sq.index_add_(0, seg, grads.square().T)  # ||g_c^t||^2
     wnorm = torch.sqrt(sum(p.detach().to(grads.dtype).square().sum() for p in params))
     k = sum(sizes)
-    a = class_factors(sq, wnorm, k, counts, scale=scale, norm=norm, kind=kind, eps=eps)  # Eq. 8-9
+    a = class_factors(sq, wnorm, k, counts, scale=scale, norm=norm, kind=kind, eps=eps, ref_count=ref_count)
     a, capped = cap_factors(a, sq, wnorm, max_ratio)
     if kind == "magnitude":  # Eq. 9 magnitude along a random Gaussian direction
         mag = a * sq.sqrt()  # T x P

@@ -51,6 +51,7 @@ def head_perturbation(
     eps: float = 1e-12,
     logits: torch.Tensor | None = None,
     logit_adjustment: torch.Tensor | None = None,
+    logit_norm_tau: float | None = None,
     gather: Callable[[torch.Tensor], torch.Tensor] | None = None,
     generator: torch.Generator | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -70,11 +71,20 @@ def head_perturbation(
         out = F.linear(z, w_, b_) if logits is None else logits.to(stat)
         with torch.no_grad():
             lg = out.detach() if logit_adjustment is None else out.detach() + logit_adjustment.to(stat)
+            if logit_norm_tau is not None:
+                if logit_adjustment is not None:
+                    raise ValueError("logit_adjustment and logit_norm_tau cannot be combined")
+                raw = lg
+                ln = torch.linalg.vector_norm(raw, dim=1, keepdim=True)
+                sn = (ln + 1e-7) * logit_norm_tau  # losses.logit_norm: u = l / (tau (||l|| + 1e-7))
+                lg = raw / sn
             r = torch.softmax(lg, dim=1)  # r = dCE/dlogits of each sample
             if targets is None:
                 r[torch.arange(r.shape[0], device=dev), labels] -= 1
             else:
                 r = r - targets.to(stat)
+            if logit_norm_tau is not None:  # through u(l): J^T r = r / sn - l (l . r) / (sn ||l|| (||l|| + 1e-7))
+                r = r / sn - raw * ((raw * r).sum(1, keepdim=True) / (sn * ln.clamp_min(1e-30) * (ln + 1e-7)))
             zd = z.detach()
             if gather is None:
                 zg, rg, yg = zd, r, labels
@@ -181,6 +191,7 @@ def perturbed_head_logits(
     eps: float = 1e-12,
     logits: torch.Tensor | None = None,
     logit_adjustment: torch.Tensor | None = None,
+    logit_norm_tau: float | None = None,
     gather: Callable[[torch.Tensor], torch.Tensor] | None = None,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
@@ -206,6 +217,8 @@ def perturbed_head_logits(
         logits: ``W z + b`` if already computed (the graph is reused; one head forward saved).
         logit_adjustment: C-vector added to the logits before the softmax of ``r`` (logit-adjusted /
             Balanced Softmax CE: its gradient); the returned logits do NOT include it.
+        logit_norm_tau: LogitNorm (``losses.logit_norm``): ``r`` is the gradient of CE on ``l / (tau ||l||)``
+            with respect to the logits ``l`` (the returned logits stay raw: the caller normalises them).
         gather: e.g. ``accelerator.gather``: the class statistics (z, r, labels; detached) come from the
             global batch; rows whose gathered label is negative are dropped (padding). The local samples'
             logits use the global ``eps_c``. Every process must call it (collective).
@@ -217,6 +230,6 @@ def perturbed_head_logits(
     """
     return head_perturbation(
         features, labels, weight, bias, class_counts, scale=scale, norm=norm, targets=targets, kind=kind,
-        max_ratio=max_ratio, eps=eps, logits=logits, logit_adjustment=logit_adjustment, gather=gather,
-        generator=generator,
+        max_ratio=max_ratio, eps=eps, logits=logits, logit_adjustment=logit_adjustment,
+        logit_norm_tau=logit_norm_tau, gather=gather, generator=generator,
     )[0]

@@ -1,4 +1,5 @@
-"""Losses of the stage-1 baselines: CE, logit adjustment / Balanced Softmax, LDAM + DRW, mixup."""
+"""Losses of the stage-1 baselines: CE, logit adjustment / Balanced Softmax, LDAM + DRW, mixup; and two open-set
+training options without outside images: LogitNorm, outlier exposure on patch-shuffled training images."""
 
 from __future__ import annotations
 
@@ -13,6 +14,9 @@ __all__ = [
     "ldam_logits",
     "drw_weights",
     "mixup",
+    "logit_norm",
+    "patch_shuffle",
+    "outlier_exposure",
 ]
 
 
@@ -69,3 +73,41 @@ def mixup(
     y_b = labels[perm]
     targets = lam * F.one_hot(labels, num_classes).float() + (1 - lam) * F.one_hot(y_b, num_classes).float()
     return mixed, targets, labels, y_b, lam
+
+
+def logit_norm(logits: torch.Tensor, tau: float | None, eps: float = 1e-7) -> torch.Tensor:
+    """LogitNorm (Wei et al., ICML 2022): ``logits / (tau * (||logits||_2 + eps))`` per sample (float32 or wider).
+
+    Cross-entropy on the result is the LogitNorm loss (hongxin001/logitnorm_ood ``LogitNormLoss``, ``eps =
+    1e-7``): the loss no longer falls by growing the logits' norm, which keeps the network from becoming
+    over-confident on inputs unlike its training images. ``tau`` None returns the (float) logits unchanged.
+    """
+    x = as_float(logits)
+    if tau is None:
+        return x
+    if not tau > 0:
+        raise ValueError(f"logit_norm_tau must be > 0 (e.g. 0.04, the paper's CIFAR-10 value) or None, got {tau}")
+    return x / ((torch.linalg.vector_norm(x, dim=-1, keepdim=True) + eps) * tau)
+
+
+def patch_shuffle(images: torch.Tensor, grid: int) -> torch.Tensor:
+    """Synthetic outliers from training images: each image cut into ``grid x grid`` patches whose places are
+    permuted (one random permutation per image, torch's global RNG). Local colour and texture stay those of the
+    training images, the object's global shape is gone. Height and width must be divisible by ``grid``."""
+    if grid < 2:
+        raise ValueError(f"oe_grid must be >= 2 (patches per side), got {grid}")
+    B, C, H, W = images.shape
+    if H % grid or W % grid:
+        raise ValueError(f"oe_grid={grid} must divide the image size {H}x{W}; pick a divisor, e.g. 4 for 32 px")
+    ph, pw = H // grid, W // grid
+    patches = images.reshape(B, C, grid, ph, grid, pw).permute(0, 2, 4, 1, 3, 5).reshape(B, grid * grid, C, ph, pw)
+    order = torch.argsort(torch.rand(B, grid * grid, device=images.device), dim=1)
+    patches = patches[torch.arange(B, device=images.device)[:, None], order]
+    return patches.reshape(B, grid, grid, C, ph, pw).permute(0, 3, 1, 4, 2, 5).reshape(B, C, H, W)
+
+
+def outlier_exposure(logits: torch.Tensor) -> torch.Tensor:
+    """Outlier exposure (Hendrycks et al., ICLR 2019): the mean over outliers of the cross-entropy to the uniform
+    distribution, ``-(mean_c logits - logsumexp(logits))`` (their code's term, before its weight 0.5)."""
+    x = as_float(logits)
+    return -(x.mean(1) - torch.logsumexp(x, dim=1)).mean()

@@ -6,8 +6,9 @@ mixup, SAM, cRT) and the method contract in the ``baselines`` docstring.
 
 cfg keys (``stage1_defaults`` / ``stage2_defaults`` list them with their defaults):
 
-* ``ce``; ``sam``: rho, adaptive (ASAM), global_stats; ``balanced_softmax``: tau (1 = Balanced Softmax);
-  ``ldam_drw``: max_m, s, drw_epoch (0-based first DRW epoch, None = 80% of the stage), beta; ``mixup``: alpha.
+* ``ce``: logit_norm_tau (LogitNorm, Wei et al. 2022: CE on ``logits / (tau ||logits||)``, None = off); ``sam``:
+  rho, adaptive (ASAM), global_stats; ``balanced_softmax``: tau (1 = Balanced Softmax); ``ldam_drw``: max_m, s,
+  drw_epoch (0-based first DRW epoch, None = 80% of the stage), beta; ``mixup``: alpha, logit_norm_tau.
 * ``ccsam`` (presets "official" (default) / "paper"): scale (s of Eq. 8), norm ("per_tensor" | "global"),
   flat_ratio (None = 0.3 for <= 10 classes else 0.5), class_weighting ("instance" | "class"), mixup_alpha
   (0 = off), grad_targets (the loss whose class gradient is g_c: "mixed" = the mixup loss, authors;
@@ -15,7 +16,8 @@ cfg keys (``stage1_defaults`` / ``stage2_defaults`` list them with their default
   + head, block mode), params (regex instead of blocks), block_batch ("full" | "class"), groups (frequency
   groups instead of classes, block mode), max_ratio (cap on ||eps_c|| / ||w||, None = none), perturbation
   ("ccsam" | "direction" | "magnitude"), tau (logit adjustment of both terms, 0 = plain CE), global_stats
-  (class statistics from the global batch under data parallelism), eps (gradient-norm floor).
+  (class statistics from the global batch under data parallelism), eps (gradient-norm floor), logit_norm_tau
+  (LogitNorm in every loss of the step, g_c included; None = off; not with tau).
 * stage 2: ``crt``: bn ("eval" | "train"), reinit (re-initialise the classifier first: Kang et al.); ``none``;
   ``ccsam_adv`` (presets "official" (default) / "paper"):
   adv_lambda, adv_norm ("class" | "batch" | "sample"), class_weight ("log" | "none"), div, weight_loss,

@@ -7,7 +7,11 @@ Every perturbation kind is expressed through one factor ``a`` per class (and per
 * ``"direction"``  (Table 2, "stage 1 + dir")  ``eps_c = scale * g_c / ||g_c||``: unit-norm direction times
   ``scale`` (``||eps_c|| = scale``; in ``per_tensor`` mode EACH tensor's perturbation has norm ``scale``);
 * ``"magnitude"``  (Table 2, "stage 1 + mag")  ``eps_c = sqrt(k) rho_c u / ||u||`` with ``u ~ N(0, I)``:
-  the same factor as ``"ccsam"``, the caller draws the random direction.
+  the same factor as ``"ccsam"``, the caller draws the random direction;
+* ``"radius"``     (not in the paper; issue 22) SAM's step with Eq. 8's class dependence:
+  ``eps_c = scale * (n_ref / max(n_c - 1, 1))^(1/4) * g_c / ||g_c||``, ``n_ref`` the geometric mean of
+  ``max(n_c - 1, 1)`` over the training classes (``radius_reference``): ``scale`` is SAM's rho at the geometric
+  mean count, tail classes get a larger radius, head classes a smaller one; on balanced data it IS SAM.
 
 ``k`` is the total number of perturbed parameters (all tensors together, also in ``per_tensor`` mode) and
 ``||w||`` is the norm of all perturbed tensors together (the authors' code). The scalars are computed in
@@ -22,7 +26,7 @@ import torch
 
 from .presets import KINDS, NORMS
 
-__all__ = ["NORMS", "KINDS", "characteristic_radius", "class_factors", "cap_factors"]
+__all__ = ["NORMS", "KINDS", "characteristic_radius", "class_factors", "cap_factors", "radius_reference"]
 
 
 
@@ -52,6 +56,12 @@ def characteristic_radius(
     return scale * torch.sqrt(w / (2 * g)) * k ** -0.25 * n1**-0.25  # Eq. 8
 
 
+def radius_reference(class_counts: torch.Tensor) -> float:
+    """``n_ref`` of ``kind="radius"``: the geometric mean of ``max(n_c - 1, 1)`` over the training classes."""
+    n1 = (torch.as_tensor(class_counts, dtype=torch.float64) - 1).clamp_min(1.0)
+    return float(n1.log().mean().exp())
+
+
 def class_factors(
     grad_sq_norms: torch.Tensor,
     weight_norm: torch.Tensor | float,
@@ -63,6 +73,7 @@ def class_factors(
     kind: str = "ccsam",
     max_ratio: float | None = None,
     eps: float = 1e-12,
+    ref_count: float | None = None,
 ) -> torch.Tensor:
     """Factors ``a[t, c]`` with ``eps_c^t = a[t, c] * g_c^t`` (Eq. 9), shape of ``grad_sq_norms`` (T x P).
 
@@ -76,6 +87,7 @@ def class_factors(
         kind: ``"ccsam"``, ``"direction"`` or ``"magnitude"`` (see the module docstring).
         max_ratio: cap on ``||eps_c|| / ||w||`` (all tensors together); None = no cap.
         eps: floor on gradient norms.
+        ref_count: ``n_ref`` of ``kind="radius"`` (``radius_reference`` of the training counts); required there.
     """
     if norm not in NORMS:
         raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
@@ -89,6 +101,11 @@ def class_factors(
         gn = sq.sqrt()
     if kind == "direction":
         a = scale / gn.clamp_min(eps)  # ||eps|| = scale (per tensor or global)
+    elif kind == "radius":
+        if ref_count is None:
+            raise ValueError("perturbation 'radius' needs ref_count (radius_reference of the training counts)")
+        n1 = (counts.to(device=gn.device, dtype=dtype) - 1).clamp_min(1.0)
+        a = scale * (ref_count / n1) ** 0.25 / gn.clamp_min(eps)  # ||eps_c|| = rho (n_ref / (n_c - 1))^(1/4)
     else:
         rho = characteristic_radius(weight_norm, gn, k, counts, scale=scale, eps=eps)  # Eq. 8
         a = math.sqrt(k) * rho / gn.clamp_min(eps)  # Eq. 9: eps = sqrt(k) rho g / ||g||

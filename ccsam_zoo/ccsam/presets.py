@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import math
 from typing import Any
 
 __all__ = [
@@ -25,12 +26,16 @@ __all__ = [
 ]
 
 NORMS = ("per_tensor", "global")  # Eq. 8-9 gradient norm: per tensor (authors) or one global norm (paper)
-KINDS = ("ccsam", "direction", "magnitude")  # Eq. 9, and the Table 2 "dir" / "mag" ablations
+# Eq. 9, the Table 2 "dir" / "mag" ablations, and "radius": SAM's step with Eq. 8's class dependence (block mode)
+KINDS = ("ccsam", "direction", "magnitude", "radius")
 ADV_NORMS = ("class", "batch", "sample")  # Eq. 12 normalisation: authors' per class, paper's batch, per sample
 
 STAGE1_METHODS = ("ce", "sam", "balanced_softmax", "ldam_drw", "mixup", "ccsam")
 STAGE2_METHODS = ("crt", "ccsam_adv", "none")
 
+# open-set training options without outside images (ce, mixup, ccsam): outlier exposure (Hendrycks et al. 2019)
+# on patch-shuffled training images, off by default (their code's weight: 0.5)
+_OPEN_SET: dict[str, Any] = {"oe_weight": 0.0, "oe_fraction": 0.5, "oe_grid": 4}
 _CCSAM_COMMON: dict[str, Any] = {
     "mode": "head",
     "blocks": 0,
@@ -43,14 +48,17 @@ _CCSAM_COMMON: dict[str, Any] = {
     "tau": 0.0,
     "global_stats": True,
     "eps": 1e-12,
+    "logit_norm_tau": None,
+    **_OPEN_SET,
 }
 _STAGE1: dict[str, dict[str | None, dict[str, Any]]] = {
-    "ce": {None: {}},
+    # logit_norm_tau: LogitNorm (Wei et al. 2022), CE on logits / (tau ||logits||); None = plain CE
+    "ce": {None: {"logit_norm_tau": None, **_OPEN_SET}},
     "sam": {None: {"rho": 0.05, "adaptive": False, "global_stats": True}},
     "balanced_softmax": {None: {"tau": 1.0}},
     # kaidic/LDAM-DRW: drw_epoch None = 80% of the stage's epochs (160 of 200)
     "ldam_drw": {None: {"max_m": 0.5, "s": 30.0, "drw_epoch": None, "beta": 0.9999}},
-    "mixup": {None: {"alpha": 1.0}},
+    "mixup": {None: {"alpha": 1.0, "logit_norm_tau": None, **_OPEN_SET}},
     "ccsam": {
         # authors' CIFAR configs; flat_ratio None = 0.3 for <= 10 classes (CIFAR-10), else 0.5 (CIFAR-100)
         # g_c from the MIXED loss of each first-label class (train_cifar.py: torch.autograd.grad(loss_ori[idx]
@@ -60,6 +68,13 @@ _STAGE1: dict[str, dict[str | None, dict[str, Any]]] = {
         # Eq. 8-11 as written: s = 1, one gradient norm, pure perturbed objective, classes weighted equally
         "paper": {"scale": 1.0, "norm": "global", "flat_ratio": 1.0, "class_weighting": "class",
                   "mixup_alpha": 0.0, **_CCSAM_COMMON, "grad_targets": "first_label"},
+        # a perturbation that acts (issue 22): SAM's step rho g_c / ||g_c|| (scale = rho) scaled per class by
+        # Eq. 8's (n_c - 1)^(-1/4) (normalised to 1 at the geometric mean count), on the last stage and the head
+        # (ResNet-32: layer3 + fc, 76% of the weights; params="." = the whole network), true per-class
+        # gradients, the pure perturbed objective averaged over samples as plain SAM's, no mixup
+        "block": {"scale": 0.1, "norm": "global", "flat_ratio": 1.0, "class_weighting": "instance",
+                  "mixup_alpha": 0.0, **_CCSAM_COMMON, "mode": "block", "params": r"^(layer3|fc)\.",
+                  "perturbation": "radius", "grad_targets": "first_label"},
     },
 }
 _STAGE2: dict[str, dict[str | None, dict[str, Any]]] = {
@@ -89,8 +104,30 @@ _CHOICES = {
     "class_weight": ("none", "log"),
     "bn": ("train", "eval"),
 }
-_NULLABLE = {"max_ratio", "params", "groups", "flat_ratio", "up_limit", "drw_epoch"}
-_TYPES = {"params": str, "groups": int, "flat_ratio": float, "up_limit": float, "max_ratio": float, "drw_epoch": int}
+_NULLABLE = {"max_ratio", "params", "groups", "flat_ratio", "up_limit", "drw_epoch", "logit_norm_tau"}
+_TYPES = {"params": str, "groups": int, "flat_ratio": float, "up_limit": float, "max_ratio": float, "drw_epoch": int,
+          "logit_norm_tau": float}
+# Ranges of the numeric keys (checked before any work): (low, high, low exclusive, high exclusive); every other
+# number must be finite and >= 0 (a negative scale, rho, alpha, margin, ... cannot train).
+_RANGES: dict[str, tuple[float, float | None, bool, bool]] = {
+    "flat_ratio": (0.0, 1.0, False, False),  # a mix of two losses
+    "beta": (0.0, 1.0, False, True),  # effective number (1 - beta^n) / (1 - beta)
+    "div": (0.0, None, True, False),  # a divisor
+    "s": (0.0, None, True, False),  # LDAM's logit scale
+    "eps": (0.0, None, True, False),  # a guard against division by zero
+    "groups": (1.0, None, False, False),
+    "max_ratio": (0.0, None, True, False),
+    "logit_norm_tau": (0.0, None, True, False),  # LogitNorm's temperature (e.g. 0.04)
+    "oe_fraction": (0.0, 1.0, True, False),  # the share of the batch patch-shuffled into outliers
+    "oe_grid": (2.0, None, False, False),  # patches per side (it must divide the image size)
+}
+# What a number means, said in its range error where a bare interval would not tell the user enough.
+_RANGE_HINTS = {
+    "logit_norm_tau": "LogitNorm's temperature, e.g. 0.04",
+    "oe_weight": "0 = off; 0.5 = Hendrycks et al.",
+    "oe_fraction": "the share of the batch patch-shuffled into outliers",
+    "oe_grid": "patches per side; it must divide the image size",
+}
 
 
 def _closest(key: str, valid: list[str]) -> str:
@@ -117,6 +154,16 @@ def _check_value(method: str, key: str, value: Any, default: Any) -> None:
     if not ok:
         hint = " (YAML reads 1e-6 as a string: write 1.0e-6)" if isinstance(value, str) else ""
         raise ValueError(f"{method}: {key} must be {kind.__name__}, got {value!r}{hint}")
+    if kind in (int, float):
+        low, high, low_open, high_open = _RANGES.get(key, (0.0, None, False, False))
+        bad = not math.isfinite(value) or value < low or (low_open and value == low)
+        bad = bad or (high is not None and (value > high or (high_open and value == high)))
+        if bad:
+            text = f"{'>' if low_open else '>='} {low:g}" + (
+                f" and {'<' if high_open else '<='} {high:g}" if high is not None else ""
+            )
+            hint = f" ({_RANGE_HINTS[key]})" if key in _RANGE_HINTS else ""
+            raise ValueError(f"{method}: {key} must be a finite number {text}{hint}, got {value!r}")
 
 
 def resolve_method(table: dict, stage: str, cfg: dict[str, Any], num_classes: int | None) -> dict[str, Any]:
@@ -170,6 +217,9 @@ def stage2_defaults(name: str, preset: str | None = None, num_classes: int | Non
 METHODS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "ccsam": ({"name": "ccsam", "preset": "official"}, {"name": "ccsam_adv", "preset": "official"}),
     "ccsam_paper": ({"name": "ccsam", "preset": "paper"}, {"name": "ccsam_adv", "preset": "paper"}),
+    # issue 22: the class-conditional perturbation at SAM's size over the last stage + head (stage1 "block"
+    # preset; stage1.method.scale is the radius rho), the paper's stage 2; compare with method=sam at the same rho
+    "ccsam_block": ({"name": "ccsam", "preset": "block"}, {"name": "ccsam_adv", "preset": "paper"}),
     # the official stage 1 with a perturbation that is not numerically inert (s = 1e-2: ||eps_c|| ~ 0.5% of ||w||),
     # the paper's stage 2; on the full CIFAR-10-LT protocol s = 1e-2 cost 1.1 points against the authors' 1e-6
     # (docs/RESULTS.md section 0: the shipped ccsam-cifar10-lt is method=ccsam with stage2.method.preset=paper)

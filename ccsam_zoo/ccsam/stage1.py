@@ -19,7 +19,8 @@ from . import _dist
 from .baselines import Stage1Method, _accuracy
 from .block import TrunkCache, class_gradients, class_perturbations, frequency_groups, select_params
 from .head import head_perturbation
-from .losses import as_float, log_prior, mixup, soft_cross_entropy
+from .losses import as_float, log_prior, logit_norm, mixup, soft_cross_entropy
+from .perturbation import radius_reference
 
 __all__ = ["CCSAM", "ccsam_objective", "class_weights"]
 
@@ -58,7 +59,10 @@ class CCSAM(Stage1Method):
     losses at w + eps_c, then ``ccsam_objective`` (Eq. 10-11): ``(1 - flat_ratio) sum_i v_i l_i(w) +
     flat_ratio sum_i v_i l_i(w + eps_{y_i})`` with v from ``class_weights``. ``mode="head"``: closed form, one
     forward + one backward. ``mode="block"``: true per-class gradients of the head plus the last ``blocks``
-    blocks (or ``params`` regex).
+    blocks (or ``params`` regex). ``logit_norm_tau``: every loss of the step (the clean term, the class gradients
+    g_c and the perturbed term) is CE on LogitNorm's ``logits / (tau ||logits||)`` (Wei et al. 2022).
+    ``oe_weight`` > 0 (head mode): patch-shuffled outliers share the clean forward, and ``oe_weight`` x their
+    uniform-target CE is added to Eq. 10-11's objective (their features and logits take no part in eps_c).
     """
 
     name = "ccsam"
@@ -67,17 +71,27 @@ class CCSAM(Stage1Method):
         super().__init__(cfg, class_counts)
         if cfg["mode"] == "head" and (cfg["groups"] is not None or cfg["blocks"] or cfg["params"]):
             raise ValueError("ccsam: 'groups', 'blocks' and 'params' apply to mode='block' only")
+        if cfg["mode"] == "block" and cfg["oe_weight"]:
+            raise ValueError("ccsam: outlier exposure (oe_weight > 0) applies to mode='head' only; set oe_weight=0")
         if cfg["blocks"] and cfg["params"]:
             raise ValueError("ccsam: give either 'blocks' (head + last N blocks) or 'params' (a regex), not both")
+        if cfg["perturbation"] == "radius" and cfg["mode"] != "block":
+            raise ValueError("ccsam: perturbation='radius' (SAM's step per class) needs mode='block'")
         if not 0.0 <= cfg["flat_ratio"] <= 1.0:
             raise ValueError(f"ccsam: flat_ratio must be in [0, 1], got {cfg['flat_ratio']}")
+        if cfg["tau"] and cfg["logit_norm_tau"] is not None:
+            raise ValueError(
+                "ccsam: logit adjustment (tau) and LogitNorm (logit_norm_tau) cannot be combined; set tau=0 or "
+                "logit_norm_tau=null"
+            )
         self.adjustment = log_prior(self.class_counts, cfg["tau"]) if cfg["tau"] else None
+        self.ref_count = radius_reference(self.class_counts)  # n_ref of perturbation="radius"
         self.group_of, self.group_counts = (None, None)
         if cfg["groups"] is not None:
             self.group_of, self.group_counts = frequency_groups(self.class_counts, cfg["groups"])
 
-    def _losses(self, logits, y, targets):  # per-sample CE (+ logit adjustment), soft when targets given
-        lg = as_float(logits)
+    def _losses(self, logits, y, targets):  # per-sample CE (+ logit adjustment | LogitNorm), soft with targets
+        lg = logit_norm(logits, self.cfg["logit_norm_tau"])
         if self.adjustment is not None:
             lg = lg + self.adjustment.to(lg)
         return soft_cross_entropy(lg, targets) if targets is not None else F.cross_entropy(lg, y, reduction="none")
@@ -95,14 +109,14 @@ class CCSAM(Stage1Method):
         p_targets = targets if cfg["perturbed_targets"] == "mixed" else None
         weights = class_weights(labels, self.num_classes, cfg["class_weighting"], accelerator, cfg["global_stats"])
         run = self._head if cfg["mode"] == "head" else self._block
-        out, logits = run(net, x, labels, targets, g_targets, p_targets, weights, accelerator)
+        out, logits = run(net, x, images, labels, targets, g_targets, p_targets, weights, accelerator)
         out["acc"] = lam * _accuracy(logits, labels) + (1 - lam) * _accuracy(logits, y_b)
         return out
 
-    def _head(self, net, x, y, targets, g_targets, p_targets, weights, accelerator):
+    def _head(self, net, x, images, y, targets, g_targets, p_targets, weights, accelerator):
         cfg, f = self.cfg, self.cfg["flat_ratio"]
         W, b = linear_head_params(_dist.unwrap(net, accelerator).head)
-        z, logits = net(x)
+        z, logits, outliers = self._forward(net, x, images)
         clean = _weighted(weights, self._losses(logits, y, targets))
         pert = torch.zeros_like(clean)
         out = {"loss_clean": clean.detach()}
@@ -110,17 +124,20 @@ class CCSAM(Stage1Method):
             pert_logits, info = head_perturbation(
                 z, y, W, b, self.class_counts.to(z.device), scale=cfg["scale"], norm=cfg["norm"],
                 targets=g_targets, kind=cfg["perturbation"], max_ratio=cfg["max_ratio"], eps=cfg["eps"],
-                logits=logits, logit_adjustment=self.adjustment,
+                logits=logits, logit_adjustment=self.adjustment, logit_norm_tau=cfg["logit_norm_tau"],
                 gather=_dist.padded_gather(accelerator) if cfg["global_stats"] else None,
             )
             pert = _weighted(weights, self._losses(pert_logits, y, p_targets))
             out |= {"loss_perturbed": pert.detach(), "eps_ratio": info["eps_ratio"].float(),
                     "eps_capped": info["capped"].float(), "eps_classes": info["classes"].float()}
         loss = ccsam_objective(clean, pert, f)  # Eq. 10-11
+        if outliers is not None:  # outlier exposure on patch-shuffled images, outside the class objective
+            oe = self._oe(outliers)
+            loss, out["loss_oe"] = loss + oe, oe.detach()
         _dist.backward(loss, accelerator)
         return {"loss": loss.detach(), **out}, logits
 
-    def _block(self, net, x, y, targets, g_targets, p_targets, weights, accelerator):
+    def _block(self, net, x, images, y, targets, g_targets, p_targets, weights, accelerator):
         cfg, f = self.cfg, self.cfg["flat_ratio"]
         base = _dist.unwrap(net, accelerator)
         if cfg["block_batch"] == "class" and any(
@@ -158,7 +175,7 @@ class CCSAM(Stage1Method):
             grads = class_gradients(asc, slots, present.numel(), params, gcnt[present], reduce, loss_scale=ls)
             delta, ratio, capped = class_perturbations(
                 grads, params, slot_counts.to(grads.device)[present], scale=cfg["scale"], norm=cfg["norm"],
-                kind=cfg["perturbation"], max_ratio=cfg["max_ratio"], eps=cfg["eps"],
+                kind=cfg["perturbation"], max_ratio=cfg["max_ratio"], eps=cfg["eps"], ref_count=self.ref_count,
             )
             del asc
             leaves = cache.leaves if cache is not None else []

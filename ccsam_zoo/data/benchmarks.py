@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler, SequentialSampler
 
 from ..models.cifar_resnet import CIFAR_MEAN, CIFAR_STD
 from ._cache import cache_root, hash_json
-from ._names import BENCHMARKS, SAMPLERS, SELECTIONS
+from ._names import BENCHMARKS, PIPELINES, SAMPLERS, SELECTIONS
 from .augment import BatchAugment
 from .counts import PROFILES, SHOT_RULES, long_tailed_counts, shot_groups
 from .image_data import ImageSplit, timm_transform
@@ -25,6 +25,10 @@ from .tensor_data import TensorSplit, decode_rows, passthrough_collate
 _MAX_TENSOR_SIZE = 64
 _DEFAULT_LARGE_SIZE = 224
 _DEFAULT_IR = {"cifar10_lt": 100.0, "cifar100_lt": 100.0}
+VAL_RULES = ("fill", "left_out")  # val_per_class: top up from the subset, or only the images it leaves out
+# Benchmarks of small images that keep the ImageNet-LT pipeline (timm's RandomResizedCrop + flip + colour
+# jitter per image, ImageNet mean / std) at their native size instead of the uint8 fast path.
+_DEFAULT_PIPELINE = {"tinyimagenet_lt": "timm"}
 
 
 class LongTailedBenchmark:
@@ -175,8 +179,13 @@ def _select(
     selection: str,
     seed: int,
     val_per_class: int,
+    val_rule: str = "fill",
 ) -> tuple[np.ndarray, np.ndarray | None]:
-    """(train rows, val rows or None) of the base training split."""
+    """(train rows, val rows or None) of the base training split.
+
+    Validation rows come first from the class's rows the subset leaves out; ``val_rule="fill"`` then moves
+    rows out of the subset when too few are left out (keeping >= 1), ``"left_out"`` never touches the subset
+    (a class with nothing left out, e.g. CIFAR-10-LT's head class, has no validation images)."""
     names = base.class_names
     order = _per_class_order(base.train.labels, len(names), selection, seed)
     available = [len(o) for o in order]
@@ -199,7 +208,7 @@ def _select(
         chosen, rest = rows[:n], rows[n:]
         if val_per_class:
             extra = rest[:val_per_class]
-            take = min(val_per_class - len(extra), max(n - 1, 0))  # from the subset, leaving >= 1 image
+            take = 0 if val_rule == "left_out" else min(val_per_class - len(extra), max(n - 1, 0))  # from the subset
             if take:
                 extra = np.concatenate([extra, chosen[n - take :]])
                 chosen = chosen[: n - take]
@@ -214,6 +223,11 @@ def _select(
         )
     train_rows = np.sort(np.concatenate(train))
     val_rows = np.sort(np.concatenate(val)) if val_per_class else None
+    if val_rows is not None and not len(val_rows):
+        raise ValueError(
+            f"{name}: val_rule='left_out' found no training image left out of the subset in any class: "
+            "use val_rule='fill' (moves images out of the subset) or a larger imbalance_ratio / smaller max_count"
+        )
     return train_rows, val_rows
 
 
@@ -227,6 +241,7 @@ def build_benchmark(
     shot_thresholds: tuple[int, int] = (100, 20),
     shot_rule: str = "paper",
     val_per_class: int = 0,
+    val_rule: str = "fill",
     cache_dir: str | os.PathLike | None = None,
     image_size: int | None = None,
     max_count: int | None = None,
@@ -234,12 +249,13 @@ def build_benchmark(
     image_column: str | None = None,
     label_column: str | None = None,
     open_source: str | os.PathLike | None = None,
+    pipeline: str | None = None,
 ) -> LongTailedBenchmark:
     """Build a long-tailed benchmark.
 
     ``name``: cifar10_lt, cifar100_lt (base data: ``source`` = local folder with train/test parquet, or a Hub
     id; default ``$CCSAM_DATA/cifar10`` (``cifar100``) when that folder exists, else ``uoft-cs/cifar10``
-    (``uoft-cs/cifar100``)), imagenet_lt, places_lt (OLTR split files), inat2018 (train2018.json /
+    (``uoft-cs/cifar100``)), imagenet_lt, places_lt, tinyimagenet_lt (OLTR split files), inat2018 (train2018.json /
     val2018.json), imagefolder, parquet, embedded (the shipped CIFAR-10-LT subset). ``source`` forms are
     described in ``ccsam_zoo.data.sources``.
 
@@ -248,13 +264,19 @@ def build_benchmark(
     cifar*_lt where it means 100. ImageNet-LT / Places-LT / iNaturalist are fixed by their split files.
     ``selection``: "first" n images of each class in source order, or "shuffle" (LDAM's seeded per-class
     shuffle, ``seed``). ``val_per_class``: a validation split of that many images per class, taken from the
-    class's training images left out of the subset; when too few are left out, the rest is moved out of
-    the subset (keeping >= 1 training image). Never from the test split. OLTR benchmarks ship their own val.
+    class's training images left out of the subset; when too few are left out, ``val_rule="fill"`` moves
+    the rest out of the subset (keeping >= 1 training image), ``"left_out"`` leaves the subset untouched (a
+    class with no left-over image, e.g. airplane at CIFAR-10-LT IR 100, gets none). Never from the test split.
+    OLTR benchmarks ship their own val.
     ``shot_thresholds`` = (many, few) and ``shot_rule`` ("paper": > / <, "authors": >= / <=) give shot groups.
     ``image_size``: images of at most 64 px go to the uint8 tensor fast path (decoded once and cached under
     ``cache_dir`` / ``$CCSAM_CACHE`` / ``~/.cache/ccsam_zoo``); larger ones to the timm transform path
-    (default 224 for large sources). ``image_column`` / ``label_column`` name table columns (auto: img /
-    image, label / fine_label). ``open_source``: parquet or image folder of open-set images (labels -1).
+    (default 224 for large sources, the native 64 for tinyimagenet_lt). ``pipeline``: "tensor" (uint8 fast
+    path, images of at most 64 px: pad-crop-flip batch augmentation, CIFAR mean / std) or "timm" (per-image
+    timm ImageNet transforms at any size, ImageNet mean / std); None: "timm" for tinyimagenet_lt (the
+    ImageNet-LT augmentation at 64 px), else "tensor" up to 64 px. ``image_column`` / ``label_column`` name
+    table columns (auto: img / image, label / fine_label). ``open_source``: parquet or image folder of
+    open-set images (labels -1).
 
     ``fingerprint``: sha256 of the sources' identity (parquet: file sha256; Hub: dataset fingerprint; split
     files / json: their sha256 and the image root; image folders: the file listing and folder), the chosen
@@ -267,6 +289,8 @@ def build_benchmark(
         raise ValueError(f"unknown selection {selection!r}: use one of {SELECTIONS}")
     if shot_rule not in SHOT_RULES:
         raise ValueError(f"unknown shot_rule {shot_rule!r}: use one of {SHOT_RULES}")
+    if pipeline is not None and pipeline not in PIPELINES:
+        raise ValueError(f"unknown pipeline {pipeline!r}: use one of {PIPELINES} (or None for the default)")
     if profile not in PROFILES:
         raise ValueError(f"unknown profile {profile!r}: use one of {PROFILES}")
     if imbalance_ratio is not None and not imbalance_ratio >= 1:
@@ -276,6 +300,8 @@ def build_benchmark(
         )
     if int(val_per_class) != val_per_class or val_per_class < 0:
         raise ValueError(f"val_per_class must be a non-negative integer, got {val_per_class!r}")
+    if val_rule not in VAL_RULES:
+        raise ValueError(f"unknown val_rule {val_rule!r}: use one of {VAL_RULES}")
     if image_size is not None and (int(image_size) != image_size or image_size < 1):
         raise ValueError(f"image_size must be a positive integer, got {image_size!r}")
     shot_thresholds = (int(shot_thresholds[0]), int(shot_thresholds[1]))
@@ -293,11 +319,17 @@ def build_benchmark(
         max_count = int(np.count_nonzero(base.train.labels == 0))
 
     train_rows, val_rows = _select(
-        base, name, imbalance_ratio, max_count, profile, selection, seed, int(val_per_class)
+        base, name, imbalance_ratio, max_count, profile, selection, seed, int(val_per_class), val_rule
     )
     val_split: Split | None = base.val
     size = image_size or base.native_size or _DEFAULT_LARGE_SIZE
-    is_tensor = size <= _MAX_TENSOR_SIZE
+    pipeline = pipeline or _DEFAULT_PIPELINE.get(name)
+    if pipeline == "tensor" and size > _MAX_TENSOR_SIZE:
+        raise ValueError(
+            f"pipeline='tensor' holds images of at most {_MAX_TENSOR_SIZE} px in memory, got image_size={size}: "
+            "pass a smaller image_size or pipeline='timm'"
+        )
+    is_tensor = size <= _MAX_TENSOR_SIZE if pipeline is None else pipeline == "tensor"
     mean, std = (CIFAR_MEAN, CIFAR_STD) if is_tensor else (IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD)
 
     def make(split: Split, rows: np.ndarray | None, train: bool) -> TensorSplit | ImageSplit:
@@ -326,6 +358,10 @@ def build_benchmark(
         "val_per_class": int(val_per_class),
         "image_size": size,
     }
+    if val_per_class and val_rule != "fill":  # only when set: older runs keep their fingerprint
+        options["val_rule"] = val_rule
+    if is_tensor != (size <= _MAX_TENSOR_SIZE):  # recorded only where it differs from the size rule
+        options["pipeline"] = "tensor" if is_tensor else "timm"
     identity = {
         "name": name,
         "splits": {

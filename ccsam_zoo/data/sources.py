@@ -8,9 +8,11 @@ iNaturalist json, image folders) or a table column of ``{"bytes", "path"}`` stru
 - ``cifar10_lt`` / ``cifar100_lt`` / ``parquet`` / ``embedded``: a folder holding ``train.parquet`` and
   ``test.parquet`` (or HF shards ``train-*.parquet``, also under ``data/`` or one sub-folder), a dict
   ``{"train": file(s), "test": file(s)}``, or (cifar only) a Hub dataset id for ``datasets.load_dataset``.
-- ``imagenet_lt`` / ``places_lt``: ``{"root": image root, "splits": folder with the OLTR .txt files}``
-  or the string ``"root"`` / ``"root:splits"`` (``os.pathsep``-separated); without ``splits`` the files
-  are looked for in ``root`` and ``root/ImageNet_LT`` (``root/Places_LT``).
+- ``imagenet_lt`` / ``places_lt`` / ``tinyimagenet_lt``: ``{"root": image root, "splits": folder with the
+  OLTR .txt files}`` or the string ``"root"`` / ``"root:splits"`` (``os.pathsep``-separated); without
+  ``splits`` the files are looked for in ``root`` and ``root/ImageNet_LT`` (``Places_LT``,
+  ``TinyImageNet_LT``). Class names come from a ``CLASS_NAME_FILES`` file beside the split files (or in the
+  root) when one exists, else from the images' parent folders when unambiguous, else "0", "1", ...
 - ``inat2018``: ``{"root": image root, "annotations": folder with train2018.json / val2018.json}`` or
   ``"root"`` / ``"root:annotations"``; without ``annotations`` the json files are looked for in ``root``.
 - ``imagefolder``: a root with ``train/`` and ``test/`` (or ``val/``) class-per-folder trees, or
@@ -22,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,7 +44,13 @@ _HUB_IDS = {
     "cifar10_lt": ("uoft-cs/cifar10", ("label", "fine_label")),
     "cifar100_lt": ("uoft-cs/cifar100", ("fine_label", "label")),
 }
-_OLTR = {"imagenet_lt": "ImageNet_LT", "places_lt": "Places_LT"}
+_OLTR = {"imagenet_lt": "ImageNet_LT", "places_lt": "Places_LT", "tinyimagenet_lt": "TinyImageNet_LT"}
+# Class-name files looked for beside the OLTR split files (then in the image root), first found wins:
+# ``classes.txt`` (``label<TAB>wnid<TAB>words`` or ``label<TAB>name``), ImageNet's ``words.txt`` /
+# Kaggle's ``LOC_synset_mapping.txt`` (``wnid<TAB or space>words``, matched to each class's wnid in its image
+# paths) and Places-365's ``categories_places365.txt`` (``/a/airfield 0``).
+CLASS_NAME_FILES = ("classes.txt", "words.txt", "LOC_synset_mapping.txt", "categories_places365.txt")
+_WNID = re.compile(r"^n\d{8}$")
 EMBEDDED_DIR = Path(__file__).resolve().parents[1] / "assets" / "embedded"
 
 
@@ -316,17 +325,51 @@ def _table_source(
     return BaseData(splits["train"], splits["test"], names, native_size=_probe_size(splits["train"]))
 
 
+def _hub_offline() -> bool:
+    """HF_HUB_OFFLINE as huggingface_hub reads it (at import: the environment variable is the truth here)."""
+    from huggingface_hub import constants
+
+    env = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+    return env or bool(constants.HF_HUB_OFFLINE)
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """One TCP connection to the Hub's endpoint (a DNS failure or a closed network answers at once)."""
+    import socket
+    from urllib.parse import urlsplit
+
+    from huggingface_hub import constants
+
+    url = urlsplit(constants.ENDPOINT)
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        with socket.create_connection((url.hostname or "huggingface.co", port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
 def _hub_source(
     repo_id: str, image_column: str | None, label_column: str | None, name: str, label_candidates: tuple[str, ...]
 ) -> BaseData:
+    fix = (
+        "give a local copy (a folder holding train.parquet and test.parquet): --set data.source=DIR on the "
+        "command line, source=DIR in Python"
+    )
+    if not _hub_offline() and not _hub_reachable():  # fail now, not after ~30 s of retries
+        raise FileNotFoundError(
+            f"{name}: the Hugging Face Hub is unreachable, so {repo_id!r} cannot be downloaded; {fix} (or set "
+            "HF_HUB_OFFLINE=1 to use a copy already in the Hugging Face cache)"
+        )
     import datasets
 
     try:
         dd = datasets.load_dataset(repo_id)
     except Exception as err:
+        offline = " (HF_HUB_OFFLINE is set and it is not in the Hugging Face cache)" if _hub_offline() else ""
         raise FileNotFoundError(
-            f"could not load {repo_id!r} with datasets.load_dataset ({type(err).__name__}: {err}); offline, pass "
-            "source=<local folder holding train.parquet and test.parquet>"
+            f"{name}: could not load {repo_id!r} from the Hub{offline} ({type(err).__name__}: "
+            f"{' '.join(str(err).split())[:200]}); {fix}"
         ) from err
     if "train" not in dd or "test" not in dd:
         raise ValueError(f"{repo_id} has splits {list(dd)}; {name} needs 'train' and 'test'")
@@ -395,6 +438,7 @@ def _split_root(source: Any, key: str, name: str, example: str) -> tuple[Path, P
 _FILES_FROM = {
     "imagenet_lt": "the OLTR release, https://github.com/zhmiao/OpenLongTailRecognition-OLTR",
     "places_lt": "the OLTR release, https://github.com/zhmiao/OpenLongTailRecognition-OLTR",
+    "tinyimagenet_lt": "the Tiny-ImageNet-LT folder (TinyImageNet_LT_*.txt, classes.txt, images/)",
     "inat2018": "https://github.com/visipedia/inat_comp/tree/master/2018",
 }
 
@@ -434,6 +478,69 @@ def _names_from_parents(paths: list[str], labels: np.ndarray, num_classes: int) 
     return [names[i] for i in range(num_classes)]
 
 
+def _class_wnids(paths: list[str], labels: np.ndarray, num_classes: int) -> list[str | None]:
+    """The WordNet id (``n########`` folder in the image path) of each class, None where absent or mixed."""
+    wnids: dict[int, str | None] = {}
+    for p, y in zip(paths, labels.tolist()):
+        found = next((part for part in reversed(Path(p).parts[:-1]) if _WNID.match(part)), None)
+        if wnids.setdefault(y, found) != found:
+            wnids[y] = None
+    return [wnids.get(c) for c in range(num_classes)]
+
+
+def _unique_names(words: list[str], keys: list[str]) -> list[str]:
+    """First synonym of each class's words ("flagpole, flagstaff" -> "flagpole"); the full words, then
+    ``words (key)``, where that would name two classes alike (ImageNet has two "crane" and two "maillot")."""
+    names = [w.split(",")[0].strip() or w for w in words]
+    for candidate in (words, [f"{w} ({k})" for w, k in zip(words, keys)]):
+        counts: dict[str, int] = {}
+        for n in names:
+            counts[n] = counts.get(n, 0) + 1
+        names = [c if counts[n] > 1 else n for n, c in zip(names, candidate)]
+    return names
+
+
+def _names_from_file(path: Path, paths: list[str], labels: np.ndarray, num_classes: int) -> list[str]:
+    """Class names from a ``CLASS_NAME_FILES`` file (see there), checked against the split files' labels."""
+    by_label: dict[int, tuple[str, str]] = {}
+    by_wnid: dict[str, str] = {}
+    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        parts = [p.strip() for p in line.split("\t")] if "\t" in line else line.strip().split(maxsplit=1)
+        if len(parts) >= 2 and parts[0].lstrip("-").isdigit():  # label<TAB>[wnid<TAB>]words
+            by_label[int(parts[0])] = (parts[-1], parts[1] if len(parts) > 2 else parts[0])
+        elif len(parts) == 2 and _WNID.match(parts[0]):  # wnid<TAB>words (words.txt, LOC_synset_mapping.txt)
+            by_wnid[parts[0]] = parts[1]
+        elif len(parts) == 2 and parts[1].isdigit():  # /a/airfield 0 (categories_places365.txt)
+            place = parts[0].strip("/")
+            by_label[int(parts[1])] = (place.split("/", 1)[1] if place[1:2] == "/" else place, parts[0])
+        else:
+            raise ValueError(
+                f"{path}:{lineno}: expected 'label<TAB>wnid<TAB>words', 'label<TAB>name', 'wnid<TAB>words' or "
+                f"'/x/name label', got {line!r}; fix the line or remove {path.name} to use numeric class names"
+            )
+    if by_label:
+        missing = [c for c in range(num_classes) if c not in by_label]
+        if missing:
+            raise ValueError(
+                f"{path} names no class for label(s) {missing[:5]}" + (" ..." if len(missing) > 5 else "")
+                + f" of the {num_classes} classes in the split files; add them or remove {path.name}"
+            )
+        words, keys = zip(*(by_label[c] for c in range(num_classes)))
+        return _unique_names(list(words), list(keys))
+    wnids = _class_wnids(paths, labels, num_classes)
+    unnamed = [c for c, w in enumerate(wnids) if w is None or w not in by_wnid]
+    if unnamed:
+        c = unnamed[0]
+        raise ValueError(
+            f"{path}: no words for class {c} (wnid {wnids[c]!r} from its image paths)"
+            + (f" and {len(unnamed) - 1} more" if len(unnamed) > 1 else "")
+            + f"; the image paths must hold the class's n######## folder, or remove {path.name}"
+        )
+    return _unique_names([by_wnid[w] for w in wnids], [w for w in wnids])
+
+
 def _oltr_file(path: Path, root: Path, open_set: bool = False) -> tuple[list[str], np.ndarray, str]:
     paths, labels = [], []
     text = path.read_text()
@@ -471,9 +578,21 @@ def _oltr_source(name: str, source: Any) -> BaseData:
             raise ValueError(f"{f} has negative labels")
         splits[split] = Split(labels, FileImages(paths, str(f)), {"file": f.name, "sha256": sha, "root": str(root)})
     num_classes = int(max(splits["train"].labels.max(), splits["test"].labels.max())) + 1
-    names = _names_from_parents(splits["train"].images.paths, splits["train"].labels, num_classes)
+    train = splits["train"]
+    folders = list(dict.fromkeys([files[0].parent, root]))
+    names_file = next((d / n for d in folders for n in CLASS_NAME_FILES if (d / n).is_file()), None)
+    if names_file is not None:
+        names = _names_from_file(names_file, train.images.paths, train.labels, num_classes)
+    else:
+        names = _names_from_parents(train.images.paths, train.labels, num_classes)
     return BaseData(
-        splits["train"], splits["test"], names, fixed=True, val=splits.get("val"), open=splits.get("open")
+        splits["train"],
+        splits["test"],
+        names,
+        native_size=_probe_size(train) if name == "tinyimagenet_lt" else None,
+        fixed=True,
+        val=splits.get("val"),
+        open=splits.get("open"),
     )
 
 

@@ -1,4 +1,4 @@
-"""Plots of the sharpness diagnostics (matplotlib's object API: no pyplot state, no display needed)."""
+"""Plots: sharpness diagnostics, open-set score histograms (matplotlib's object API: no pyplot, no display)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any
 
 from matplotlib.figure import Figure
 
-__all__ = ["plot_curves", "plot_comparison", "plot_landscape_2d"]
+__all__ = ["plot_curves", "plot_comparison", "plot_landscape_2d", "plot_score_histograms"]
 
 _COLORS = {"overall": "black", "many": "tab:blue", "medium": "tab:orange", "few": "tab:red"}
 _TITLES = {"global": "global", "local": "local (perturbative)"}
@@ -97,6 +97,61 @@ def plot_landscape_2d(result: Mapping[str, Any], path: str | Path, *, dpi: int =
         ax.set_visible(False)
     cfg = result.get("config", {})
     fig.suptitle(f"2D loss landscape, params={cfg.get('params', '?')}")
+    path = Path(path)
+    fig.savefig(path, dpi=dpi)
+    return path
+
+
+def plot_score_histograms(
+    scores: Mapping[str, Mapping[str, Any]],
+    path: str | Path,
+    *,
+    thresholds: Mapping[str, float] | None = None,
+    default: str | None = None,
+    dpi: int = 110,
+) -> Path:
+    """Known vs open score histograms, one panel per score; returns ``path``.
+
+    ``scores[name] = {"known": array, "open": array}`` (higher = more likely known). Axes: score (x), density
+    (y). Each ``thresholds[name]`` is a vertical dashed line; the ``default`` score's panel comes first, its title
+    says "(default)" and its threshold is a solid red line. The lowest 0.5% of the scores are clipped into the
+    first bin (a few extreme values would otherwise squeeze every histogram into one bar).
+    """
+    import numpy as np
+
+    names = list(scores)
+    if default in scores:
+        names.remove(default)
+        names.insert(0, default)
+    if not names:
+        raise ValueError("no scores to plot")
+    cols = min(4, len(names))
+    rows = -(-len(names) // cols)
+    fig = Figure(figsize=(3.8 * cols, 3.0 * rows), layout="constrained")
+    axes = fig.subplots(rows, cols, squeeze=False)
+    for ax, name in zip(axes.flat, names):
+        known = np.asarray(scores[name]["known"], dtype=float)
+        opened = np.asarray(scores[name]["open"], dtype=float)
+        both = np.concatenate([known, opened])
+        both = both[np.isfinite(both)]
+        lo, hi = np.percentile(both, [0.5, 100.0]) if both.size else (0.0, 1.0)
+        bins = np.linspace(lo, hi if hi > lo else lo + 1.0, 50)
+        ax.hist(np.clip(known, lo, None), bins=bins, alpha=0.55, density=True, label=f"known ({known.size})")
+        ax.hist(np.clip(opened, lo, None), bins=bins, alpha=0.55, density=True, label=f"open ({opened.size})")
+        t = (thresholds or {}).get(name)
+        is_default = name == default
+        if t is not None:
+            ax.axvline(t, color="tab:red" if is_default else "k", lw=1.8 if is_default else 1.0,
+                       ls="-" if is_default else "--",
+                       label=f"{'default ' if is_default else ''}threshold {t:.4g}")  # fmt: skip
+        ax.set_title(f"{name} (default)" if is_default else name, fontsize=9, fontweight="bold" if is_default else None)
+        ax.set_xlabel("score (higher = more likely known)", fontsize=8)
+        ax.set_ylabel("density", fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.legend(fontsize=6.5)
+    for ax in list(axes.flat)[len(names) :]:
+        ax.axis("off")
+    fig.suptitle("open-set scores, known vs open images (lowest 0.5% clipped into the first bin)", fontsize=9)
     path = Path(path)
     fig.savefig(path, dpi=dpi)
     return path

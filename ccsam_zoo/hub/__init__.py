@@ -15,7 +15,7 @@ from .._lazy import lazy_attributes
 
 # Loaded on first use (``ccsam-zoo list`` needs the registry only, not torch).
 _LAZY = {
-    "CheckpointError": "checkpoint",
+    "CheckpointError": "_format",
     "save_pretrained": "checkpoint",
     "push_to_hub": "publish",
     "render_model_card": "card",

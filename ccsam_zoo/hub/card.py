@@ -18,14 +18,16 @@ lines of a card for an unpublished local folder name that folder (how to load it
 from __future__ import annotations
 
 import copy
-import json
 import math
 import os
 import re
 from pathlib import Path
 from typing import Any
 
+from ..jsonio import loads as loads_json
 from ..training.run_log import stage_seconds
+from ._format import CONFIG_NAME, read_extras, read_json
+from .registry import pretty_dataset
 
 __all__ = [
     "render_model_card", "paper_result_for", "plot_per_class_accuracy", "TEMPLATE_PATH", "default_repo_id",
@@ -47,13 +49,6 @@ CITATION = """@inproceedings{zhou2023ccsam,
 
 PAPER_SOURCE = "Zhou et al., Class-Conditional Sharpness-Aware Minimization for Deep Long-Tailed Recognition, CVPR 2023"
 
-_PRETTY = {
-    "cifar10_lt": "CIFAR-10-LT",
-    "cifar100_lt": "CIFAR-100-LT",
-    "imagenet_lt": "ImageNet-LT",
-    "places_lt": "Places-LT",
-    "inat2018": "iNaturalist 2018",
-}
 # Hub dataset ids for the YAML `datasets` / model-index (the LT subsets are drawn from these).
 _HF_DATASETS = {"cifar10_lt": "uoft-cs/cifar10", "cifar100_lt": "uoft-cs/cifar100", "imagenet_lt": "ILSVRC/imagenet-1k"}
 
@@ -165,10 +160,6 @@ def data_copy_name(source: Any) -> str | None:
 
 
 # ------------------------------------------------------------------------------------------------ helpers
-
-
-def pretty_dataset(name: str | None) -> str:
-    return _PRETTY.get(name or "", name or "unknown dataset")
 
 
 def _pretty_arch(arch: str | None) -> str:
@@ -444,7 +435,7 @@ def _sharpness_section(folder: Path) -> dict[str, Any] | None:
     if not table.is_file():
         return None
     try:
-        cfg = json.loads((folder / "sharpness.json").read_text()).get("config", {})
+        cfg = loads_json((folder / "sharpness.json").read_text()).get("config", {})
     except (OSError, ValueError):
         cfg = {}
     return {
@@ -456,6 +447,18 @@ def _sharpness_section(folder: Path) -> dict[str, Any] | None:
         "data": cfg.get("data"),
         "split": cfg.get("split"),
     }
+
+
+def _default_rule_summary(open_set: dict[str, Any] | None) -> str | None:
+    """"selection AUROC 76.9%, noise guard met" of a stored default chosen by the rule (``open_set.selection``)."""
+    sel = (open_set or {}).get("selection")
+    score = (open_set or {}).get("score")
+    if not isinstance(sel, dict) or not isinstance(sel.get(score), dict):
+        return None
+    m = sel[score]
+    guard = all(float(m.get(k, 0.0)) >= 0.99 for k in ("uniform", "constant"))
+    met = "noise guard met" if guard else "no score met the noise guard"
+    return f"selection AUROC {100 * float(m['auroc']):.1f}%, {met}"
 
 
 def _kept_notes(folder: Path) -> str | None:
@@ -473,7 +476,7 @@ def _kept_notes(folder: Path) -> str | None:
 
 def _shipped_alias(location: Path) -> str | None:
     """The alias of a model folder shipped inside the package (it loads by that name anywhere)."""
-    from .registry import _REGISTRY
+    from .registry import _REGISTRY  # the live table: register_pretrained / tests may change it
 
     try:
         here = location.resolve()
@@ -502,7 +505,7 @@ def _run_folder(location: Path) -> Path | None:
 
 def _read_json_quietly(path: Path) -> Any:
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        return loads_json(path.read_text(encoding="utf-8"), str(path))  # too deep: a ValueError
     except (OSError, UnicodeDecodeError, ValueError):
         return None
 
@@ -769,6 +772,9 @@ def _card_context(
         "threshold": f"{threshold:.4g}" if isinstance(threshold, (int, float)) else threshold,
         "threshold_score": (open_set or {}).get("score") or "cosine",
         "threshold_tpr": f"{100 * tpr:.0f}%" if isinstance(tpr, (int, float)) else None,
+        "default_rule": _default_rule_summary(open_set),
+        "calibrated_scores": ", ".join(f"`{s}`" for s in (open_set or {}).get("thresholds") or {}
+                                       if s != (open_set or {}).get("score")) or None,  # fmt: skip
         "no_val_split": val_per_class == 0,
         "notes": _kept_notes(folder),
         **_training_context(location, extras, local=not repo_id),
@@ -822,11 +828,9 @@ def render_model_card(
     """
     from huggingface_hub import ModelCard
 
-    from .checkpoint import CONFIG_NAME, _read_json, read_extras
-
     folder = Path(folder)
     location = Path(location) if location is not None else folder
-    config = _read_json(folder / CONFIG_NAME, "timm config")
+    config = read_json(folder / CONFIG_NAME, "timm config")
     extras = read_extras(folder)
     extras.setdefault("architecture", config.get("architecture"))
     if repo_id and revision is None and extras.get("stage") == 1:

@@ -6,8 +6,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .card import metrics_percent, portable_extras, render_model_card
-from .checkpoint import (
+from ._format import (
     CARD_NAME,
     CONFIG_NAME,
     EXTRAS_NAME,
@@ -16,8 +15,10 @@ from .checkpoint import (
     PROTOTYPES_NAME,
     WEIGHTS_NAME,
     CheckpointError,
-    load_checkpoint,
+    read_extras,
 )
+from .card import metrics_percent, portable_extras, render_model_card
+from .loading import load_checkpoint
 
 __all__ = ["push_to_hub"]
 
@@ -30,8 +31,6 @@ _MANAGED.add(OPEN_SET_STATS_NAME)
 
 def _stage_folders(run_dir: Path) -> list[tuple[str, Path, str]]:
     if (run_dir / CONFIG_NAME).is_file():  # a single checkpoint folder: its stage picks the branch
-        from .checkpoint import read_extras
-
         stage = read_extras(run_dir).get("stage") or 2
         return [(f"stage{stage}", run_dir, "main" if stage == 2 else "stage1")]
     found = [(name, run_dir / name, branch) for name, branch in _STAGES if (run_dir / name).is_dir()]

@@ -6,7 +6,9 @@ Stage 2 of a run lives on a repo's ``main`` branch and stage 1 on the ``stage1``
 Each alias has a status (``list_pretrained``): ``shipped`` (inside the package, works offline), ``local`` (a
 registered folder), ``cached`` (in the Hugging Face cache), ``not published`` (a built-in name reserved for
 a model nobody has uploaded yet: train it with its recipe), ``not cached`` (a registered Hub repo that is
-downloaded on first use) or ``missing`` (a registered folder that is gone).
+downloaded on first use), ``missing`` (a registered folder that is gone) or ``not installed`` (an optional
+asset too large for the package, looked for in ``$CCSAM_ASSETS/<alias>``, default
+``~/.cache/ccsam_zoo/assets/<alias>``).
 """
 
 from __future__ import annotations
@@ -18,15 +20,15 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from .._lazy import lazy_module
-from .checkpoint import (
+from ._format import (
     CONFIG_NAME,
     EXTRAS_NAME,
     OPEN_SET_STATS_NAME,
     PROTOTYPES_NAME,
     WEIGHTS_NAME,
     CheckpointError,
-    load_checkpoint,
 )
+from .loading import load_checkpoint
 
 torch = lazy_module("torch")  # imported on first use: `ccsam-zoo list` stays fast
 
@@ -50,14 +52,17 @@ class _Entry:
     shipped: bool = False  # local_dir is inside the package's assets
     published: bool = True  # False: a reserved Hub name with nothing uploaded yet
     method: str | None = None  # the recipe's `method` flag that trains it
+    optional: bool = False  # an optional asset folder outside the package (OPTIONAL_ASSETS_DIR / alias)
+    nearest: str | None = None  # a reserved name's nearest trained model (same code path, smaller data)
 
 
 class PretrainedModel(NamedTuple):
     """One row of ``list_pretrained()``.
 
-    ``status``: "shipped", "local", "cached", "not published", "not cached", "missing" or "not shipped"
-    (a shipped alias's stage 1, which the package does not include); ``available_locally`` is True for
-    the first three.
+    ``status``: "shipped", "local", "cached", "not published", "not cached", "missing", "not shipped"
+    (a shipped alias's stage 1, which the package does not include) or "not installed" (an optional asset
+    folder that is absent); ``available_locally`` is True for the first three. ``nearest``: for a reserved
+    name, the trained model of the same code path to use meanwhile.
     """
 
     alias: str
@@ -69,9 +74,24 @@ class PretrainedModel(NamedTuple):
     architecture: str | None = None
     recipe: str | None = None
     method: str | None = None
+    nearest: str | None = None
 
 
 _REGISTRY: dict[str, _Entry] = {}
+
+# Display names of the datasets of the aliases (errors here, model cards in card.py).
+_PRETTY = {
+    "cifar10_lt": "CIFAR-10-LT",
+    "cifar100_lt": "CIFAR-100-LT",
+    "imagenet_lt": "ImageNet-LT",
+    "places_lt": "Places-LT",
+    "inat2018": "iNaturalist 2018",
+}
+
+
+def pretty_dataset(name: str | None) -> str:
+    """The display name of a dataset (``"cifar10_lt"`` -> ``"CIFAR-10-LT"``); unknown names unchanged."""
+    return _PRETTY.get(name or "", name or "unknown dataset")
 
 
 # Reserved Hub names of the paper's settings. Nothing has been uploaded under them yet (published=False):
@@ -96,13 +116,36 @@ _SHIPPED = (
 )
 
 
+# Trained models too large for the package (a ResNet-50 is 47 MB in fp16): optional asset folders outside it,
+# OPTIONAL_ASSETS_DIR/<alias> (a run folder with stage1/ and stage2/, or a checkpoint folder), made by
+# `python bench/tinyimagenet_lt_report.py --export` from a run of the recipe. Download-free: nothing is fetched.
+_OPTIONAL = (
+    # alias, dataset, recipe, method, architecture
+    ("ccsam-tinyimagenet-lt", "tinyimagenet_lt", "tinyimagenet_lt_cpu", "ccsam", "resnet50_64px"),  # preset=paper
+    ("ce-crt-tinyimagenet-lt", "tinyimagenet_lt", "tinyimagenet_lt_cpu", "ce", "resnet50_64px"),
+)
+# Reserved names of the OLTR / large-image code path -> the nearest trained model of that code path.
+_NEAREST = {a: "ccsam-tinyimagenet-lt" for a in ("ccsam-imagenet-lt", "ccsam-places-lt", "ccsam-inat2018")}
+
+
+def optional_assets_dir() -> Path:
+    """Where the optional asset folders are: ``$CCSAM_ASSETS``, default ``~/.cache/ccsam_zoo/assets``."""
+    return Path(os.environ.get("CCSAM_ASSETS") or "~/.cache/ccsam_zoo/assets").expanduser()
+
+
 def _builtin_entries() -> dict[str, _Entry]:
     out = {
-        alias: _Entry(alias, f"{ORG}/{repo}", "main", None, dataset, recipe, arch, published=False, method="ccsam")
+        alias: _Entry(
+            alias, f"{ORG}/{repo}", "main", None, dataset, recipe, arch, published=False, method="ccsam",
+            nearest=_NEAREST.get(alias),
+        )
         for alias, repo, dataset, recipe, arch in _BUILTIN_HUB
-    }
+    }  # fmt: skip
     for alias, dataset, recipe, method, arch in _SHIPPED:
         out[alias] = _Entry(alias, None, "main", ASSETS_DIR / alias, dataset, recipe, arch, shipped=True, method=method)
+    for alias, dataset, recipe, method, arch in _OPTIONAL:
+        folder = optional_assets_dir() / alias
+        out[alias] = _Entry(alias, None, "main", folder, dataset, recipe, arch, method=method, optional=True)
     return out
 
 
@@ -166,7 +209,7 @@ def _status(entry: _Entry, revision: str) -> str:
         return "not cached" if entry.published else "not published"
     if entry.shipped and stage1 and entry.local_dir is not None and entry.local_dir.exists():
         return "not shipped"  # the package holds stage 2 of this model only
-    return "missing"
+    return "not installed" if entry.optional else "missing"
 
 
 def _row(entry: _Entry, revision: str, name: str) -> PretrainedModel:
@@ -174,6 +217,7 @@ def _row(entry: _Entry, revision: str, name: str) -> PretrainedModel:
     return PretrainedModel(
         name, entry.repo_id, revision if entry.repo_id else None, entry.dataset,
         status in ("shipped", "local", "cached"), status, entry.architecture, entry.recipe, entry.method,
+        entry.nearest,
     )  # fmt: skip
 
 
@@ -277,16 +321,15 @@ def _unpublished(entry: _Entry, name: str, revision: str) -> Path:
             return _download(entry.repo_id, revision, _recipe_args(entry), repr(name))
         except CheckpointError:
             pass
-    from .card import pretty_dataset
-
     on = f"on {pretty_dataset(entry.dataset)}" if entry.dataset else ""
     what = " ".join(x for x in (entry.architecture, on) if x)
     shipped = sorted(a for a, e in _REGISTRY.items() if e.shipped)
+    nearest = f"; nearest trained model of this code path: {entry.nearest!r}" if entry.nearest else ""
     raise CheckpointError(
         f"model {name!r} is not published yet: nothing has been uploaded to {entry.repo_id} and it is not in the "
         f"local cache. Train it with `ccsam-zoo train {_recipe_args(entry)}`"
         f"{f' ({what})' if what else ''} and pass the run folder to from_pretrained"
-        + (f"; ready to use now: {', '.join(shipped)}" if shipped else "")
+        + (nearest or (f"; ready to use now: {', '.join(shipped)}" if shipped else ""))
     )
 
 
@@ -341,6 +384,13 @@ def resolve_checkpoint(name_or_path: str | os.PathLike, revision: str | None = N
                 f"model {name!r} is not available: the package ships stage 2 of {base!r} only; use {base!r}, or "
                 f"train it with `ccsam-zoo train {_recipe_args(entry)}` and load the run "
                 "folder with revision='stage1'"
+            )
+        if entry.optional:
+            raise CheckpointError(
+                f"model {name!r} is not installed: it is an optional asset (too large for the package), looked "
+                f"for in {entry.local_dir}. Copy its folder there (or set CCSAM_ASSETS to the folder holding "
+                f"{base}/), or make it: `ccsam-zoo train {_recipe_args(entry)}` then "
+                f"`python bench/tinyimagenet_lt_report.py --export RUN_DIR --alias {base}`"
             )
         what = "This bundled model is missing from this installation" if entry.shipped else "The folder is gone"
         hint = _train_hint(_recipe_args(entry))

@@ -7,7 +7,7 @@ clf.predict(images, open_set=True)          # label "unknown" when the score is 
 evaluate_model(clf, test_set, open_dataset=ood_set)
 """
 
-from ._images import ImageInputError
+from ._images import ImageInputError, LargeImageWarning
 from .classifier import Classifier
 from .evaluation import evaluate_model, plot_score_histograms
 from .open_set import (
@@ -25,6 +25,7 @@ __all__ = [
     "SCORES",
     "Classifier",
     "ImageInputError",
+    "LargeImageWarning",
     "OpenSetStats",
     "class_thresholds_at_tpr",
     "compute_prototypes",

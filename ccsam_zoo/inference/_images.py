@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import re
 import stat
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,6 +14,10 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
+
+# floating pixel dtypes accepted (values in [0, 1]); float8 and complex tensors are refused
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+_ORIENTATION = 0x0112  # EXIF orientation tag
 
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm", ".jfif"}
@@ -34,6 +40,10 @@ class ImageInputError(ValueError):
 
 class ImageNotFoundError(ImageInputError, FileNotFoundError):
     """An image path that does not exist (also a ``FileNotFoundError``)."""
+
+
+class LargeImageWarning(UserWarning):
+    """An image file above PIL's decompression-bomb warning limit (``PIL.Image.MAX_IMAGE_PIXELS``) was decoded."""
 
 
 def with_skip_bad_hint(err: ImageInputError, others: int) -> ImageInputError:
@@ -101,9 +111,25 @@ def expand_inputs(images: Any) -> list[Item]:
     return items
 
 
+def distinct_values(t: torch.Tensor) -> torch.Tensor:
+    """A view holding each stored value of ``t`` once along its broadcast (stride-0) dimensions.
+
+    ``torch.zeros(3, 1, 1).expand(3, 30000, 30000)`` gives a ``[3, 1, 1]`` view: checks of finiteness and range
+    on it are exact and never materialise the expanded tensor.
+    """
+    if t.layout != torch.strided or not t.numel():
+        return t
+    index = tuple(slice(0, 1) if st == 0 and n > 1 else slice(None) for st, n in zip(t.stride(), t.shape))
+    return t[index]
+
+
 def _check_finite(values: np.ndarray | torch.Tensor, source: str | int | None) -> None:
-    """Refuse NaN / inf pixels: they would give NaN probabilities (or 'unknown') without any error."""
+    """Refuse NaN / inf pixels: they would give NaN probabilities (or 'unknown') without any error.
+
+    Tensors are checked on their distinct values (``distinct_values``): an expanded view is never materialised.
+    """
     if isinstance(values, torch.Tensor):
+        values = distinct_values(values)
         bad = int((~torch.isfinite(values)).sum()) if values.is_floating_point() else 0
         total = values.numel()
     else:
@@ -118,27 +144,54 @@ def _check_finite(values: np.ndarray | torch.Tensor, source: str | int | None) -
 
 
 def _to_8bit(arr: np.ndarray, source: str | int | None = None) -> np.ndarray:
-    """Integer / float arrays of any range to uint8 (16-bit: /257; float: [0, 1] or [0, 255]; NaN / inf: error)."""
+    """Integer / float arrays of any range to uint8, by their value range (never clipped to black or white).
+
+    The rule: values in [0, 255] are 8-bit (floats in [0, 1]: times 255); integers in [0, 65535] are 16-bit
+    (times 255 / 65535); anything else (negative values, 32-bit ranges such as PIL mode "I" TIFFs, floats
+    beyond 255) is scaled linearly from the image's own [min, max] to [0, 255] (a constant image becomes
+    mid-grey 128). NaN / inf: error.
+    """
     if arr.dtype == np.uint8:
         return arr
     if arr.dtype == bool:
         return arr.astype(np.uint8) * 255
-    if np.issubdtype(arr.dtype, np.integer):
-        top = 65535.0 if arr.max(initial=0) > 255 else 255.0
-        return np.clip(np.rint(arr.astype(np.float64) * (255.0 / top)), 0, 255).astype(np.uint8)
-    _check_finite(arr, source)
-    arr = arr.astype(np.float64)
-    scale = 255.0 if arr.max(initial=0) <= 1.0 else 1.0
-    return np.clip(np.rint(arr * scale), 0, 255).astype(np.uint8)
+    if not np.issubdtype(arr.dtype, np.integer):
+        _check_finite(arr, source)
+    a = arr.astype(np.float64)
+    lo, hi = (float(a.min()), float(a.max())) if a.size else (0.0, 0.0)
+    if lo >= 0 and hi <= 1.0 and not np.issubdtype(arr.dtype, np.integer):
+        a = a * 255.0
+    elif lo >= 0 and hi <= 255.0:
+        pass
+    elif lo >= 0 and hi <= 65535.0 and np.issubdtype(arr.dtype, np.integer):
+        a = a * (255.0 / 65535.0)
+    elif hi > lo:
+        a = (a - lo) * (255.0 / (hi - lo))
+    else:
+        a = np.full_like(a, 128.0)
+    return np.clip(np.rint(a), 0, 255).astype(np.uint8)
+
+
+def _upright(img: Image.Image) -> Image.Image:
+    """``img`` turned by its EXIF orientation tag (as a camera's viewer shows it); itself when it has none."""
+    try:
+        orientation = img.getexif().get(_ORIENTATION, 1)
+    except Exception:  # noqa: BLE001  (unreadable EXIF: use the pixels as stored)
+        return img
+    if orientation in (2, 3, 4, 5, 6, 7, 8):
+        return ImageOps.exif_transpose(img)
+    return img
 
 
 def pil_to_rgb(img: Image.Image, source: str | int | None = None) -> Image.Image:
-    """Any PIL mode to RGB: grayscale / palette / CMYK via convert, alpha dropped, 16/32-bit rescaled (not clipped).
+    """Any PIL mode to RGB, upright: the EXIF orientation tag applied (as for files), grayscale / palette / CMYK
+    via convert, alpha dropped, 16/32-bit and float images rescaled by their value range (``_to_8bit``).
 
     An image with a zero side is an error naming ``source``.
     """
     if img.width == 0 or img.height == 0:
         raise ImageInputError(f"image {source}: empty image of size {img.width}x{img.height}", source)
+    img = _upright(img)
     if img.mode == "RGB":
         return img
     if img.mode in ("I", "F") or img.mode.startswith("I;16"):
@@ -191,7 +244,22 @@ def open_image(path: Path, short_side: int) -> Image.Image:
         if os.fstat(f.fileno()).st_size == 0:
             raise ImageInputError(f"cannot read {path}: empty file (0 bytes)", source)
         try:
-            with Image.open(f) as img:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always", Image.DecompressionBombWarning)
+                img = Image.open(f)
+            for w in caught:
+                if not issubclass(w.category, Image.DecompressionBombWarning):
+                    warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+            if any(issubclass(w.category, Image.DecompressionBombWarning) for w in caught):
+                warnings.warn(
+                    f"{path}: {img.width}x{img.height} = {img.width * img.height:,} pixels is above PIL's "
+                    f"decompression-bomb limit of {Image.MAX_IMAGE_PIXELS:,} pixels (PIL.Image.MAX_IMAGE_PIXELS); "
+                    "decoding it anyway (it is downscaled on load). Pass only images you trust; raise "
+                    "PIL.Image.MAX_IMAGE_PIXELS to silence this",
+                    LargeImageWarning,
+                    stacklevel=4,
+                )
+            with img:
                 w, h = img.size
                 if w == 0 or h == 0:
                     raise ImageInputError(f"cannot read {path}: empty image of size {w}x{h}", source)
@@ -206,9 +274,12 @@ def open_image(path: Path, short_side: int) -> Image.Image:
         except ImageInputError:
             raise
         except Image.DecompressionBombError as e:
+            m = re.search(r"\((\d+) pixels\)", str(e))
+            size = f"{int(m.group(1)):,} pixels" if m else "too many pixels"
             raise ImageInputError(
-                f"{path}: refusing to decode a possible decompression bomb ({e}); if you trust this file, raise "
-                "PIL.Image.MAX_IMAGE_PIXELS",
+                f"{path}: possible decompression bomb: {size}, more than twice PIL's limit of "
+                f"{Image.MAX_IMAGE_PIXELS:,} pixels (PIL.Image.MAX_IMAGE_PIXELS): refusing to decode it; if you "
+                "trust this file, raise PIL.Image.MAX_IMAGE_PIXELS",
                 source,
             ) from None
         except UnidentifiedImageError:
@@ -261,6 +332,12 @@ def tensor_to_input(t: torch.Tensor, source: str | int) -> torch.Tensor:
         )
     if t.shape[1] == 0 or t.shape[2] == 0:
         raise ImageInputError(f"image {source}: empty image of shape {tuple(t.shape)}", source)
+    if t.is_floating_point() and t.dtype not in FLOAT_DTYPES:
+        raise ImageInputError(
+            f"image {source}: unsupported tensor dtype {str(t.dtype).removeprefix('torch.')}; pass uint8 or integer "
+            "pixels, or float16 / bfloat16 / float32 / float64 values in [0, 1] (e.g. t.float())",
+            source,
+        )
     t = t.detach().cpu()
     if t.is_floating_point():
         _check_finite(t, source)
@@ -268,11 +345,14 @@ def tensor_to_input(t: torch.Tensor, source: str | int) -> torch.Tensor:
         t = t.float() / 255.0
     elif t.is_floating_point():
         t = t.float()
-        if t.numel() and (t.min() < -1e-3 or t.max() > 1 + 1e-3):
+        values = distinct_values(t)
+        low, high = (float(values.min()), float(values.max())) if values.numel() else (0.0, 0.0)
+        if low < -1e-3 or high > 1 + 1e-3:
             raise ImageInputError(
                 f"image {source}: float tensors must hold values in [0, 1] (raw pixels, not normalised)", source
             )
-        t = t.clamp(0, 1)
+        if low < 0 or high > 1:
+            t = t.clamp(0, 1)
     elif t.dtype != torch.bool and not t.is_complex():
         t = torch.from_numpy(_to_8bit(t.to(torch.int64).numpy())).float() / 255.0
     else:
@@ -282,7 +362,7 @@ def tensor_to_input(t: torch.Tensor, source: str | int) -> torch.Tensor:
         t = t[:1].expand(3, -1, -1)
     elif c == 4:
         t = t[:3]
-    return t.contiguous()
+    return t  # may be a view (an expanded input stays unexpanded until the batch is stacked)
 
 
 def iter_chunks(items: list[Item], size: int) -> Iterator[list[Item]]:

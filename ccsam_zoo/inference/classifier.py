@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import math
 import warnings
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,9 +17,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from . import _images
 from .open_set import (
-    DEFAULT_SCORE,
+    FALLBACK_SCORES,
     LAYER_SCORES,
-    LOGIT_SCORES,
     OLTR_MSP_THRESHOLD,
     PROTOTYPE_SCORES,
     SCORES,
@@ -35,6 +35,16 @@ from .open_set_stats import OpenSetStats, StatsAccumulator, capture_stage_statis
 __all__ = ["Classifier"]
 
 UNKNOWN = "unknown"
+
+
+def _count(value: Any, name: str, minimum: int = 1) -> int:
+    """``value`` as an int >= ``minimum``: ``TypeError`` for a non-integer (None, "3", 1.5, True), ``ValueError``
+    below ``minimum``; both name the argument."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an integer >= {minimum}, got {value!r} ({type(value).__name__})")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return int(value)
 
 
 def _finite_threshold(value: Any, name: str = "threshold") -> float:
@@ -155,47 +165,83 @@ class Classifier(nn.Module):
         return tuple(s for s in SCORES if self._missing(s) is None)
 
     def default_score(self) -> str:
-        """The calibrated score, else ``DEFAULT_SCORE`` when the statistics are there, else cosine or msp."""
-        cal = (self.open_set or {}).get("score")
-        if cal:
-            return cal
-        for s in (DEFAULT_SCORE, "cosine", "msp"):
-            if self._missing(s) is None:
-                return s
-        return "msp"
+        """The checkpoint's stored default (``open_set.score``, chosen by ``open_set.DEFAULT_RULE``) when this
+        model can compute it, else the first of ``FALLBACK_SCORES`` it can compute (one with a calibrated
+        threshold first); ``default_score_source()`` says which and why."""
+        return self._default_and_source()[0]
+
+    def default_score_source(self) -> str:
+        """Why ``default_score()`` is what it is: "checkpoint default" or "fallback: ..." (the reason)."""
+        return self._default_and_source()[1]
+
+    def _default_and_source(self) -> tuple[str, str]:
+        stored = (self.open_set or {}).get("score")
+        if stored and self._missing(stored) is None:
+            return stored, "checkpoint default"
+        have = [s for s in FALLBACK_SCORES if self._missing(s) is None]
+        calibrated = set((self.open_set or {}).get("thresholds") or {})
+        pick = next((s for s in have if s in calibrated), have[0] if have else "msp")
+        if stored:
+            why = f"the checkpoint's default {stored!r} needs {score_requirements(stored)}, which this model lacks"
+        else:
+            why = "the checkpoint stores no default score"
+        return pick, f"fallback ({why}; order: {', '.join(FALLBACK_SCORES)})"
+
+    def _lacks(self, score: str) -> bool:
+        """True when this model lacks the prototypes or statistics ``score`` (one of ``SCORES``) needs."""
+        return (score in PROTOTYPE_SCORES and self.prototypes is None) or (
+            score in STATS_SCORES
+            and (self.open_set_stats is None or (score in LAYER_SCORES and not self.open_set_stats.stage_names))
+        )
 
     def _missing(self, score: str) -> str | None:
         """Why ``score`` cannot be computed here, or None."""
         if score not in SCORES:
             return f"unknown open-set score {score!r}; choose one of {', '.join(SCORES)}"
-        if score in PROTOTYPE_SCORES and self.prototypes is None:
-            return (
-                f"open-set score {score!r} needs class prototypes and this model has none: fit them once with "
-                "clf.fit_open_set(train_dataset) or clf.fit_prototypes(train_dataset) (training images, no "
-                f"augmentation), or use a logit score ({', '.join(LOGIT_SCORES)})"
-            )
-        if score in STATS_SCORES and (
-            self.open_set_stats is None or (score in LAYER_SCORES and not self.open_set_stats.stage_names)
-        ):
-            return (
-                f"open-set score {score!r} needs {score_requirements(score)} and this model has none (a checkpoint "
-                "stores them in open_set_stats.safetensors): compute them once with clf.fit_open_set(train_dataset) "
-                f"(training images, no augmentation), or use a logit score ({', '.join(LOGIT_SCORES)})"
-            )
-        return None
+        if not self._lacks(score):
+            return None
+        here = [s for s in SCORES if not self._lacks(s)]
+        proto = score in PROTOTYPE_SCORES
+        where = "prototypes.safetensors" if proto else "open_set_stats.safetensors"
+        fit = (
+            "clf.fit_prototypes(train_dataset) or clf.fit_open_set(train_dataset)"
+            if proto
+            else ("clf.fit_open_set(train_dataset)")
+        )
+        return (
+            f"open-set score {score!r} needs {score_requirements(score)} and this model has none (a checkpoint "
+            f"stores them in {where}): compute them once in Python with {fit} (training images, no "
+            f"augmentation), or use a score this model has: {', '.join(here)} (score= / --score)"
+        )
 
     def _require(self, score: str) -> None:
         problem = self._missing(score)
         if problem is not None:
             raise ValueError(problem)
 
-    def _run(self, x: torch.Tensor, scores: Sequence[str] = ()) -> tuple[torch.Tensor, torch.Tensor, dict]:
-        """Features, logits and the requested open-set scores of a normalised batch (one forward pass)."""
+    def _run(
+        self, x: torch.Tensor, scores: Sequence[str] = (), sources: Sequence[Any] | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, dict]:
+        """Features, logits and the requested open-set scores of a normalised batch (one forward pass).
+
+        Non-finite logits are a ``ValueError`` naming the images (``sources``, else batch positions): no
+        probability, class or open-set decision can be reported for them.
+        """
         for s in scores:
             self._require(s)
         stages = self.open_set_stats.stage_names if any(s in LAYER_SCORES for s in scores) else []
         with capture_stage_statistics(self.model, stages) as captured:
             z, logits = self._features_logits(x)
+        bad = (~torch.isfinite(logits.float())).any(dim=1)
+        if bool(bad.any()):
+            rows = bad.nonzero().flatten().tolist()
+            names = [sources[i] for i in rows] if sources is not None else [f"#{i} of the batch" for i in rows]
+            shown = ", ".join(str(n) for n in names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+            raise ValueError(
+                f"the model's logits are not finite (NaN / inf) for image {shown}: no class or probability can be "
+                "reported. The weights are broken (from_pretrained checks a checkpoint's weights at load) or the "
+                "input overflows the model's dtype: load the model again, or run it in float32"
+            )
         stage_features = [captured[n] for n in stages] if stages else None
         out = {
             s: open_set_score(
@@ -220,7 +266,19 @@ class Classifier(nn.Module):
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
         """Raw image batch (uint8 or float in [0, 1], BCHW) to the normalised model input (eval transform)."""
         x = images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
-        return self.transform(x)
+        return self.transform(self._to_model_channels(x))
+
+    def _to_model_channels(self, img: Image.Image | torch.Tensor) -> Image.Image | torch.Tensor:
+        """An RGB image (PIL, or a CHW / BCHW tensor) in the model's input channels: a 1-channel model
+        (``input_size[0] == 1``) gets grayscale (ITU-R 601 luma, as PIL's ``convert("L")``), others RGB."""
+        if self.data_config["input_size"][0] != 1:
+            return img
+        if isinstance(img, Image.Image):
+            return img.convert("L")
+        if img.shape[-3] != 3:
+            return img
+        w = torch.tensor([0.299, 0.587, 0.114], dtype=img.dtype, device=img.device).view(3, 1, 1)
+        return (img * w).sum(dim=-3, keepdim=True)
 
     def _short_side(self) -> int:
         """Shorter side the eval transform resizes to (large files are decoded at about twice this)."""
@@ -243,7 +301,7 @@ class Classifier(nn.Module):
         failures: list[tuple[int, str]] = []
         for pos, item in enumerate(chunk):
             try:
-                loaded.append((pos, self._load(item)))
+                loaded.append((pos, self._to_model_channels(self._load(item))))
             except (ValueError, FileNotFoundError) as e:
                 if not skip_bad:
                     raise
@@ -261,13 +319,17 @@ class Classifier(nn.Module):
         return sorted(out.items()), failures
 
     # ------------------------------------------------------------------ predict
-    def _resolve_open_set(self, score: str | None, threshold: float | None) -> tuple[str, float, list[float] | None]:
-        """(score, global threshold, class-conditional thresholds or None) for open-set prediction."""
+    def _resolve_open_set(
+        self, score: str | None, threshold: float | None
+    ) -> tuple[str, float, list[float] | None, str, str]:
+        """(score, global threshold, class-conditional thresholds or None, score source, threshold source)."""
         cal = self.open_set or {}
-        score = score or self.default_score()
+        source = "given"
+        if not score:
+            score, source = self._default_and_source()
         self._require(score)
         if threshold is not None:
-            return score, _finite_threshold(threshold), None
+            return score, _finite_threshold(threshold), None, source, "given"
         stored = (cal.get("thresholds") or {}).get(score)
         if stored is None and cal.get("score") == score:
             stored = cal.get("threshold")
@@ -278,19 +340,20 @@ class Classifier(nn.Module):
                     f"open_set.class_thresholds has {len(per_class)} entries for {self.num_classes} classes: "
                     "calibrate again with clf.calibrate(held_out_known_images, per_class=True)"
                 )
-            return score, _finite_threshold(stored), [float(t) for t in per_class] if per_class else None
+            tpr = cal.get("tpr")
+            how = "calibrated" + (f" at {100 * float(tpr):g}% TPR" if tpr else "")
+            how += ", per predicted class" if per_class else ""
+            per = [float(t) for t in per_class] if per_class else None
+            return score, _finite_threshold(stored), per, source, how
         if score == "msp":
-            return score, OLTR_MSP_THRESHOLD, None
+            return score, OLTR_MSP_THRESHOLD, None, source, "OLTR's fixed 0.1 (no calibrated msp threshold)"
         calibrated = sorted((cal.get("thresholds") or {}) or ([cal["score"]] if cal.get("score") else []))
-        have = (
-            f" (calibrated here: {', '.join(calibrated)})"
-            if calibrated
-            else " (this model has no calibrated threshold)"
-        )
+        have = f"calibrated here: {', '.join(calibrated)}" if calibrated else "this model has no calibrated threshold"
         raise ValueError(
-            f"no open-set threshold for score {score!r}{have}: calibrate one with "
-            f"clf.calibrate(held_out_known_images, score={score!r}, tpr=0.95), or pass threshold= "
-            "(command line: --threshold T, with --score)"
+            f"no open-set threshold for score {score!r} ({have}): pass one (threshold= / --threshold T, a {score} "
+            f"score, higher = more likely known), calibrate with clf.calibrate(held_out_known_images, "
+            f"score={score!r}, tpr=0.95)"
+            + (f", or use a calibrated score (score= / --score {calibrated[0]})" if calibrated else "")
         )
 
     @torch.inference_mode()
@@ -312,20 +375,26 @@ class Classifier(nn.Module):
         Returns one dict per image, in input order: ``source`` (path or index), ``label`` (top-1 class name),
         ``class_index`` (its index), ``probability`` (its softmax probability), ``top_k`` (list of (class name,
         probability)). With ``open_set`` also ``known`` (``score >= threshold``), ``score`` (the open-set score,
-        higher = more likely known), ``score_type`` (its name: ``score`` argument, else the calibrated one) and
-        ``threshold`` (the one applied: ``threshold`` argument, else the calibrated one, per predicted class when
-        calibrated with ``per_class``). A REJECTED image has ``label`` "unknown", ``class_index`` and
-        ``probability`` None, and ``nearest_class`` / ``nearest_index`` / ``nearest_probability``: the known
-        class it was closest to (closed-set top-1) and its probability.
+        higher = more likely known), ``score_type`` (its name: ``score`` argument, else ``default_score()``),
+        ``score_source`` ("given", "checkpoint default" or "fallback (why)"), ``threshold`` (the one applied:
+        ``threshold`` argument, else the stored calibrated one of that score, per predicted class when calibrated
+        with ``per_class``, else 0.1 for msp, else an error) and ``threshold_source`` (how it was set). A REJECTED
+        image has ``label`` "unknown", ``class_index`` and ``probability`` None, and ``nearest_class`` /
+        ``nearest_index`` / ``nearest_probability``: the known class it was closest to (closed-set top-1) and its
+        probability.
         With ``skip_bad=True`` an unreadable image gives ``{"source", "error"}`` instead of raising; without it
         the first one raises ``ImageInputError`` (a ``ValueError``) naming it. Non-finite pixels (NaN / inf) and
-        non-finite thresholds are errors. Only regular files are read (a named pipe or a device is an error).
+        non-finite thresholds are errors, and so are non-finite logits (naming the images); a non-finite open-set
+        score is never ``known``. ``top_k`` and ``batch_size`` are integers >= 1 (``TypeError`` / ``ValueError``
+        naming the argument otherwise). Only regular files are read (a named pipe or a device is an error).
+        Integers outside [0, 65535] (e.g. signed 32-bit TIFFs) are scaled from their own min..max, and the EXIF
+        orientation of PIL images is applied as for files.
         """
-        if top_k < 1:
-            raise ValueError(f"top_k must be >= 1, got {top_k}")
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        score_name, thr, class_thr = self._resolve_open_set(score, threshold) if open_set else (None, None, None)
+        top_k = _count(top_k, "top_k")
+        batch_size = _count(batch_size, "batch_size")
+        score_name, thr, class_thr, score_src, thr_src = (
+            self._resolve_open_set(score, threshold) if open_set else (None, None, None, None, None)
+        )
         items = _images.expand_inputs(images)
         k = min(top_k, self.num_classes)
         results: list[dict[str, Any]] = []
@@ -339,7 +408,8 @@ class Classifier(nn.Module):
             chunk_results: dict[int, dict[str, Any]] = {}
             if ready:
                 x = torch.stack([t for _, t in ready]).to(device=device, dtype=dtype, non_blocking=True)
-                _, logits, out = self._run(x, [score_name] if open_set else [])
+                sources = [chunk[pos].source for pos, _ in ready]
+                _, logits, out = self._run(x, [score_name] if open_set else [], sources)
                 top_p, top_i = logits.float().softmax(dim=1).topk(k, dim=1)
                 scores = out[score_name].double().cpu().tolist() if open_set else None
                 top_p, top_i = top_p.cpu().tolist(), top_i.cpu().tolist()
@@ -353,7 +423,9 @@ class Classifier(nn.Module):
                     }
                     if open_set:
                         t = class_thr[top_i[j][0]] if class_thr else thr
-                        r.update(known=scores[j] >= t, score=scores[j], score_type=score_name, threshold=t)
+                        known = math.isfinite(scores[j]) and scores[j] >= t  # a NaN score is never "known"
+                        r.update(known=known, score=scores[j], score_type=score_name, score_source=score_src,
+                                 threshold=t, threshold_source=thr_src)  # fmt: skip
                         if not r["known"]:
                             r.update(
                                 label=UNKNOWN,
@@ -387,6 +459,11 @@ class Classifier(nn.Module):
                 x = transform(x)
             elif x.dtype == torch.uint8:
                 x = self.preprocess(x)
+            if x.is_floating_point() and x.dtype not in _images.FLOAT_DTYPES:
+                raise ValueError(
+                    f"a data batch of dtype {str(x.dtype).removeprefix('torch.')}: pass uint8 images or float16 / "
+                    "bfloat16 / float32 / float64 batches (e.g. images.float())"
+                )
             if x.is_floating_point() and not bool(torch.isfinite(x).all()):
                 raise ValueError(
                     f"a data batch holds {int((~torch.isfinite(x)).sum())} non-finite values (NaN / inf): "
@@ -442,10 +519,10 @@ class Classifier(nn.Module):
         out = []
         for n, img in enumerate(imgs):
             if isinstance(img, Image.Image):
-                out.append(self.transform(_images.pil_to_rgb(img)))
+                out.append(self.transform(self._to_model_channels(_images.pil_to_rgb(img))))
             elif isinstance(img, np.ndarray):
                 a = _images.array_to_input(img, n)
-                out.append(self.transform(a))
+                out.append(self.transform(self._to_model_channels(a)))
             elif isinstance(img, torch.Tensor) and img.dtype == torch.uint8:
                 out.append(self.preprocess(img[None])[0])
             else:
@@ -460,6 +537,7 @@ class Classifier(nn.Module):
         dataset with ``.images`` (uint8, N,3,H,W) and ``.labels``, an ``(images, labels)`` tuple, or a
         DataLoader. Returns the ``[C, D]`` prototypes.
         """
+        batch_size = _count(batch_size, "batch_size")
         sums = counts = None
         for x, y in self._batches(dataset, batch_size, transform):
             s, c = class_feature_sums(self.features(x), y.to(x.device), self.num_classes)
@@ -487,7 +565,10 @@ class Classifier(nn.Module):
         normalised features (a seeded uniform subsample) form the ``knn`` bank with ``k`` neighbours;
         ``reference_size`` images give the reference scores of the p-values. Returns the ``OpenSetStats``.
         """
-        acc = StatsAccumulator(self.num_classes, bank_size=bank_size, reference_size=reference_size, k=k, seed=seed)
+        batch_size = _count(batch_size, "batch_size")
+        bank_size, reference_size = _count(bank_size, "bank_size"), _count(reference_size, "reference_size")
+        acc = StatsAccumulator(self.num_classes, bank_size=bank_size, reference_size=reference_size, k=_count(k, "k"),
+                               seed=seed)  # fmt: skip
         try:
             stages = early_stages(self.model)
         except ValueError as err:  # mahalanobis and knn still work; the layer_stats scores are unavailable
@@ -504,9 +585,17 @@ class Classifier(nn.Module):
 
     @torch.inference_mode()
     def _collect(
-        self, data: Any, batch_size: int, transform: nn.Module | None, scores: Sequence[str]
+        self,
+        data: Any,
+        batch_size: int,
+        transform: nn.Module | None,
+        scores: Sequence[str],
+        progress: Callable[[int], Any] | None = None,
     ) -> dict[str, torch.Tensor]:
-        """Run the model over a dataset: predictions, labels and each requested score (CPU; scores float64)."""
+        """Run the model over a dataset: predictions, labels and each requested score (CPU; scores float64).
+
+        ``progress(n)`` is called after each batch of ``n`` images (e.g. a tqdm bar's ``update``).
+        """
         out: dict[str, list[torch.Tensor]] = {"predictions": [], "references": [], **{s: [] for s in scores}}
         for x, y in self._batches(data, batch_size, transform):
             _, logits, sc = self._run(x, scores)
@@ -514,6 +603,8 @@ class Classifier(nn.Module):
             out["references"].append(y)
             for s in scores:
                 out[s].append(sc[s].double().cpu())
+            if progress is not None:
+                progress(len(y))
         if not out["predictions"]:
             raise ValueError("the dataset is empty")
         return {k: torch.cat(v) for k, v in out.items()}
@@ -526,7 +617,7 @@ class Classifier(nn.Module):
         for chunk in _images.iter_chunks(_images.expand_inputs(images), batch_size):
             ready, _ = self._prepare_chunk(chunk, skip_bad=False)
             x = torch.stack([t for _, t in ready]).to(device=self.device, dtype=dtype)
-            _, logits, sc = self._run(x, scores)
+            _, logits, sc = self._run(x, scores, [chunk[pos].source for pos, _ in ready])
             out["predictions"].append(logits.argmax(dim=1).cpu())
             for s in scores:
                 out[s].append(sc[s].double().cpu())
@@ -583,6 +674,7 @@ class Classifier(nn.Module):
         ``.open_set`` = ``{"score", "threshold", "tpr", "thresholds": {score: threshold}}`` (+
         ``"class_thresholds"``, ``"min_per_class"`` with ``per_class``).
         """
+        batch_size = _count(batch_size, "batch_size")
         score = score or self.default_score()
         self._require(score)
         if threshold is not None:

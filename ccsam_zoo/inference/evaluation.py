@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from functools import cache
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -12,6 +13,23 @@ from .classifier import Classifier
 from .open_set import OLTR_MSP_THRESHOLD, threshold_at_tpr
 
 __all__ = ["evaluate_model", "plot_score_histograms"]
+
+
+def _collect(clf: Classifier, data: Any, batch_size: int, transform, scores, progress: bool, desc: str) -> dict:
+    """``clf._collect`` with a tqdm bar on stderr (images; the total when the data has a length)."""
+    if not progress:
+        return clf._collect(data, batch_size, transform, scores)
+    from tqdm.auto import tqdm
+
+    total = getattr(getattr(data, "dataset", None), "__len__", None) or getattr(data, "__len__", None)
+    if isinstance(data, (tuple, list)) and len(data) == 2 and isinstance(data[0], torch.Tensor):
+        total = data[0].__len__
+    try:
+        n = int(total()) if total is not None else None
+    except TypeError:
+        n = None
+    with tqdm(total=n, desc=desc, unit="img", leave=False, dynamic_ncols=True) as bar:
+        return clf._collect(data, batch_size, transform, scores, progress=bar.update)
 
 
 @cache
@@ -37,6 +55,7 @@ def evaluate_model(
     few_threshold: int = 20,
     rule: str = "paper",
     return_scores: bool = False,
+    progress: bool = False,
 ) -> dict[str, Any]:
     """Evaluate ``clf`` on a labelled test set and, optionally, open-set images.
 
@@ -54,14 +73,16 @@ def evaluate_model(
     checkpoint's calibrated threshold ("checkpoint"), the threshold at ``tpr`` on ``calibration`` data
     ("calibration"), 0.1 for msp ("oltr"), else the threshold keeping ``tpr`` of the known TEST images
     ("test_tpr": an oracle summary like FPR95, not a deployable threshold). ``default_score`` names the
-    classifier's default. With ``return_scores`` also ``scores[score] = {"known": array, "open": array}``.
+    classifier's default (``Classifier.default_score``) and ``default_score_source`` why ("checkpoint default" or
+    "fallback (...)"). With ``return_scores`` also ``scores[score] = {"known": array, "open": array}``. With
+    ``progress`` a tqdm bar per data set on stderr. Rates are fractions in [0, 1] (the CLI reports them in %).
     """
     if scores is None:
         scores = clf.available_scores()
     for s in scores:
         clf._require(s)
     want = tuple(scores) if open_dataset is not None else ()
-    closed = clf._collect(dataset, batch_size, transform, want)
+    closed = _collect(clf, dataset, batch_size, transform, want, progress, "known images")
     counts = class_counts if class_counts is not None else clf.class_counts
     from ccsam_zoo.data.counts import shot_groups
 
@@ -82,12 +103,14 @@ def evaluate_model(
     if open_dataset is None:
         return result
 
-    opened = clf._collect(open_dataset, batch_size, transform, want)
-    cal = clf._collect(calibration, batch_size, transform, want) if calibration is not None else None
+    opened = _collect(clf, open_dataset, batch_size, transform, want, progress, "open-set images")
+    cal = None
+    if calibration is not None:
+        cal = _collect(clf, calibration, batch_size, transform, want, progress, "calibration images")
     predictions = torch.cat([closed["predictions"], opened["predictions"]]).numpy()
     references = torch.cat([closed["references"], torch.full_like(opened["references"], -1)]).numpy()
     result["num_open"] = int(opened["references"].numel())
-    result["default_score"] = clf.default_score()
+    result["default_score"], result["default_score_source"] = clf._default_and_source()
     result["open_set"] = {}
     saved = clf.open_set or {}
     saved_thresholds = dict(saved.get("thresholds") or {})
@@ -117,33 +140,17 @@ def evaluate_model(
     return result
 
 
-def plot_score_histograms(scores: dict[str, dict[str, Any]], path: Any, thresholds: dict[str, float] | None = None):
-    """PNG of the score histograms of known versus open images, one panel per score (``return_scores`` form)."""
-    import matplotlib
+def plot_score_histograms(
+    scores: dict[str, dict[str, Any]],
+    path: Any,
+    thresholds: dict[str, float] | None = None,
+    default: str | None = None,
+) -> Path:
+    """PNG of the known vs open score histograms, one panel per score (``return_scores`` form); returns the path.
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
+    Labelled axes (score, density), each score's threshold as a dashed line and the ``default`` score's panel
+    and threshold marked (``diagnostics.plots.plot_score_histograms``).
+    """
+    from ccsam_zoo.diagnostics.plots import plot_score_histograms as plot
 
-    names = list(scores)
-    cols = min(4, max(1, len(names)))
-    rows = -(-len(names) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 2.6 * rows), squeeze=False)
-    for ax, name in zip(axes.flat, names):
-        known, opened = np.asarray(scores[name]["known"]), np.asarray(scores[name]["open"])
-        both = np.concatenate([known, opened])
-        lo, hi = np.percentile(both, [0.5, 100.0])
-        bins = np.linspace(lo, hi if hi > lo else lo + 1.0, 50)
-        ax.hist(np.clip(known, lo, None), bins=bins, alpha=0.55, density=True, label="known")
-        ax.hist(np.clip(opened, lo, None), bins=bins, alpha=0.55, density=True, label="open")
-        if thresholds and thresholds.get(name) is not None:
-            ax.axvline(thresholds[name], color="k", lw=1, ls="--", label="threshold")
-        ax.set_title(name, fontsize=9)
-        ax.tick_params(labelsize=7)
-    for ax in list(axes.flat)[len(names) :]:
-        ax.axis("off")
-    axes.flat[0].legend(fontsize=7)
-    fig.suptitle("open-set scores (higher = more likely known; lowest 0.5% clipped into the first bin)", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    return plot(scores, path, thresholds=thresholds, default=default)

@@ -46,22 +46,29 @@ class means of such classes in ``mahalanobis``.
 from __future__ import annotations
 
 import math
-import warnings
-from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 
-if TYPE_CHECKING:
-    from .open_set_stats import OpenSetStats
+from .open_set_stats import (  # the statistics module owns the math it needs; re-exported here
+    OpenSetStats,
+    class_feature_sums,
+    log_pvalue,
+    logit_score,
+    mahalanobis_distances,
+    prototypes_from_sums,
+)
 
 __all__ = [
+    "DEFAULT_RULE",
     "DEFAULT_SCORE",
+    "FALLBACK_SCORES",
     "SCORES",
     "class_thresholds_at_tpr",
     "compute_prototypes",
     "open_set_score",
     "score_requirements",
+    "select_default_score",
     "threshold_at_tpr",
 ]
 
@@ -71,9 +78,22 @@ COMBINED_SCORES = ("msp+layer_stats", "max_logit+layer_stats", "energy+layer_sta
 STATS_SCORES = ("mahalanobis", "knn", "layer_stats", *COMBINED_SCORES)
 LAYER_SCORES = ("layer_stats", *COMBINED_SCORES)  # need the early-stage channel statistics
 SCORES = (*LOGIT_SCORES, "mahalanobis", "knn", *PROTOTYPE_SCORES, *LAYER_SCORES)
-# Chosen by bench/open_set_report.py on the shipped model: best AUROC on the selection half among the scores
-# that reject >= 99% of generated uniform-noise and constant images (docs/RESULTS.md, open-set section).
-DEFAULT_SCORE = "max_logit+layer_stats"
+# The default score of a checkpoint is chosen per checkpoint by ONE rule (DEFAULT_RULE, applied by
+# bench/open_set_report.py when a model is shipped and stored as ccsam_zoo.json's open_set.score). A checkpoint
+# without a stored choice, or whose stored choice it cannot compute, falls back along FALLBACK_SCORES (the first
+# it can compute, preferring one with a calibrated threshold) and says so (``Classifier.default_score_source``).
+DEFAULT_RULE = (
+    "among the scores the checkpoint can compute, those that reject >= 99% of the SELECTION set's uniform-noise "
+    "and constant images at their 95%-TPR threshold; of these, the highest AUROC on the selection half of "
+    "tinyimagenet_ood against the validation images; scores within 0.1 point (0.001) of that best AUROC tie, and "
+    "a tie goes to the first in SCORES order (fewer statistics needed first); if no score meets the noise guard, "
+    "the same choice among all of them (flagged). Nothing of the report half is used."
+)
+JUNK_GUARD = ("uniform", "constant")  # selection far-OOD kinds the default must reject >= 99% of
+JUNK_MIN_REJECTED = 0.99
+AUROC_TIE = 0.001  # selection AUROCs this close to the best tie (float noise, equal-ranking scores)
+FALLBACK_SCORES = ("max_logit+layer_stats", "cosine", "msp")
+DEFAULT_SCORE = FALLBACK_SCORES[0]  # the first fallback (kept for the old import path)
 OLTR_MSP_THRESHOLD = 0.1
 _REACH_SCALE = 10.0
 
@@ -92,31 +112,6 @@ def score_requirements(name: str) -> str:
 
 
 # ----------------------------------------------------------------------------------------------- prototypes
-
-
-def class_feature_sums(
-    features: torch.Tensor, labels: torch.Tensor, num_classes: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-class sums of L2-normalised features (float64) and per-class counts; for streaming accumulation."""
-    labels = torch.as_tensor(labels, device=features.device).long().reshape(-1)
-    if features.ndim != 2 or features.shape[0] != labels.numel():
-        raise ValueError(
-            f"features must be [N, D] with N = len(labels), got {tuple(features.shape)} and {labels.numel()}"
-        )
-    if labels.numel() and (labels.min() < 0 or labels.max() >= num_classes):
-        raise ValueError(f"labels must lie in [0, {num_classes}), got range [{int(labels.min())}, {int(labels.max())}]")
-    z = F.normalize(features.detach().double(), dim=1)
-    sums = torch.zeros(num_classes, z.shape[1], dtype=torch.float64, device=z.device).index_add_(0, labels, z)
-    counts = torch.bincount(labels, minlength=num_classes)
-    return sums, counts
-
-
-def prototypes_from_sums(sums: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
-    """Unit prototypes from per-class sums (zero rows, with a warning, for classes without samples)."""
-    missing = (counts == 0).nonzero().flatten().tolist()
-    if missing:
-        warnings.warn(f"no samples for classes {missing[:20]}: their prototypes are zero and ignored", stacklevel=3)
-    return F.normalize(sums, dim=1).float()
 
 
 def compute_prototypes(features: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -150,21 +145,6 @@ def _min_distance(features: torch.Tensor, prototypes: torch.Tensor) -> torch.Ten
 # ------------------------------------------------------------------------------------ statistics-based parts
 
 
-def mahalanobis_distances(features: torch.Tensor, means: torch.Tensor, precision: torch.Tensor) -> torch.Tensor:
-    """Squared Mahalanobis distances ``[N, M]`` of features ``[N, D]`` to means ``[M, D]`` (float64)."""
-    z = features.double()
-    mu = means.to(z.device, torch.float64)
-    p = precision.to(z.device, torch.float64)
-    if mu.ndim != 2 or mu.shape[1] != z.shape[1] or p.shape != (z.shape[1], z.shape[1]):
-        raise ValueError(
-            f"means [M, {z.shape[1]}] and precision [{z.shape[1]}, {z.shape[1]}] expected, got "
-            f"{tuple(mu.shape)} and {tuple(p.shape)}"
-        )
-    zp = z @ p
-    d = (zp * z).sum(1, keepdim=True) - 2.0 * zp @ mu.T + ((mu @ p) * mu).sum(1)[None, :]
-    return d.clamp_min(0.0)
-
-
 def knn_distance(features: torch.Tensor, bank: torch.Tensor, k: int) -> torch.Tensor:
     """Euclidean distance ``[N]`` from each L2-normalised feature to its k-th nearest bank row (unit rows)."""
     if not 1 <= k <= bank.shape[0]:
@@ -173,13 +153,6 @@ def knn_distance(features: torch.Tensor, bank: torch.Tensor, k: int) -> torch.Te
     b = F.normalize(bank.to(z.device, torch.float32), dim=1)
     cos_k = (z @ b.T).topk(k, dim=1).values[:, -1]
     return (2.0 - 2.0 * cos_k).clamp_min(0.0).sqrt()
-
-
-def log_pvalue(reference: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """``log((#{reference <= x} + 1) / (n + 1))`` per element of ``x``; ``reference`` sorted ascending."""
-    ref = reference.to(x.device, torch.float64).contiguous()
-    below = torch.searchsorted(ref, x.double().contiguous(), right=True)
-    return torch.log((below.double() + 1.0) / (ref.numel() + 1.0))
 
 
 def stage_log_pvalues(stage_features: list[torch.Tensor], stats: OpenSetStats) -> torch.Tensor:
@@ -191,16 +164,6 @@ def stage_log_pvalues(stage_features: list[torch.Tensor], stats: OpenSetStats) -
         d = mahalanobis_distances(stage_features[s], stats.stage_means[s][None, :], stats.stage_precisions[s])[:, 0]
         cols.append(log_pvalue(stats.references[f"stage:{name}"], -d))
     return torch.stack(cols, dim=1)
-
-
-def logit_score(name: str, logits: torch.Tensor) -> torch.Tensor:
-    """``msp``, ``max_logit`` or ``energy`` of a logit batch ``[N, C]`` (float32)."""
-    lg = logits.float()
-    if name == "msp":
-        return lg.softmax(dim=1).amax(dim=1)
-    if name == "max_logit":
-        return lg.amax(dim=1)
-    return torch.logsumexp(lg, dim=1)
 
 
 # --------------------------------------------------------------------------------------------------- scores
@@ -269,6 +232,29 @@ def open_set_score(
     msp01 = (msp - 1.0 / c) / (1.0 - 1.0 / c) if c > 1 else logits.new_ones(logits.shape[0]).float()
     cos01 = (_max_cosine(features, prototypes) + 1.0) / 2.0
     return (cos01.to(msp01.device) + msp01) / 2.0
+
+
+# ------------------------------------------------------------------------------------------ default rule
+
+
+def select_default_score(selection: dict[str, dict[str, float]]) -> tuple[str, bool]:
+    """The default score by ``DEFAULT_RULE`` from SELECTION-set metrics only; returns ``(score, guard_met)``.
+
+    ``selection[score]`` holds ``auroc`` (selection half against the validation images, a fraction) and the
+    share of each ``JUNK_GUARD`` kind rejected at the score's validation threshold (``uniform``, ``constant``).
+    Scores outside ``SCORES`` (variants such as class-conditional thresholds) are not candidates.
+    """
+    cands = [s for s in SCORES if s in selection]
+    if not cands:
+        raise ValueError(f"no selection metrics for any of {', '.join(SCORES)}")
+
+    def guarded(s: str) -> bool:
+        return all(selection[s].get(k, 0.0) >= JUNK_MIN_REJECTED for k in JUNK_GUARD)
+
+    pool = [s for s in cands if guarded(s)] or cands
+    best = max(float(selection[s]["auroc"]) for s in pool)
+    pick = next(s for s in pool if float(selection[s]["auroc"]) >= best - AUROC_TIE)  # SCORES order breaks ties
+    return pick, guarded(pick)
 
 
 # ----------------------------------------------------------------------------------------------- thresholds

@@ -17,6 +17,7 @@ about 0.7 MB (a 2,048-row float16 bank, float32 precisions, 4,096-value referenc
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -24,14 +25,80 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .open_set import class_feature_sums, log_pvalue, logit_score, mahalanobis_distances
-
-__all__ = ["OpenSetStats", "StatsAccumulator", "capture_stage_statistics", "channel_statistics", "early_stages"]
+__all__ = [
+    "OpenSetStats", "StatsAccumulator", "capture_stage_statistics", "channel_statistics", "class_feature_sums",
+    "early_stages", "log_pvalue", "logit_score", "mahalanobis_distances", "prototypes_from_sums",
+]  # fmt: skip
 
 STATS_VERSION = "1"
 CORR_CHANNELS = 16
 STD_EPS = 1e-3
 MAX_STAGES = 3
+
+
+# ------------------------------------------------------------------- score math (open_set.py imports it)
+
+
+def class_feature_sums(
+    features: torch.Tensor, labels: torch.Tensor, num_classes: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-class sums of L2-normalised features (float64) and per-class counts; for streaming accumulation."""
+    labels = torch.as_tensor(labels, device=features.device).long().reshape(-1)
+    if features.ndim != 2 or features.shape[0] != labels.numel():
+        raise ValueError(
+            f"features must be [N, D] with N = len(labels), got {tuple(features.shape)} and {labels.numel()}"
+        )
+    if labels.numel() and (labels.min() < 0 or labels.max() >= num_classes):
+        raise ValueError(f"labels must lie in [0, {num_classes}), got range [{int(labels.min())}, {int(labels.max())}]")
+    z = F.normalize(features.detach().double(), dim=1)
+    sums = torch.zeros(num_classes, z.shape[1], dtype=torch.float64, device=z.device).index_add_(0, labels, z)
+    counts = torch.bincount(labels, minlength=num_classes)
+    return sums, counts
+
+
+def prototypes_from_sums(sums: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+    """Unit prototypes from per-class sums (zero rows, with a warning, for classes without samples)."""
+    missing = (counts == 0).nonzero().flatten().tolist()
+    if missing:
+        warnings.warn(f"no samples for classes {missing[:20]}: their prototypes are zero and ignored", stacklevel=3)
+    return F.normalize(sums, dim=1).float()
+
+
+def mahalanobis_distances(features: torch.Tensor, means: torch.Tensor, precision: torch.Tensor) -> torch.Tensor:
+    """Squared Mahalanobis distances ``[N, M]`` of features ``[N, D]`` to means ``[M, D]`` (float64)."""
+    z = features.double()
+    mu = means.to(z.device, torch.float64)
+    p = precision.to(z.device, torch.float64)
+    if mu.ndim != 2 or mu.shape[1] != z.shape[1] or p.shape != (z.shape[1], z.shape[1]):
+        raise ValueError(
+            f"means [M, {z.shape[1]}] and precision [{z.shape[1]}, {z.shape[1]}] expected, got "
+            f"{tuple(mu.shape)} and {tuple(p.shape)}"
+        )
+    zp = z @ p
+    d = (zp * z).sum(1, keepdim=True) - 2.0 * zp @ mu.T + ((mu @ p) * mu).sum(1)[None, :]
+    return d.clamp_min(0.0)
+
+
+def log_pvalue(reference: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``log((#{reference <= x} + 1) / (n + 1))`` per element of ``x``; ``reference`` sorted ascending.
+
+    A NaN ``x`` gives NaN (never the largest p-value: ``searchsorted`` would place NaN after every reference).
+    """
+    ref = reference.to(x.device, torch.float64).contiguous()
+    xd = x.double().contiguous()
+    below = torch.searchsorted(ref, xd, right=True)
+    out = torch.log((below.double() + 1.0) / (ref.numel() + 1.0))
+    return out.masked_fill(torch.isnan(xd), float("nan"))
+
+
+def logit_score(name: str, logits: torch.Tensor) -> torch.Tensor:
+    """``msp``, ``max_logit`` or ``energy`` of a logit batch ``[N, C]`` (float32)."""
+    lg = logits.float()
+    if name == "msp":
+        return lg.softmax(dim=1).amax(dim=1)
+    if name == "max_logit":
+        return lg.amax(dim=1)
+    return torch.logsumexp(lg, dim=1)
 
 
 def channel_statistics(fmap: torch.Tensor, corr_channels: int = CORR_CHANNELS) -> torch.Tensor:
@@ -230,8 +297,6 @@ class StatsAccumulator:
 
     def finish(self, stage_names: list[str]) -> tuple[OpenSetStats, torch.Tensor]:
         """The fitted statistics and the class prototypes (``compute_prototypes`` of the same pass)."""
-        from .open_set import prototypes_from_sums
-
         if self.n == 0 or self.kept is None:
             raise ValueError("fit_open_set: the dataset is empty")
         if len(stage_names) != len(self.stage_sums):

@@ -18,11 +18,13 @@ from typing import Any
 from accelerate import Accelerator
 
 from .._fs import apply_umask
+from .run_log import epochs_from_one
 
 __all__ = [
     "CheckpointBroken",
     "choose_checkpoint",
     "latest_checkpoint",
+    "load_training_state",
     "read_trainer_state",
     "save_training_state",
     "set_aside",
@@ -40,7 +42,8 @@ class CheckpointBroken(ValueError):
 def save_training_state(
     accelerator: Accelerator, output_dir: Path, stage: str, epoch: int, trainer_state: dict[str, Any], keep: int = 1
 ) -> Path:
-    """Save model/optimizer/RNG state with Accelerate into ``checkpoints/{stage}-epoch{E}``.
+    """Save model/optimizer/RNG state with Accelerate into ``checkpoints/{stage}-epoch{E}``, ``epoch`` = E the
+    number of epochs done (epochs are numbered from 1, as in the progress line and ``log.jsonl``).
 
     The state goes into a temporary folder that is renamed when complete, so a crash at any moment
     leaves either the previous checkpoint or the new one, never a half-written folder that loads.
@@ -57,7 +60,7 @@ def save_training_state(
     accelerator.wait_for_everyone()  # every rank's random_states_<i>.pkl is in place
     if accelerator.is_main_process:
         files = {p.name: _describe(p) for p in sorted(tmp.iterdir()) if p.is_file()}
-        state = {**trainer_state, "stage": stage, "epoch": epoch, "files": files}
+        state = {**trainer_state, "stage": stage, "epoch": epoch, "epoch_base": 1, "files": files}
         (tmp / _STATE_FILE).write_text(json.dumps(state, indent=1))
         apply_umask(tmp)  # safetensors writes 0600 files: use the user's umask like every other file
         shutil.rmtree(final, ignore_errors=True)
@@ -67,6 +70,40 @@ def save_training_state(
             shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
     return final
+
+
+def load_training_state(accelerator: Accelerator, checkpoint: Path) -> str | None:
+    """``accelerator.load_state(checkpoint)``; returns None when the random state of this process was restored
+    too, else what went wrong (Accelerate logs "Could not load random states" at INFO and carries on: the
+    model and optimizer are restored, but the run is not an exact continuation)."""
+    import logging
+
+    import torch
+
+    rng_file = checkpoint / f"random_states_{accelerator.process_index}.pkl"
+    heard: list[str] = []
+
+    class _Listen(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            heard.append(record.getMessage())
+
+    logger = logging.getLogger("accelerate.checkpointing")
+    level, propagate, handler = logger.level, logger.propagate, _Listen()
+    logger.setLevel(logging.INFO)
+    logger.propagate = False  # its INFO lines stay quiet, as before
+    logger.addHandler(handler)
+    before = torch.get_rng_state()
+    try:
+        accelerator.load_state(str(checkpoint))
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+        logger.propagate = propagate
+    if not rng_file.is_file():
+        return f"{rng_file} is missing (was the run saved with fewer processes?)"
+    if any("Could not load random states" in m for m in heard) or torch.equal(before, torch.get_rng_state()):
+        return f"{rng_file} could not be loaded"
+    return None
 
 
 def _describe(path: Path) -> dict[str, Any]:
@@ -135,18 +172,24 @@ def _end_of_stage1(output_dir: Path) -> dict[str, Any] | None:
             for key in f.keys():  # reads every tensor: a truncated file fails here
                 f.get_tensor(key)
         metrics = extras["metrics"]
-        epoch = int(metrics["epoch"]) - 1
+        epoch = int(metrics["epoch"])  # epochs done
     except Exception:  # noqa: BLE001  (any damage: no fallback)
         return None
-    history = []
+    records = []
     log = Path(output_dir) / "log.jsonl"
     for line in log.read_text().splitlines() if log.is_file() else []:
         try:
             record = json.loads(line)
         except json.JSONDecodeError:
             continue
-        if isinstance(record, dict) and record.get("stage") == "stage1" and "loss" in record:
-            history.append({k: v for k, v in record.items() if k != "time"})
+        if isinstance(record, dict):
+            records.append(record)
+    shift = 0 if epochs_from_one(records) else 1  # a log written before epochs were numbered from 1
+    history = [
+        {**{k: v for k, v in r.items() if k != "time"}, "epoch": r["epoch"] + shift}
+        for r in records
+        if r.get("stage") == "stage1" and "loss" in r and isinstance(r.get("epoch"), int)
+    ]
     state = {"metrics": {"stage1": metrics}, "history": history, "stage1_done": True, "stage": "stage1"}
     return {**state, "epoch": epoch, "recipe": extras.get("recipe")}
 
@@ -189,7 +232,16 @@ def latest_checkpoint(output_dir: Path) -> Path | None:
 
 
 def read_trainer_state(checkpoint: Path) -> dict[str, Any]:
-    """The trainer's own bookkeeping stored beside Accelerate's state."""
+    """The trainer's own bookkeeping stored beside Accelerate's state, ``epoch`` = epochs done.
+
+    A checkpoint written before epochs were numbered from 1 (no ``epoch_base``; its ``epoch`` and history
+    0-based, its folder named one lower) is read in today's numbering, so such runs still resume."""
     state = json.loads((checkpoint / _STATE_FILE).read_text())
     state.pop("files", None)
+    if state.pop("epoch_base", 0) != 1:
+        state["epoch"] = int(state["epoch"]) + 1
+        state["history"] = [
+            {**r, "epoch": r["epoch"] + 1} if isinstance(r, dict) and isinstance(r.get("epoch"), int) else r
+            for r in state.get("history", [])
+        ]
     return state

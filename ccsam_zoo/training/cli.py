@@ -2,11 +2,15 @@
 
 A user error (bad recipe, key, value, folder or data) is one ``error: ...`` line with the fix and exit
 code 1, before any work where it can be found before; ``--debug`` shows the traceback. Bugs keep theirs.
+Under ``accelerate launch`` the line is printed by the main process only; ``accelerate launch --quiet`` (``-q``)
+keeps the launcher from adding its own ``CalledProcessError`` traceback (with the child's output again).
+Ctrl-C prints one line (where the run stopped, ``--resume DIR``) and exits with 130.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import sys
 from pathlib import Path
@@ -16,7 +20,7 @@ from .config import METHODS, RecipeError, apply_overrides, check_recipe, list_re
 __all__ = ["main"]
 
 # Errors that mean "the user asked for something that cannot work": one line, no traceback.
-_USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, PermissionError, FloatingPointError)
+_USER_ERRORS = (ValueError, OSError, FloatingPointError)  # OSError: folders, files, disks (said with the path)
 
 
 def _parser(prog: str) -> argparse.ArgumentParser:
@@ -25,7 +29,8 @@ def _parser(prog: str) -> argparse.ArgumentParser:
         prog=prog,
         description="Two-stage long-tailed training (stage 1: CC-SAM or a baseline; stage 2: classifier re-training).",
         epilog=f"recipes: {recipes}\nmethods: {', '.join(METHODS)}\n"
-        f"example: accelerate launch -m ccsam_zoo.train --recipe cifar10_lt --set data.imbalance_ratio=200 method=ce",
+        "example: accelerate launch -q -m ccsam_zoo.train --recipe cifar10_lt --set data.imbalance_ratio=200 "
+        "method=ce\n(-q: accelerate's launcher adds no traceback of its own when the run stops with an error)",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument(
@@ -95,10 +100,17 @@ def main(argv: list[str] | None = None, prog: str = "recipes/train.py") -> int:
         from .trainer import train  # torch, timm, accelerate: only once the command line is known to be good
 
         metrics = train(recipe, output_dir, resume=args.resume is not None, overwrite=args.overwrite)
+    except KeyboardInterrupt as err:  # the trainer's TrainingInterrupted says where and how to continue
+        if args.debug:
+            raise
+        if _is_main_process():
+            print(_one_line(err) if str(err) else "interrupted", file=sys.stderr)
+        return 130
     except _USER_ERRORS as err:
         if args.debug:
             raise
-        print(f"error: {_one_line(err)}", file=sys.stderr)
+        if _is_main_process():  # every process stops with the same error: say it once
+            print(f"error: {_one_line(err)}", file=sys.stderr)
         return 1
     summary = {k: round(v["top1"], 2) for k, v in metrics.items()}
     print(f"done: {output_dir} top-1 {summary}")
@@ -126,6 +138,35 @@ def _push(output_dir: Path, repo: str, private: bool, debug: bool) -> int:
     return 0
 
 
+def _is_main_process() -> bool:
+    """Rank 0 of a launched run (torchrun / accelerate set RANK), or a plain process."""
+    return os.environ.get("RANK", "0") in ("", "0")
+
+
+_OS_FIXES = {
+    errno.ENAMETOOLONG: "a file or folder name is too long (at most 255 bytes each): choose a shorter path",
+    errno.EEXIST: "it exists and is not a folder (a file, or a link to nothing): remove it or choose another path",
+    errno.EACCES: "permission denied: choose a folder you can write to (--output-dir) or fix its permissions",
+    errno.EPERM: "operation not permitted: choose a folder you can write to (--output-dir)",
+    errno.EROFS: "the file system is read-only: choose another --output-dir",
+    errno.ENOSPC: "no space left on the device: free some space or choose another --output-dir",
+    errno.ENOTDIR: "a part of the path is a file, not a folder: choose another path",
+    errno.ELOOP: "too many levels of symbolic links: check the links on the path",
+}
+
+
 def _one_line(err: BaseException) -> str:
-    text = " ".join(str(err).split())
+    """The error as one line; an OS error names its path and says what to do, not ``[Errno N] ...``."""
+    if isinstance(err, OSError) and err.errno is not None and err.filename is not None:
+        fix = _OS_FIXES.get(err.errno, err.strerror or "")
+        text = f"{err.filename}: {fix}"
+        if err.filename2 is not None:
+            text = f"{err.filename} -> {err.filename2}: {fix}"
+    else:
+        text = " ".join(str(err).split())
+    if "DecompressionBomb" in text:
+        text += (
+            "; PIL refuses images this large (a guard against decompression bombs): shrink or remove that image, "
+            "or raise PIL.Image.MAX_IMAGE_PIXELS in Python if you trust the file"
+        )
     return text or type(err).__name__

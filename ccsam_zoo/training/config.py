@@ -6,6 +6,7 @@ import copy
 import difflib
 import math
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +60,7 @@ DEFAULTS: dict[str, Any] = {
         "shot_rule": "paper",
         "shot_thresholds": [100, 20],
         "val_per_class": 0,
+        "val_rule": "fill",  # "left_out": only images the LT subset leaves out (a class may get none)
         "num_workers": 0,
         "device_resident": False,  # uint8 fast path: keep the training images on the accelerator's device
         "image_size": None,
@@ -92,6 +94,7 @@ DEFAULTS: dict[str, Any] = {
         "milestones": [],
         "gamma": 0.1,
         "init": None,
+        "init_from": "last",  # "best": start from the stage-1 epoch of best validation score (eval.select_on=val)
         "sampler": "class_balanced",
         "method": {},
     },
@@ -165,8 +168,8 @@ _STAGE = {
     "epochs": ("int", 0, False),
     "batch_size": ("int", 1, False),
     "optimizer": ("enum", _optimizers, False),
-    "lr": _RATE,
-    "momentum": _RATE,
+    "lr": ("num", (0.0, None, True, False), False),  # lr 0 trains nothing
+    "momentum": ("num", (0.0, 1.0, False, True), False),  # >= 1 diverges (a geometric sum of all gradients)
     "weight_decay": _RATE,
     "decay_bias_and_bn": ("bool", None, False),
     "schedule": ("enum", _schedules, False),
@@ -178,7 +181,7 @@ _STAGE = {
     "sampler": ("enum", ("shuffle", "class_balanced"), False),
 }
 _SPEC: dict[str, tuple[str, Any, bool]] = {
-    "name": ("str", None, False),
+    "name": ("name", None, False),
     "description": ("str", None, True),
     "seed": ("int", 0, False),
     "model.arch": ("str", None, False),
@@ -199,6 +202,7 @@ _SPEC: dict[str, tuple[str, Any, bool]] = {
     "data.shot_rule": ("enum", _shot_rules, False),
     "data.shot_thresholds": ("pair", None, False),
     "data.val_per_class": ("int", 0, False),
+    "data.val_rule": ("enum", ("fill", "left_out"), False),
     "data.num_workers": ("int", 0, False),
     "data.device_resident": ("bool", None, False),
     "data.image_size": ("int", 1, True),
@@ -208,7 +212,8 @@ _SPEC: dict[str, tuple[str, Any, bool]] = {
     **{f"{stage}.{k}": v for stage in ("stage1", "stage2") for k, v in _STAGE.items()},
     "eval.every": ("int", 0, False),
     "eval.batch_size": ("int", 1, False),
-    "eval.select_on": ("enum", ("last",), False),
+    "eval.select_on": ("enum", ("last", "val"), False),
+    "stage2.init_from": ("enum", ("last", "best"), False),
     "train.mixed_precision": ("enum", ("no", "fp16", "bf16"), False),
     "train.grad_accum": ("int", 1, False),
     "train.checkpoint_every": ("int", 0, False),
@@ -222,9 +227,14 @@ _SPEC: dict[str, tuple[str, Any, bool]] = {
 _HINTS = {
     "data.imbalance_ratio": " (n_max / n_min: an imbalance factor of 0.01 is data.imbalance_ratio=100)",
     "train.keep_checkpoints": " (0 keeps every checkpoint)",
+    "stage1.momentum": " (0.9 is usual; 1 or more diverges)",
+    "stage2.momentum": " (0.9 is usual; 1 or more diverges)",
     "train.checkpoint_every": " (0: only at the end of each stage)",
     "eval.every": " (0: only at the end of each stage)",
 }
+
+
+_SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 
 
 def _choices(spec: tuple[str, Any, bool]) -> tuple[str, ...]:
@@ -244,6 +254,11 @@ def _expected(spec: tuple[str, Any, bool]) -> str:
         text = "true or false"
     elif kind == "str":
         text = "a string"
+    elif kind == "name":
+        text = (
+            "a name of letters, digits, '.', '_' and '-' that starts with a letter or digit (at most 100 "
+            "characters; it names the run folder runs/<name>-<method>, so no path separators)"
+        )
     elif kind == "enum":
         choices = _choices(spec)
         shown = ", ".join(choices[:12]) + (f", ... ({len(choices)} in all)" if len(choices) > 12 else "")
@@ -257,9 +272,9 @@ def _expected(spec: tuple[str, Any, bool]) -> str:
     elif kind == "dict":
         text = "a mapping of method settings, e.g. {preset: paper}"
     elif kind == "bool_or_int":
-        text = "false or a whole number >= 0 (the Cutout size)"
+        text = "false, true (16) or a whole number >= 0 (the Cutout size)"
     else:  # bool_or_str
-        text = "true, false or an AutoAugment policy name"
+        text = "true, false, an AutoAugment policy name (cifar10, imagenet, svhn) or rand-mM-nN (RandAugment)"
     return f"null or {text}" if nullable else text
 
 
@@ -286,6 +301,8 @@ def _valid(spec: tuple[str, Any, bool], v: Any) -> bool:
         return isinstance(v, bool)
     if kind == "str":
         return isinstance(v, str)
+    if kind == "name":
+        return isinstance(v, str) and _SAFE_NAME.fullmatch(v) is not None
     if kind == "enum":
         return isinstance(v, str) and ((detail is _optimizers and v in _COMMON_OPTIMIZERS) or v in _choices(spec))
     if kind == "list_int":
@@ -359,6 +376,12 @@ _DATA_HELP = {
         "ImageNet_LT_train.txt, ImageNet_LT_test.txt (and ImageNet_LT_val.txt, ImageNet_LT_open.txt) from "
         "https://github.com/zhmiao/OpenLongTailRecognition-OLTR",
     ),
+    "tinyimagenet_lt": (
+        "IMAGE_ROOT:SPLIT_DIR",
+        "IMAGE_ROOT holds the Tiny-ImageNet images (the images/ folder) and SPLIT_DIR TinyImageNet_LT_train.txt, "
+        "TinyImageNet_LT_test.txt (and _val.txt, _open.txt, classes.txt), e.g. "
+        "../shared/data/tinyimagenet_lt/images:../shared/data/tinyimagenet_lt",
+    ),
     "inat2018": (
         "IMAGE_ROOT:ANNOTATION_DIR",
         "IMAGE_ROOT holds the iNaturalist 2018 images and ANNOTATION_DIR train2018.json and val2018.json, both "
@@ -367,7 +390,8 @@ _DATA_HELP = {
     "imagefolder": ("FOLDER", "FOLDER holds train/ and test/ with one sub-folder of images per class"),
     "parquet": ("FOLDER", "FOLDER holds train.parquet and test.parquet"),
 }
-_FIXED_IMBALANCE = ("imagenet_lt", "places_lt", "inat2018")
+_FIXED_IMBALANCE = ("imagenet_lt", "places_lt", "inat2018", "tinyimagenet_lt")
+_DEFAULT_IMBALANCE = ("cifar10_lt", "cifar100_lt")  # imbalance_ratio null means 100 (the data layer's default)
 
 
 def check_recipe(recipe: dict[str, Any]) -> None:
@@ -384,6 +408,26 @@ def check_recipe(recipe: dict[str, Any]) -> None:
         raise RecipeError(
             f"{d['name']}'s imbalance is fixed by its split files: remove data.imbalance_ratio "
             f"(or set data.imbalance_ratio=null)"
+        )
+    if d["max_count"] is not None and d["imbalance_ratio"] is None and d["name"] not in _DEFAULT_IMBALANCE:
+        raise RecipeError(
+            f"data.max_count={d['max_count']} sets the head class's size of the long-tailed profile, but "
+            "data.imbalance_ratio is null (the training split is used as it is): set data.imbalance_ratio "
+            "(e.g. 100), or remove data.max_count"
+        )
+    for stage, cfg in (("stage1", s1), ("stage2", s2)):
+        # warm-up epoch e (0-based) runs at lr (e + 1) / W: W = 1 is no warm-up, W >= epochs never leaves it
+        if cfg["epochs"] > 0 and cfg["warmup_epochs"] > 1 and cfg["warmup_epochs"] >= cfg["epochs"]:
+            raise RecipeError(
+                f"{stage}.warmup_epochs={cfg['warmup_epochs']} with {stage}.epochs={cfg['epochs']}: the warm-up "
+                f"would take the whole stage (the full learning rate only in the last epoch, or never); set "
+                f"{stage}.warmup_epochs < {cfg['epochs']}, e.g. {stage}.warmup_epochs={min(5, cfg['epochs'] // 10)}"
+            )
+    aa = d["autoaugment"]
+    if isinstance(aa, str) and not re.fullmatch(r"cifar10|imagenet|svhn|rand-m(\d|10)-n[1-9]\d*", aa.lower()):
+        raise RecipeError(
+            f"data.autoaugment={aa!r}: use true, false, an AutoAugment policy (cifar10, imagenet, svhn) or "
+            "rand-mM-nN (RandAugment: N ops of magnitude M out of 10, e.g. rand-m9-n2)"
         )
     if d["device_resident"] and d["num_workers"]:
         raise RecipeError("data.device_resident=true needs data.num_workers=0 (workers cannot share device tensors)")
@@ -491,13 +535,19 @@ def load_recipe(name_or_path: str | Path) -> dict[str, Any]:
         )
     if path.is_dir():
         raise RecipeError(f"recipe {path} is a folder; give a YAML file or a shipped recipe name")
-    raw = _read_yaml(path) or {}
+    raw = _read_yaml(path)
+    if raw is None:
+        raise RecipeError(
+            f"{path}: the recipe is empty (or only comments); write its settings (key: value), e.g. start from "
+            "a shipped recipe: ccsam_zoo/recipes/quickstart.yaml"
+        )
     if not isinstance(raw, dict):
-        raise RecipeError(f"{path}: a recipe must be a YAML mapping")
+        raise RecipeError(
+            f"{path}: a recipe must be a YAML mapping (key: value lines), got a {type(raw).__name__}"
+        )
     recipe = _merge(DEFAULTS, raw)
-    recipe.setdefault("name", path.stem)
-    if recipe["name"] == "custom":
-        recipe["name"] = path.stem
+    if recipe["name"] == "custom":  # named after the file, made a safe folder name
+        recipe["name"] = re.sub(r"[^A-Za-z0-9._-]+", "-", path.stem).strip(".-_")[:100] or "custom"
     _check_method(recipe["method"])
     check_values(recipe, where=f"{path}: ")
     return recipe
@@ -594,7 +644,26 @@ def stage_methods(recipe: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any
     return s1, s2
 
 
-_SELECT_ON = ("last",)  # model selection: the last epoch (the test split is never used to select)
+_SELECT_ON = ("last", "val")  # the last epoch, or the best validation epoch (the test split never selects)
+
+
+def _check_selection(recipe: dict[str, Any]) -> None:
+    """``eval.select_on=val`` needs a validation split and periodic evaluation; ``stage2.init_from=best`` needs
+    ``select_on=val`` and its own stage 1."""
+    ev, d, s2 = recipe["eval"], recipe["data"], recipe["stage2"]
+    if ev["select_on"] == "val":
+        if not d["val_per_class"] and d["name"] not in ("imagenet_lt", "places_lt"):
+            raise RecipeError(
+                "eval.select_on=val needs a validation split: set data.val_per_class=N (e.g. 100, with "
+                "data.val_rule=left_out to keep the training subset as it is)"
+            )
+        if not ev["every"]:
+            raise RecipeError("eval.select_on=val needs eval.every >= 1 (validate every N epochs)")
+    if s2.get("init_from", "last") == "best":
+        if ev["select_on"] != "val":
+            raise RecipeError("stage2.init_from=best needs eval.select_on=val (the best stage-1 epoch on validation)")
+        if s2["init"]:
+            raise RecipeError("stage2.init names the stage-1 weights: drop stage2.init_from=best (or stage2.init)")
 
 
 def resolve_recipe(recipe: dict[str, Any]) -> dict[str, Any]:
@@ -622,8 +691,9 @@ def resolve_recipe(recipe: dict[str, Any]) -> dict[str, Any]:
     if out["eval"]["select_on"] not in _SELECT_ON:
         raise RecipeError(
             f"eval.select_on={out['eval']['select_on']!r} is not implemented: use one of {_SELECT_ON} "
-            "(the last epoch; the test split is never used for selection)"
+            "(the last epoch, or the best validation epoch; the test split is never used for selection)"
         )
+    _check_selection(out)
     return out
 
 

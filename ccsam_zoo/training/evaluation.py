@@ -12,7 +12,7 @@ from accelerate.utils import broadcast_object_list
 
 from ..metrics import load_metric
 
-__all__ = ["evaluate", "penultimate_features"]
+__all__ = ["balanced_accuracy", "evaluate", "penultimate_features"]
 
 
 def _sharded_loader(bench, split: str, accelerator: Accelerator, batch_size: int):
@@ -69,6 +69,16 @@ def evaluate(
     if accelerator.num_processes > 1:
         broadcast_object_list(result, from_process=0)
     return result[0]
+
+
+def balanced_accuracy(metrics: dict[str, Any]) -> float:
+    """Mean per-class accuracy (%) over the classes the split has images of (``per_class`` not None): the
+    validation score of ``eval.select_on=val``. A class without validation images (CIFAR-10-LT's head class
+    under ``data.val_rule=left_out``) is left out of the mean, not counted as 0."""
+    scored = [a for a in metrics["per_class"] if a is not None]
+    if not scored:
+        raise ValueError("balanced accuracy of a split without images: the validation split is empty")
+    return sum(scored) / len(scored)
 
 
 def _percent(result: dict[str, Any]) -> dict[str, Any]:

@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from .run_log import epochs_from_one
+
 __all__ = ["plot_run"]
 
 _STAGES = ("stage1", "stage2")
@@ -58,16 +60,17 @@ def _training_curves(plt, epochs: list[dict[str, Any]], metrics: dict[str, Any],
 
     fig, (acc, loss, lr) = plt.subplots(3, 1, figsize=(8, 7.5), sharex=True, height_ratios=(1.2, 1, 0.8))
     offset, bounds, lrs = 0, [], []
+    first = 0 if epochs_from_one(epochs) else 1  # x = the epoch number, from 1 (older logs counted from 0)
     for stage in _STAGES:
         rows = sorted((r for r in epochs if r.get("stage") == stage), key=lambda r: r["epoch"])
         if not rows:
             continue
-        x = [offset + r["epoch"] + 1 for r in rows]
+        x = [offset + r["epoch"] + first for r in rows]
         style = dict(color=_COLOR[stage], label=_LABEL[stage])
         loss.plot(x, [r["loss"] for r in rows], ".-" if len(rows) < 40 else "-", **style)
         lr.plot(x, [r["lr"] for r in rows], drawstyle="steps-mid", **style)
         lrs += [r["lr"] for r in rows if r["lr"] > 0]
-        tested = [(offset + r["epoch"] + 1, r["test_top1"]) for r in rows if "test_top1" in r]
+        tested = [(offset + r["epoch"] + first, r["test_top1"]) for r in rows if "test_top1" in r]
         final = metrics.get(stage, {}).get("top1")
         if final is not None:
             tested.append((x[-1], final))

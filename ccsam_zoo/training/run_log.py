@@ -12,33 +12,45 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from accelerate import Accelerator
 
-__all__ = ["RunLog", "drop_records_after", "readable_metrics", "stage_seconds"]
+__all__ = ["RunLog", "drop_records_after", "epochs_from_one", "readable_metrics", "stage_seconds"]
 
 _STAGES = {"stage1": 0, "stage2": 1}
 
 
+def epochs_from_one(records: list[Any]) -> bool:
+    """Whether ``log.jsonl`` records number epochs from 1 (today's logs) rather than 0 (logs written before:
+    each stage's first record had epoch 0)."""
+    return not any(isinstance(r, dict) and r.get("epoch") == 0 and "stage" in r for r in records)
+
+
 def drop_records_after(path: Path, stage: str | None, epoch: int) -> int:
-    """Remove the epoch records of ``log.jsonl`` past ``(stage, epoch)`` (all of them when ``stage`` is None):
-    a resumed run redoes those epochs, and its curves must show each epoch once. Returns how many went."""
+    """Remove the epoch records of ``log.jsonl`` past ``(stage, epoch)`` (``epoch`` = epochs done; all of them
+    when ``stage`` is None): a resumed run redoes those epochs, and its curves must show each epoch once.
+    A log that numbered epochs from 0 is renumbered from 1 on the way. Returns how many records went."""
     if not path.is_file():
         return 0
     kept, dropped = [], 0
     limit = (_STAGES.get(stage, -1), epoch) if stage is not None else None
+    parsed: list[tuple[str, Any]] = []
     for line in path.read_text().splitlines():
         try:
-            record = json.loads(line)
+            parsed.append((line, json.loads(line)))
         except json.JSONDecodeError:  # a line cut by a kill
             dropped += 1
-            continue
+    shift = 0 if epochs_from_one([r for _, r in parsed]) else 1
+    for line, record in parsed:
         if not isinstance(record, dict):
             kept.append(line)
             continue
+        if shift and isinstance(record.get("epoch"), int) and "stage" in record:
+            record = {**record, "epoch": record["epoch"] + shift}
+            line = json.dumps(record)
         key = (_STAGES.get(record.get("stage"), -1), record.get("epoch"))
         if isinstance(key[1], int) and (limit is None or key > limit):
             dropped += 1
             continue
         kept.append(line)
-    if dropped:
+    if dropped or shift:
         tmp = path.with_name(path.name + ".tmp")
         tmp.write_text("".join(f"{line}\n" for line in kept))
         os.replace(tmp, path)
