@@ -431,11 +431,12 @@ def test_unexpected_errors_say_how_to_see_the_traceback(capsys, monkeypatch):
         main(["--debug", "list"])
 
 
-def test_evaluate_uses_an_oltr_benchmarks_own_open_split(capsys, tmp_path):
+def test_evaluate_uses_an_oltr_benchmarks_own_open_split(capsys, tmp_path, monkeypatch):
     """ImageNet-LT layout with ImageNet_LT_open.txt: evaluate reports open-set metrics without --open-data."""
     from ccsam_zoo.hub import save_pretrained
     from tests.test_data_sources import _write_oltr
 
+    monkeypatch.chdir(tmp_path)  # the default histogram PNG goes to the working folder, never into the repository
     _write_oltr(tmp_path, "ImageNet_LT")
     torch.manual_seed(0)
     model = timm.create_model("resnet20_cifar", num_classes=3).eval()
