@@ -180,11 +180,12 @@ def _small_parquet_benchmark(folder, ood_parquet=None):
     return folder.parent / "ood.parquet"
 
 
-def test_evaluate_json_and_output(capsys, run_dir, tmp_path, ood_dir):
+def test_evaluate_json_and_output(capsys, run_dir, tmp_path, ood_dir, monkeypatch):
     from ccsam_zoo.data import build_benchmark
     from ccsam_zoo.hub import from_pretrained
     from ccsam_zoo.inference import evaluate_model
 
+    monkeypatch.chdir(tmp_path)  # runs without --output write the default ./open_set_histograms.png: not in the repo
     ood = _small_parquet_benchmark(tmp_path / "bench", ood_dir / "test.parquet")
     out_file = tmp_path / "eval" / "report.json"
     argv = ["evaluate", "--model", run_dir / "stage2", "--data", tmp_path / "bench", "--open-data", ood]
