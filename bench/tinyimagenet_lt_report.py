@@ -104,8 +104,37 @@ def _to_fp16(src: Path, dst: Path) -> None:
     save_file(half, str(dst), metadata={"format": "pt"})
 
 
+def _optional_entry(alias: str) -> Any:
+    from ccsam_zoo.hub.registry import _REGISTRY
+
+    entry = _REGISTRY.get(alias)
+    if entry is None or not getattr(entry, "optional", False):
+        sys.exit(f"error: {alias!r} is not an optional asset alias: register it in ccsam_zoo/hub/registry.py "
+                 "(_OPTIONAL) first")  # fmt: skip
+    return entry
+
+
+def portable_asset(folder: Path, alias: str, stages: list[str]) -> None:
+    """Nothing exported names this machine: recipes, logs and extras get placeholders (bench/ship_model.py's
+    ``make_portable``) and each card is rendered for the alias's place (``$CCSAM_ASSETS/<alias>``), so it loads
+    the model by name. An alias that is not registered as an optional asset is refused (its card would name a
+    folder of this machine)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from ship_model import _refuse_leaks, make_portable
+
+    from ccsam_zoo.hub import render_model_card
+
+    entry = _optional_entry(alias)
+    make_portable(folder)
+    for stage in stages:
+        card = render_model_card(folder / stage, location=entry.local_dir / stage)
+        (folder / stage / "README.md").write_text(card, encoding="utf-8")
+    _refuse_leaks(folder)
+
+
 def export(run: Path, alias: str, stages: list[str], source: Path, batch_size: int, dest: Path | None) -> dict:
     """Copy ``run``'s stages into ``dest/alias`` with fp16 weights; check top-1 against the float32 run."""
+    _optional_entry(alias)  # before any work
     target = (dest or optional_assets_dir()) / alias
     tmp = target.with_name(f".{alias}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -133,6 +162,7 @@ def export(run: Path, alias: str, stages: list[str], source: Path, batch_size: i
     for name in ("metrics.json", "recipe.yaml", "log.jsonl", "train.log"):
         if (run / name).is_file():
             shutil.copy2(run / name, tmp / name)
+    portable_asset(tmp, alias, stages)
     shutil.rmtree(target, ignore_errors=True)
     tmp.rename(target)
     out["total_bytes"] = sum(p.stat().st_size for p in target.rglob("*") if p.is_file())
