@@ -139,7 +139,8 @@ def _check_open_set_flags(args: argparse.Namespace) -> None:
     given = [flag for flag, key in (("--score", "score"), ("--threshold", "threshold"))
              if getattr(args, key, None) is not None]  # fmt: skip
     if given and not getattr(args, "open_set", False):
-        raise UsageError(f"{' and '.join(given)} needs --open-set (add --open-set, or drop {' and '.join(given)})")
+        flags, verb = " and ".join(given), "needs" if len(given) == 1 else "need"
+        raise UsageError(f"{flags} {verb} --open-set (add --open-set, or drop {flags})")
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
@@ -321,7 +322,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     _check_data_matches(name, source, bench, clf)
     if args.split == "val" and getattr(bench, "val", None) is None:
         raise UsageError(f"{name} has no val split: add --val-per-class N (images per class held out of train)")
-    if args.split == "val" and args.val_per_class:
+    if args.val_per_class and getattr(bench, "val", None) is not None:
         _check_val_per_class(bench, args.val_per_class)
     if args.open_data:  # built apart: the closed-set fingerprint stays the one the card shows
         bench.open = build_benchmark(name, source, **kwargs, open_source=args.open_data).open

@@ -72,7 +72,8 @@ def ckpt(tmp_path_factory):
 def test_predict_score_or_threshold_without_open_set_is_a_usage_error(capsys, flags, named):
     rc, out, err = _run(capsys, "predict", "--model", "ccsam-cifar10-lt-cpu", "x.png", *flags)
     assert rc == 2 and out == ""
-    assert _one_line(err) == f"ccsam-zoo predict: error: {named} needs --open-set (add --open-set, or drop {named})"
+    verb = "need" if " and " in named else "needs"
+    assert _one_line(err) == f"ccsam-zoo predict: error: {named} {verb} --open-set (add --open-set, or drop {named})"
 
 
 def test_evaluate_plot_or_scores_without_open_data_is_a_usage_error(capsys, ckpt, copy10):
@@ -244,3 +245,13 @@ def test_list_legend_explains_every_status_list_can_show(capsys, tmp_path):
     for status in STATUSES:
         assert f"{status}: " in legend, status
     assert "recipes/train.py" not in out and "ccsam-zoo train --recipe RECIPE" in legend
+
+
+@pytest.mark.parametrize("rho", [float("inf"), float("nan"), -1.0])
+def test_worst_case_sharpness_refuses_a_non_finite_or_negative_rho(rho):
+    from ccsam_zoo.diagnostics.sharpness import worst_case_sharpness
+
+    model = timm.create_model("resnet20_cifar", num_classes=10).eval()
+    images, labels = torch.rand(4, 3, 32, 32), torch.arange(4)
+    with pytest.raises(ValueError, match=r"rho must be a finite number >= 0, got"):
+        worst_case_sharpness(model, images, labels, [100] * 10, rho=rho, steps=1)

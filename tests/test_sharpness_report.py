@@ -14,6 +14,7 @@ import torch
 import ccsam_zoo  # noqa: F401
 from ccsam_zoo.diagnostics import landscape_2d, loss_curves, save_report, worst_case_sharpness
 from ccsam_zoo.diagnostics.sharpness import add_arguments, run
+from ccsam_zoo.hub import registry as _registry  # noqa: F401  (loaded before fake_backends stubs ccsam_zoo.hub)
 from ccsam_zoo.hub import render_model_card, save_pretrained
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

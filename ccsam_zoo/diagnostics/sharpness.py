@@ -83,8 +83,8 @@ def _radius(rho: float, rho_mode: str, theta: Sequence[torch.Tensor]) -> Radius:
     """The ascent ball: one radius (``relative``: rho ||theta||, ``absolute``: rho) or one per tensor / filter."""
     if rho_mode not in RHO_MODES:
         raise ValueError(f"rho_mode must be one of {RHO_MODES}, got {rho_mode!r}")
-    if not rho >= 0:
-        raise ValueError(f"rho must be >= 0, got {rho}")
+    if not (math.isfinite(rho) and rho >= 0):
+        raise ValueError(f"rho must be a finite number >= 0, got {rho}")
     if rho_mode in ("per_filter", "per_tensor"):  # ||eps_b|| <= rho ||theta_b|| for every block b
         return [rho * _block_norms(t, rho_mode == "per_filter") for t in theta]
     return rho * global_norm(theta) if rho_mode == "relative" else float(rho)
