@@ -158,8 +158,11 @@ def _portable_paths(folder: Path, source: Path) -> None:
                 f.write_text(text.replace(absolute, PORTABLE_DATA), encoding="utf-8")
 
 
-def export(run: Path, alias: str, stages: list[str], source: Path, batch_size: int, dest: Path | None) -> dict:
-    """Copy ``run``'s stages into ``dest/alias`` with fp16 weights; check top-1 against the float32 run."""
+def export(
+    run: Path, alias: str, stages: list[str], source: Path, batch_size: int, dest: Path | None, known: list[dict]
+) -> dict:
+    """Copy ``run``'s stages into ``dest/alias`` with fp16 weights; check top-1 against the float32 run.
+    ``known``: reports already made (``--reports``), reused for the float32 numbers of the same checkpoint."""
     target = (dest or optional_assets_dir()) / alias
     tmp = target.with_name(f".{alias}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -173,7 +176,9 @@ def export(run: Path, alias: str, stages: list[str], source: Path, batch_size: i
             if f.name != "model.safetensors" and f.is_file():
                 shutil.copy2(f, tmp / stage / f.name)
         _to_fp16(src / "model.safetensors", tmp / stage / "model.safetensors")
-        full, half = report(str(src), source, batch_size), report(str(tmp / stage), source, batch_size)
+        done = [r for r in known if Path(r["checkpoint"]).resolve() == src.resolve()]
+        full = done[0] if done else report(str(src), source, batch_size)
+        half = report(str(tmp / stage), source, batch_size)
         diff = abs(full["top1"] - half["top1"])
         out["stages"][stage] = {
             "top1_fp32": full["top1"], "top1_fp16": half["top1"], "abs_diff": round(diff, 4),
@@ -230,6 +235,7 @@ def main() -> None:
     p.add_argument("--alias", default=None, help="with --export: the alias (folder name) to write")
     p.add_argument("--stages", nargs="+", default=["stage2", "stage1"], choices=["stage1", "stage2"])
     p.add_argument("--dest", type=Path, default=None, help="with --export: default $CCSAM_ASSETS")
+    p.add_argument("--reports", type=Path, default=None, help="with --export: a report JSON of this script to reuse")
     p.add_argument("--output", type=Path, default=None, help="also write the JSON here")
     p.add_argument("--markdown", action="store_true", help="also print the RESULTS.md table (stderr)")
     args = p.parse_args()
@@ -238,7 +244,8 @@ def main() -> None:
     if args.export is not None:
         if not args.alias:
             sys.exit("error: --export needs --alias NAME (e.g. ccsam-tinyimagenet-lt)")
-        result: Any = export(args.export, args.alias, args.stages, args.data_source, args.batch_size, args.dest)
+        known = json.loads(args.reports.read_text()) if args.reports else []
+        result: Any = export(args.export, args.alias, args.stages, args.data_source, args.batch_size, args.dest, known)
         if args.alias in {r.alias for r in ccsam_zoo.list_pretrained()}:
             result["loads_as_alias"] = from_pretrained(args.alias).class_names[:3]
     else:
