@@ -475,7 +475,8 @@ def _kept_notes(folder: Path) -> str | None:
 
 
 def _shipped_alias(location: Path) -> str | None:
-    """The alias of a model folder shipped inside the package (it loads by that name anywhere)."""
+    """The alias of a model folder shipped inside the package or installed as an optional asset (it loads by that
+    name wherever it is installed)."""
     from .registry import _REGISTRY  # the live table: register_pretrained / tests may change it
 
     try:
@@ -483,7 +484,7 @@ def _shipped_alias(location: Path) -> str | None:
     except OSError:
         return None
     for alias, entry in _REGISTRY.items():
-        if not entry.shipped or entry.local_dir is None:
+        if not (entry.shipped or entry.optional) or entry.local_dir is None:
             continue
         root = entry.local_dir.resolve()
         if here in (root, root / "stage2"):
@@ -491,6 +492,14 @@ def _shipped_alias(location: Path) -> str | None:
         if here == root / "stage1":
             return f"{alias}:stage1"
     return None
+
+
+def _is_optional(alias: str) -> bool:
+    """An optional asset alias (outside the package; hub/registry.py ``_OPTIONAL``)."""
+    from .registry import _REGISTRY
+
+    entry = _REGISTRY.get(alias.split(":")[0])
+    return bool(entry is not None and entry.optional)
 
 
 def _run_folder(location: Path) -> Path | None:
@@ -766,6 +775,7 @@ def _card_context(
         "repo_id": repo_id,
         "revision": rev,
         "alias": alias,
+        "alias_optional": bool(alias) and _is_optional(alias),
         "local_path": None if repo_id or alias else str(location),
         "local_relative": not location.is_absolute(),
         "has_threshold": threshold is not None,
