@@ -144,7 +144,6 @@ _SMALL = [
 ]
 
 
-@pytest.mark.slow
 def test_non_finite_loss_stops_at_once_naming_the_step_and_causes(capsys, tmp_path):
     out = tmp_path / "run"
     err = _error(capsys, ["--recipe", "quickstart", "--output-dir", str(out), "--set", *_SMALL, "stage1.lr=1e30"])
