@@ -334,7 +334,14 @@ def store_default(model: str, report_path: str) -> dict[str, Any]:
     tpr, calibration = rep["protocol"]["tpr"], rep["protocol"]["calibration"]
     thresholds = {n: float(r["threshold"]) for n, r in plain.items()}
     stored = clf.open_set or {}
-    if set(stored.get("thresholds") or {}) == set(thresholds) and stored.get("calibration") == calibration:
+    same = set(stored.get("thresholds") or {}) == set(thresholds) and (
+        stored.get("calibration") == calibration
+        or (  # older folders name no calibration: the same numbers up to float rounding
+            stored.get("calibration") is None
+            and all(abs(stored["thresholds"][n] - t) <= 0.01 * max(1.0, abs(t)) for n, t in thresholds.items())
+        )
+    )
+    if same:
         # the same calibration images: keep the stored numbers (a re-run differs in float rounding only)
         thresholds = {n: float(stored["thresholds"][n]) for n in thresholds}
     _write(clf, None, thresholds, default, tpr, calibration, _selection(plain), write_stats=False)

@@ -32,6 +32,7 @@ from ccsam_zoo.inference import evaluate_model
 from ccsam_zoo.inference.open_set import OLTR_MSP_THRESHOLD
 
 DATA = Path(os.environ.get("CCSAM_DATA", "../shared/data")) / "tinyimagenet_lt"
+PORTABLE_DATA = "../shared/data/tinyimagenet_lt"  # the recipes' default, relative to the repository root
 
 
 def _bench(source: Path, size: int):
@@ -104,37 +105,64 @@ def _to_fp16(src: Path, dst: Path) -> None:
     save_file(half, str(dst), metadata={"format": "pt"})
 
 
-def _optional_entry(alias: str) -> Any:
-    from ccsam_zoo.hub.registry import _REGISTRY
-
-    entry = _REGISTRY.get(alias)
-    if entry is None or not getattr(entry, "optional", False):
-        sys.exit(f"error: {alias!r} is not an optional asset alias: register it in ccsam_zoo/hub/registry.py "
-                 "(_OPTIONAL) first")  # fmt: skip
-    return entry
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{x:.2f}"
 
 
-def portable_asset(folder: Path, alias: str, stages: list[str]) -> None:
-    """Nothing exported names this machine: recipes, logs and extras get placeholders (bench/ship_model.py's
-    ``make_portable``) and each card is rendered for the alias's place (``$CCSAM_ASSETS/<alias>``), so it loads
-    the model by name. An alias that is not registered as an optional asset is refused (its card would name a
-    folder of this machine)."""
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from ship_model import _refuse_leaks, make_portable
+def _notes(alias: str, stage: str, rep: dict[str, Any], fp16: dict[str, Any], recipe: dict[str, Any]) -> str:
+    """The card's notes: protocol, data, seed, precision and the measured numbers of this stage."""
+    from ccsam_zoo.hub.card import NOTES_BEGIN, NOTES_END
 
-    from ccsam_zoo.hub import render_model_card
+    method = recipe.get("method")
+    s1, s2 = recipe.get("stage1", {}), recipe.get("stage2", {})
+    lines = [
+        "## Notes",
+        "",
+        f"- Protocol: recipe `{recipe.get('name')}` (`method={method}`"
+        + (f", stage 2 preset `{(s2.get('method') or {}).get('preset')}`" if method == "ccsam" else ", stage 2 = cRT")
+        + f"), timm ResNet-50 trained from scratch at 64 px ({recipe.get('model', {}).get('arch')}), "
+        f"{s1.get('epochs')} + {s2.get('epochs')} epochs, batch {s1.get('batch_size')}, lr {s1.get('lr')} cosine, "
+        f"seed {recipe.get('seed')}, one run. Far from converged: a CPU-sized schedule that exercises the "
+        "ImageNet-LT code path; the full schedule is the `tinyimagenet_lt` recipe.",
+        "- Data: Tiny-ImageNet-LT (OLTR-format split files over Tiny-ImageNet, 100 classes, 10,547 training images, "
+        "480 down to 5 per class; balanced val 2,000 (threshold calibration), test 5,000, open split 2,000 images of "
+        "100 other classes). Tiny-ImageNet: ImageNet terms (research use).",
+        f"- Measured ({stage}, float32 weights): top-1 {_pct(rep['top1'])}% (many {_pct(rep['many'])} / medium "
+        f"{_pct(rep['medium'])} / few {_pct(rep['few'])}); open set on test + open split: F-measure "
+        f"{rep['f_measure_msp_0.1']:.3f} at OLTR's MSP threshold 0.1, {rep['f_measure_default']:.3f} with the "
+        f"calibrated default score `{rep['default_score']}` (threshold keeping 95% of the val split); AUROC "
+        f"{rep['auroc_msp']:.3f} (MSP) / {rep['auroc_default']:.3f} (default score).",
+        f"- Weights stored in **fp16** to halve the download-free asset ({fp16['weights_bytes'] / 1e6:.1f} MB): "
+        f"top-1 {fp16['top1_fp16']:.2f}% against {fp16['top1_fp32']:.2f}% in float32 (difference "
+        f"{fp16['abs_diff']:.2f} points, limit 0.1); they load into a float32 model. A ResNet-50 cannot meet the "
+        "10 MB budget of the packaged models, so this alias is an optional asset outside the package "
+        f"(`$CCSAM_ASSETS/{alias}`, default `~/.cache/ccsam_zoo/assets/{alias}`).",
+    ]
+    if rep.get("wall_s"):
+        lines.append(
+            f"- Training: {rep['wall_s'] / 60:.0f} min wall (both stages with their evaluations) at "
+            f"{rep.get('stage1_img_per_s')} / {rep.get('stage2_img_per_s')} img/s (stage 1 / stage 2), one CPU thread "
+            "on a shared 2-core machine."
+        )
+    return "\n".join([NOTES_BEGIN, *lines, NOTES_END])
 
-    entry = _optional_entry(alias)
-    make_portable(folder)
-    for stage in stages:
-        card = render_model_card(folder / stage, location=entry.local_dir / stage)
-        (folder / stage / "README.md").write_text(card, encoding="utf-8")
-    _refuse_leaks(folder)
+
+def _portable_paths(folder: Path, source: Path) -> None:
+    """No path of the build machine in the asset: the data folder becomes the recipe's relative default
+    (``../shared/data/tinyimagenet_lt``) in every text file (recipes, extras, logs, cards)."""
+    absolute = str(source.resolve())
+    for f in folder.rglob("*"):
+        if f.is_file() and f.suffix in (".json", ".yaml", ".jsonl", ".log", ".md"):
+            text = f.read_text(encoding="utf-8")
+            if absolute in text:
+                f.write_text(text.replace(absolute, PORTABLE_DATA), encoding="utf-8")
 
 
-def export(run: Path, alias: str, stages: list[str], source: Path, batch_size: int, dest: Path | None) -> dict:
-    """Copy ``run``'s stages into ``dest/alias`` with fp16 weights; check top-1 against the float32 run."""
-    _optional_entry(alias)  # before any work
+def export(
+    run: Path, alias: str, stages: list[str], source: Path, batch_size: int, dest: Path | None, known: list[dict]
+) -> dict:
+    """Copy ``run``'s stages into ``dest/alias`` with fp16 weights; check top-1 against the float32 run.
+    ``known``: reports already made (``--reports``), reused for the float32 numbers of the same checkpoint."""
     target = (dest or optional_assets_dir()) / alias
     tmp = target.with_name(f".{alias}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -148,7 +176,9 @@ def export(run: Path, alias: str, stages: list[str], source: Path, batch_size: i
             if f.name != "model.safetensors" and f.is_file():
                 shutil.copy2(f, tmp / stage / f.name)
         _to_fp16(src / "model.safetensors", tmp / stage / "model.safetensors")
-        full, half = report(str(src), source, batch_size), report(str(tmp / stage), source, batch_size)
+        done = [r for r in known if Path(r["checkpoint"]).resolve() == src.resolve()]
+        full = done[0] if done else report(str(src), source, batch_size)
+        half = report(str(tmp / stage), source, batch_size)
         diff = abs(full["top1"] - half["top1"])
         out["stages"][stage] = {
             "top1_fp32": full["top1"], "top1_fp16": half["top1"], "abs_diff": round(diff, 4),
@@ -159,20 +189,29 @@ def export(run: Path, alias: str, stages: list[str], source: Path, batch_size: i
         if diff > 0.1:
             shutil.rmtree(tmp)
             sys.exit(f"error: fp16 weights of {src} move top-1 by {diff:.2f} points (> 0.1): not exported")
+        out["stages"][stage]["report_fp32"] = full
     for name in ("metrics.json", "recipe.yaml", "log.jsonl", "train.log"):
         if (run / name).is_file():
             shutil.copy2(run / name, tmp / name)
-    portable_asset(tmp, alias, stages)
+    _portable_paths(tmp, source)
     shutil.rmtree(target, ignore_errors=True)
     tmp.rename(target)
+    from ccsam_zoo.hub import registry
+    from ccsam_zoo.hub.card import render_model_card
+
+    registry._REGISTRY.update(registry._builtin_entries())  # the card names the alias when the folder is its own
+    for stage in stages:
+        folder = target / stage
+        recipe = json.loads((folder / "ccsam_zoo.json").read_text()).get("recipe") or {}
+        info = out["stages"][stage]
+        (folder / "README.md").write_text(_notes(alias, stage, info["report_fp32"], info, recipe) + "\n")
+        (folder / "README.md").write_text(render_model_card(folder))
     out["total_bytes"] = sum(p.stat().st_size for p in target.rglob("*") if p.is_file())
     return out
 
 
 def _markdown(rows: list[dict[str, Any]]) -> str:
-    def pct(x: Any) -> str:
-        return "-" if x is None else f"{x:.2f}"
-
+    pct = _pct
     head = ("| model | top-1 | many | medium | few | F (MSP @ 0.1) | AUROC (MSP) | F (default score) | AUROC (default) "
             "| train img/s (stage 1 / 2) | wall |\n|---|---|---|---|---|---|---|---|---|---|---|")  # fmt: skip
     lines = [head]
@@ -196,6 +235,7 @@ def main() -> None:
     p.add_argument("--alias", default=None, help="with --export: the alias (folder name) to write")
     p.add_argument("--stages", nargs="+", default=["stage2", "stage1"], choices=["stage1", "stage2"])
     p.add_argument("--dest", type=Path, default=None, help="with --export: default $CCSAM_ASSETS")
+    p.add_argument("--reports", type=Path, default=None, help="with --export: a report JSON of this script to reuse")
     p.add_argument("--output", type=Path, default=None, help="also write the JSON here")
     p.add_argument("--markdown", action="store_true", help="also print the RESULTS.md table (stderr)")
     args = p.parse_args()
@@ -204,11 +244,9 @@ def main() -> None:
     if args.export is not None:
         if not args.alias:
             sys.exit("error: --export needs --alias NAME (e.g. ccsam-tinyimagenet-lt)")
-        result: Any = export(args.export, args.alias, args.stages, args.data_source, args.batch_size, args.dest)
+        known = json.loads(args.reports.read_text()) if args.reports else []
+        result: Any = export(args.export, args.alias, args.stages, args.data_source, args.batch_size, args.dest, known)
         if args.alias in {r.alias for r in ccsam_zoo.list_pretrained()}:
-            from ccsam_zoo.hub import registry
-
-            registry._REGISTRY.update(registry._builtin_entries())  # see the folder just written
             result["loads_as_alias"] = from_pretrained(args.alias).class_names[:3]
     else:
         if not args.model:

@@ -1,7 +1,7 @@
 """``python -m ccsam_zoo.train`` (and ``accelerate launch -m ccsam_zoo.train``): train a recipe in two stages.
 
     python -m ccsam_zoo.train --recipe quickstart --output-dir runs/quickstart
-    accelerate launch -m ccsam_zoo.train --recipe places_lt --set data.source=IMAGE_ROOT:SPLIT_DIR
+    accelerate launch -q -m ccsam_zoo.train --recipe places_lt --set data.source=IMAGE_ROOT:SPLIT_DIR
 
 The same command line as ``ccsam-zoo train`` and ``recipes/train.py`` (``--help`` lists the recipes).
 """

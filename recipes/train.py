@@ -2,12 +2,13 @@
 """Train a published recipe in two stages (CC-SAM or a baseline).
 
 The thin entry the README shows; the installed package has the same command as ``ccsam-zoo train`` and
-``python -m ccsam_zoo.train`` (``accelerate launch -m ccsam_zoo.train``). The recipes are package data
+``python -m ccsam_zoo.train`` (``accelerate launch -m ccsam_zoo.train``; ``-q`` keeps accelerate's launcher from
+adding a traceback of its own to an error). The recipes are package data
 (``ccsam_zoo/recipes/*.yaml``; ``CCSAM_RECIPES=DIR`` points at another folder).
 
-    accelerate launch recipes/train.py --recipe places_lt --set data.source=IMAGE_ROOT:SPLIT_DIR
+    accelerate launch -q recipes/train.py --recipe places_lt --set data.source=IMAGE_ROOT:SPLIT_DIR
     python recipes/train.py --recipe cifar10_lt_cpu --set method=ce stage1.epochs=30
-    ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes 2 recipes/train.py --recipe quickstart
+    ACCELERATE_USE_CPU=1 accelerate launch -q --multi_gpu --num_processes 2 recipes/train.py --recipe quickstart
 """
 
 from __future__ import annotations

@@ -106,3 +106,32 @@ def test_cli_needs_a_recipe_or_a_run_to_resume(tmp_path):
         [sys.executable, "recipes/train.py", "--resume", str(tmp_path)], cwd=REPO, capture_output=True, text=True
     )
     assert empty.returncode == 1 and "no recipe.yaml there" in empty.stderr and "Traceback" not in empty.stderr
+
+
+def test_recipe_is_checked_and_resolved_once_into_a_frozen_object(tmp_path, monkeypatch):
+    import dataclasses
+
+    import ccsam_zoo.training.trainer
+    from ccsam_zoo.training import Recipe
+    from ccsam_zoo.training.cli import main
+    from ccsam_zoo.training.config import resolve_recipe, save_recipe
+
+    plain = apply_overrides(load_recipe("cifar10_lt"), ["method=ldam_drw"])
+    recipe = Recipe.build(plain)
+    assert recipe.model["head"] == "cosine" and recipe.stage1["gamma"] == 0.01  # method-dependent defaults
+    assert dict(recipe.stage1_method) == {"name": "ldam_drw"} and recipe.stage2_method["name"] == "none"
+    assert recipe["stage1"] is recipe.stage1 and recipe.stage1["milestones"] == (160, 180)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        recipe.seed = 1
+    with pytest.raises(TypeError):
+        recipe.stage1["lr"] = 1.0
+    assert recipe.to_dict() == resolve_recipe(plain) and Recipe.build(recipe) is recipe
+    save_recipe(recipe.to_dict(), tmp_path / "recipe.yaml")
+    assert Recipe.build(load_recipe(tmp_path / "recipe.yaml")) == recipe  # recipe.yaml round-trips
+    with pytest.raises(RecipeError, match="stage1.lr=0 is not valid"):
+        Recipe.build(apply_overrides(load_recipe("quickstart"), ["stage1.lr=0"]))
+
+    seen = []
+    monkeypatch.setattr(ccsam_zoo.training.trainer, "train", lambda r, out, **kw: seen.append(r) or {})
+    assert main(["--recipe", "quickstart", "--output-dir", str(tmp_path / "run")]) == 0
+    assert isinstance(seen[0], Recipe) and seen[0] == Recipe.build(load_recipe("quickstart"))

@@ -202,29 +202,3 @@ def test_ci_script_cites_only_documents_the_project_has():
     for doc in re.findall(r"\b([A-Z][A-Z_]+\.md)\b", text):
         assert list(REPO.glob(f"**/{doc}")), f".ci/run cites {doc}, which the project does not have"
     assert torch.__version__  # the pins the comment talks about are this machine's
-
-
-def test_an_exported_optional_asset_names_its_alias_and_no_machine_path(tmp_path, monkeypatch):
-    """bench/tinyimagenet_lt_report.py --export: the asset folder (outside the package) is made portable and its
-    cards load the model by alias from $CCSAM_ASSETS, like the shipped ones."""
-    sys.path.insert(0, str(REPO / "bench"))
-    import tinyimagenet_lt_report as report
-
-    import ccsam_zoo.hub.registry as registry
-
-    alias = next(a for a, e in registry._REGISTRY.items() if getattr(e, "optional", False))
-    info = _tiny_info(tmp_path)
-    folder = tmp_path / "staging"
-    save_pretrained(timm.create_model("resnet20_cifar", num_classes=10), folder / "stage2", info=info)
-    (folder / "recipe.yaml").write_text(yaml.safe_dump(info["recipe"], sort_keys=False))
-    (folder / "train.log").write_text(f"weights from {info['recipe']['stage2']['init']}\n")
-    assert any(_leaks(p.read_text()) for p in _text_files(folder))
-    report.portable_asset(folder, alias, ["stage2"])
-    assert not any(_leaks(p.read_text()) for p in _text_files(folder)) and str(tmp_path) not in "".join(
-        p.read_text() for p in _text_files(folder))  # fmt: skip
-    card = (folder / "stage2" / "README.md").read_text()
-    assert f'ccsam_zoo.from_pretrained("{alias}")' in card
-    assert f"`{alias}` is an optional asset of the zoo" in card and f"`$CCSAM_ASSETS/{alias}`" in card
-    assert "ships inside the ccsam_zoo package" not in card
-    with pytest.raises(SystemExit, match="not an optional asset alias"):
-        report.portable_asset(folder, "ccsam-cifar10-lt", ["stage2"])

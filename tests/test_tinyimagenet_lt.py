@@ -285,3 +285,48 @@ def test_cli_list_names_the_nearest_model(capsys):
     assert "ccsam-imagenet-lt, ccsam-places-lt, ccsam-inat2018: nothing trained yet; the nearest trained model of " \
         "that code path is ccsam-tinyimagenet-lt" in out  # fmt: skip
     assert "ce-crt-tinyimagenet-lt" in out
+
+
+# ------------------------------------------------------------------------------------------ GPU script
+def test_gpu_script_names_missing_data(tmp_path):
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    proc = subprocess.run(
+        [sys.executable, "bench/gpu/reproduce_tinyimagenet_lt.py", "--data", str(tmp_path)],
+        cwd=REPO, capture_output=True, text=True,
+    )  # fmt: skip
+    assert proc.returncode == 1 and "needs TinyImageNet_LT_*.txt and images/" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.slow
+def test_gpu_script_dry_run_on_cpu(tin_dir, tmp_path):
+    """The GPU script's CPU path: both runs on a 1-image-per-class slice, then the open-set report of both."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    data = _slice(tin_dir, tmp_path / "data", train=1, other=1, open_=10)
+    (data / "images").symlink_to(tin_dir / "images")
+    out = tmp_path / "out"
+    proc = subprocess.run(
+        [sys.executable, "bench/gpu/reproduce_tinyimagenet_lt.py", "--data", str(data), "--out", str(out),
+         "--stage1-epochs", "1", "--stage2-epochs", "1", "--precision", "no", "--workers", "0",
+         "--set", "model.arch=resnet50_64px", "stage1.batch_size=50", "stage2.batch_size=50", "eval.batch_size=100"],
+        cwd=REPO, capture_output=True, text=True, timeout=1800, env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:] + proc.stdout[-2000:]
+    result = json.loads((out / "gpu_results.json").read_text())
+    assert set(result["runs"]) == {"ccsam", "ce"} and result["device"].startswith("cpu")
+    for name, run in result["runs"].items():
+        metrics = json.loads((out / name / "metrics.json").read_text())
+        assert run["returncode"] == 0 and run["stage2"]["top1"] == metrics["stage2"]["top1"]
+        report = run["report"]
+        assert report["num_test"] == 100 and report["num_open"] == 10
+        assert 0.0 <= report["f_measure_msp_0.1"] <= 1.0 and 0.0 <= report["auroc_default"] <= 1.0
+        assert report["top1"] == pytest.approx(metrics["stage2"]["top1"], abs=0.01)  # the same test split, in %

@@ -5,11 +5,17 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 
 from ccsam_zoo.training.cli import main
 from ccsam_zoo.training.config import RecipeError, apply_overrides, check_recipe, load_recipe
+from tests.conftest import REPO
 
 pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")
 
@@ -138,7 +144,6 @@ _SMALL = [
 ]
 
 
-@pytest.mark.slow
 def test_non_finite_loss_stops_at_once_naming_the_step_and_causes(capsys, tmp_path):
     out = tmp_path / "run"
     err = _error(capsys, ["--recipe", "quickstart", "--output-dir", str(out), "--set", *_SMALL, "stage1.lr=1e30"])
@@ -252,3 +257,86 @@ def test_image_above_the_decompression_bomb_limit_is_an_error_naming_it(capsys, 
     assert err.endswith("PIL refuses images this large (a guard against decompression bombs): shrink or remove "
                         "that image, or raise PIL.Image.MAX_IMAGE_PIXELS in Python if you trust the file")
     assert not (tmp_path / "run" / "metrics.json").exists()
+
+
+# ---------------------------------------------------------------------------------------------- processes
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "ccsam_zoo.train", *args]
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+
+
+@pytest.mark.slow
+def test_ctrl_c_is_one_line_exit_130_and_leaves_the_last_checkpoint(tmp_path):
+    from ccsam_zoo.training.checkpointing import choose_checkpoint
+
+    run = tmp_path / "run"
+    sets = [*_SMALL, "stage1.epochs=200", "train.checkpoint_every=1"]
+    proc = subprocess.Popen(
+        _cli("--recipe", "quickstart", "--output-dir", str(run), "--set", *sets),
+        cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    deadline = time.time() + 300
+    while time.time() < deadline and not (run / "checkpoints" / "stage1-epoch0002").exists():
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err
+    last = err.replace("\r", "\n").strip().splitlines()[-1].strip()
+    assert re.fullmatch(rf"interrupted at epoch (\d+)/200 \(stage 1\); continue with --resume {re.escape(str(run))}",
+                        last), last
+    chosen, state, broken = choose_checkpoint(run)  # the newest checkpoint is intact
+    assert chosen is not None and broken == [] and state["epoch"] >= 2
+    # the epoch in progress: the one after the checkpoint's, or its own when stopped while saving it
+    assert int(re.search(r"epoch (\d+)/", last).group(1)) in (state["epoch"], state["epoch"] + 1)
+
+
+@pytest.mark.slow
+def test_resume_whose_random_state_is_lost_warns_and_finishes(tmp_path):
+    """A tiny run's checkpoint with an unloadable RNG file (intact: its sha256 rewritten): the resumed run
+    says it is not exact (train.log and the console), then finishes."""
+    import shutil
+
+    from tests.test_run_safety import _rewrite_file
+
+    run = tmp_path / "run"
+    sets = [*_SMALL, "stage1.epochs=3", "train.checkpoint_every=1"]
+    first = subprocess.run(_cli("--recipe", "quickstart", "--output-dir", str(run), "--set", *sets),
+                           cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stderr[-2000:]
+    ckpts = run / "checkpoints"
+    assert sorted(p.name for p in ckpts.iterdir()) == ["stage1-epoch0003"]  # the end of stage 1
+    # as if killed during epoch 3: the end-of-stage checkpoint made a mid-stage one, stage1/ not yet saved
+    mid = ckpts / "stage1-epoch0002"
+    (ckpts / "stage1-epoch0003").rename(mid)
+    state = json.loads((mid / "trainer_state.json").read_text())
+    state.update(epoch=2, stage1_done=False, metrics={}, history=state["history"][:2])
+    (mid / "trainer_state.json").write_text(json.dumps(state))
+    shutil.rmtree(run / "stage1")
+    (run / "metrics.json").unlink()
+    _rewrite_file(mid, "random_states_0.pkl", b"\x80not a pickle")
+    again = subprocess.run(_cli("--resume", str(run)), cwd=REPO, env=_env(), capture_output=True, text=True,
+                           timeout=600)
+    assert again.returncode == 0, again.stderr[-2000:]
+    rng = ckpts / "stage1-epoch0002" / "random_states_0.pkl"
+    warning = f"warning: the random state was not restored ({rng} could not be loaded): the run continues"
+    assert warning in (run / "train.log").read_text() and warning in again.stderr
+    assert "resuming from stage1-epoch0002" in again.stderr and (run / "metrics.json").is_file()
+    epochs = [json.loads(line)["epoch"] for line in (run / "log.jsonl").read_text().splitlines()]
+    assert epochs == [1, 2, 3]
+
+
+@pytest.mark.slow
+def test_accelerate_launch_quiet_prints_the_error_once_without_traceback(tmp_path):
+    """``accelerate launch -q`` (the documented command): the error once, no launcher traceback, exit 1.
+    Without -q accelerate 1.16 re-raises CalledProcessError with the child's stderr (its own traceback)."""
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "-q", "--num_processes", "1",
+              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    out = subprocess.run([*launch, "recipes/train.py", "--recipe", "places_lt", "--output-dir", str(tmp_path / "r")],
+                         cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300)
+    assert out.returncode == 1
+    assert out.stderr.count("error: places_lt needs its data: set --set data.source=IMAGE_ROOT:SPLIT_DIR") == 1
+    assert "Traceback" not in out.stderr and "CalledProcessError" not in out.stderr

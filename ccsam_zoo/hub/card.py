@@ -475,8 +475,8 @@ def _kept_notes(folder: Path) -> str | None:
 
 
 def _shipped_alias(location: Path) -> str | None:
-    """The alias of a model folder shipped inside the package, or of an optional asset folder at its place
-    (``$CCSAM_ASSETS/<alias>``): it loads by that name, and its card names no path."""
+    """The alias of a model folder shipped inside the package or installed as an optional asset (it loads by that
+    name wherever it is installed)."""
     from .registry import _REGISTRY  # the live table: register_pretrained / tests may change it
 
     try:
@@ -484,7 +484,7 @@ def _shipped_alias(location: Path) -> str | None:
     except OSError:
         return None
     for alias, entry in _REGISTRY.items():
-        if not (entry.shipped or getattr(entry, "optional", False)) or entry.local_dir is None:
+        if not (entry.shipped or entry.optional) or entry.local_dir is None:
             continue
         root = entry.local_dir.resolve()
         if here in (root, root / "stage2"):
@@ -492,6 +492,14 @@ def _shipped_alias(location: Path) -> str | None:
         if here == root / "stage1":
             return f"{alias}:stage1"
     return None
+
+
+def _is_optional(alias: str) -> bool:
+    """An optional asset alias (outside the package; hub/registry.py ``_OPTIONAL``)."""
+    from .registry import _REGISTRY
+
+    entry = _REGISTRY.get(alias.split(":")[0])
+    return bool(entry is not None and entry.optional)
 
 
 def _run_folder(location: Path) -> Path | None:
@@ -758,10 +766,6 @@ def _card_context(
     rev = None if revision in (None, "main") else revision
     pretrained = (recipe.get("model") or {}).get("pretrained") if isinstance(recipe, dict) else None
     alias = None if repo_id else _shipped_alias(location)
-    base = (alias or "").split(":")[0]
-    from .registry import _REGISTRY
-
-    alias_optional = bool(alias) and getattr(_REGISTRY.get(base), "optional", False)
     open_set = extras.get("open_set") if isinstance(extras.get("open_set"), dict) else None
     threshold = open_set.get("threshold") if open_set else None
     tpr = open_set.get("tpr") if open_set else None
@@ -771,7 +775,7 @@ def _card_context(
         "repo_id": repo_id,
         "revision": rev,
         "alias": alias,
-        "alias_optional": alias_optional,
+        "alias_optional": bool(alias) and _is_optional(alias),
         "local_path": None if repo_id or alias else str(location),
         "local_relative": not location.is_absolute(),
         "has_threshold": threshold is not None,

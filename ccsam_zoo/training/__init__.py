@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from .config import METHODS, RecipeError, apply_overrides, list_recipes, load_recipe
+from .config import METHODS, Recipe, RecipeError, apply_overrides, list_recipes, load_recipe
 
-__all__ = ["METHODS", "RecipeError", "apply_overrides", "list_recipes", "load_recipe", "train"]
+__all__ = ["METHODS", "Recipe", "RecipeError", "apply_overrides", "list_recipes", "load_recipe", "train"]
 
 
 def __getattr__(name: str) -> Any:

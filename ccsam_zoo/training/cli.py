@@ -15,7 +15,7 @@ import os
 import sys
 from pathlib import Path
 
-from .config import METHODS, RecipeError, apply_overrides, check_recipe, list_recipes, load_recipe, resolve_recipe
+from .config import METHODS, Recipe, RecipeError, apply_overrides, list_recipes, load_recipe
 
 __all__ = ["main"]
 
@@ -91,12 +91,10 @@ def main(argv: list[str] | None = None, prog: str = "recipes/train.py") -> int:
             saved = output_dir / "recipe.yaml"
             if not saved.is_file():
                 raise RecipeError(f"--resume {output_dir}: no recipe.yaml there; is it a run folder?")
-            recipe = apply_overrides(load_recipe(saved), args.set)
+            recipe = Recipe.build(apply_overrides(load_recipe(saved), args.set))
         else:
-            recipe = apply_overrides(load_recipe(args.recipe), args.set)
-            output_dir = args.output_dir or Path("runs") / f"{recipe['name']}-{recipe['method']}"
-        check_recipe(recipe)
-        resolve_recipe(recipe)
+            recipe = Recipe.build(apply_overrides(load_recipe(args.recipe), args.set))  # checked and resolved once
+            output_dir = args.output_dir or Path("runs") / f"{recipe.name}-{recipe.method}"
         from .trainer import train  # torch, timm, accelerate: only once the command line is known to be good
 
         metrics = train(recipe, output_dir, resume=args.resume is not None, overwrite=args.overwrite)

@@ -7,7 +7,10 @@ import difflib
 import math
 import os
 import re
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import yaml
@@ -17,6 +20,7 @@ from ..ccsam.presets import METHODS
 __all__ = [
     "RECIPE_DIR",
     "METHODS",
+    "Recipe",
     "RecipeError",
     "list_recipes",
     "load_recipe",
@@ -734,3 +738,73 @@ def recipe_differences(old: dict[str, Any], new: dict[str, Any], ignore: tuple[s
 def save_recipe(recipe: dict[str, Any], path: Path) -> None:
     """Write the resolved recipe as YAML."""
     path.write_text(yaml.safe_dump(recipe, sort_keys=False))
+
+
+# ------------------------------------------------------------------------------------------ the resolved recipe
+def _frozen(value: Any) -> Any:
+    """A read-only copy: mappings become ``MappingProxyType``, lists tuples."""
+    if isinstance(value, Mapping):
+        return MappingProxyType({k: _frozen(v) for k, v in value.items()})
+    if isinstance(value, (list, tuple)):
+        return tuple(_frozen(v) for v in value)
+    return value
+
+
+def thawed(value: Any) -> Any:
+    """A plain ``dict`` / ``list`` copy of a frozen recipe value (for YAML, JSON and the data/method builders)."""
+    if isinstance(value, Mapping):
+        return {k: thawed(v) for k, v in value.items()}
+    if isinstance(value, tuple):
+        return [thawed(v) for v in value]
+    return value
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A recipe checked and resolved once, at the door (``Recipe.build``), then only read: what the trainer
+    gets. The top-level keys are typed fields; each section is a read-only mapping of the schema's keys
+    (``recipe.stage1["lr"]``; ``recipe["stage1"]`` works too); lists are tuples. ``stage1_method`` /
+    ``stage2_method`` are the methods' configs (the ``method`` preset with the recipe's overrides), resolved
+    once. ``to_dict()`` is the plain form that ``recipe.yaml``, checkpoints and resume comparisons use."""
+
+    name: str
+    description: str | None
+    seed: int
+    method: str
+    model: Mapping[str, Any]
+    data: Mapping[str, Any]
+    stage1: Mapping[str, Any]
+    stage2: Mapping[str, Any]
+    eval: Mapping[str, Any]
+    train: Mapping[str, Any]
+    stage1_method: Mapping[str, Any]
+    stage2_method: Mapping[str, Any]
+
+    @classmethod
+    def build(cls, recipe: Mapping[str, Any]) -> Recipe:
+        """Check (``check_recipe``: types, ranges, combinations) and resolve (``resolve_recipe``) a recipe
+        dict as ``load_recipe`` / ``apply_overrides`` return it; ``RecipeError`` with the fix."""
+        if isinstance(recipe, Recipe):
+            return recipe
+        plain = thawed(recipe)
+        check_recipe(plain)
+        resolved = resolve_recipe(plain)
+        s1, s2 = stage_methods(resolved)
+        return cls(
+            **{k: _frozen(resolved[k]) for k in DEFAULTS},
+            stage1_method=_frozen(s1),
+            stage2_method=_frozen(s2),
+        )
+
+    def __getitem__(self, key: str) -> Any:
+        if key not in DEFAULTS:
+            raise KeyError(key)
+        return getattr(self, key)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The resolved recipe as plain dicts and lists (a fresh copy)."""
+        return {k: thawed(getattr(self, k)) for k in DEFAULTS}
+
+    def stage_method(self, stage: str) -> dict[str, Any]:
+        """``stage1_method`` / ``stage2_method`` as a plain dict (a fresh copy) for the method builders."""
+        return thawed(self.stage1_method if stage == "stage1" else self.stage2_method)

@@ -27,15 +27,7 @@ from ..data import build_benchmark
 from ..models import FeaturesAndLogits
 from ..models.heads import unwrap
 from .checkpointing import choose_checkpoint, load_training_state, save_training_state, set_aside
-from .config import (
-    RecipeError,
-    check_recipe,
-    load_recipe,
-    recipe_differences,
-    resolve_recipe,
-    save_recipe,
-    stage_methods,
-)
+from .config import Recipe, RecipeError, load_recipe, recipe_differences, save_recipe, thawed
 from .evaluation import balanced_accuracy, evaluate
 from .run_dir import check_run_dir, prepare_run_dir
 from .run_log import RunLog, drop_records_after, readable_metrics
@@ -59,9 +51,12 @@ class TrainingInterrupted(KeyboardInterrupt):
 
 
 def train(
-    recipe: dict[str, Any], output_dir: str | Path, *, resume: bool = False, overwrite: bool = False
+    recipe: Recipe | dict[str, Any], output_dir: str | Path, *, resume: bool = False, overwrite: bool = False
 ) -> dict[str, Any]:
     """Run both stages of ``recipe`` into ``output_dir``; returns the metrics written to ``metrics.json``.
+
+    ``recipe``: a ``Recipe`` (checked and resolved once, e.g. by the command line) or a recipe dict as
+    ``load_recipe`` / ``apply_overrides`` return it (then ``Recipe.build`` checks and resolves it here).
 
     A new run needs a missing or empty ``output_dir``; ``overwrite`` first deletes an earlier run there.
     With ``resume`` the run continues from the newest intact checkpoint in ``output_dir`` (a broken one is
@@ -76,7 +71,7 @@ def train(
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            return _train(recipe, Path(output_dir), resume, overwrite, progress)
+            return _train(Recipe.build(recipe), Path(output_dir), resume, overwrite, progress)
     except TrainingInterrupted:
         raise
     except KeyboardInterrupt:
@@ -86,10 +81,8 @@ def train(
 
 
 def _train(
-    recipe: dict[str, Any], output_dir: Path, resume: bool, overwrite: bool, progress: dict[str, Any]
+    recipe: Recipe, output_dir: Path, resume: bool, overwrite: bool, progress: dict[str, Any]
 ) -> dict[str, Any]:
-    check_recipe(recipe)
-    recipe = resolve_recipe(recipe)
     check_run_dir(output_dir, resume=resume, overwrite=overwrite)  # reads only: nothing is written yet
     if resume:
         _check_same_recipe(recipe, load_recipe(output_dir / "recipe.yaml"), f"{output_dir / 'recipe.yaml'}")
@@ -138,11 +131,11 @@ def _train(
         log.info(f"resuming from the end of stage 1 ({output_dir / 'stage1'}): stage 2 starts again")
     elif resume:
         log.info(f"--resume: no checkpoint in {output_dir / 'checkpoints'}; starting from scratch")
-    state.update(recipe=recipe, data_fingerprint=bench.fingerprint)
+    state.update(recipe=recipe.to_dict(), data_fingerprint=bench.fingerprint)
     if accelerator.is_main_process:
-        save_recipe(recipe, output_dir / "recipe.yaml")
+        save_recipe(recipe.to_dict(), output_dir / "recipe.yaml")
     if tcfg["tracker"]:
-        accelerator.init_trackers(recipe["name"], config=_flat(recipe))
+        accelerator.init_trackers(recipe.name, config=_flat(recipe.to_dict()))
 
     log.info(
         f"accelerate: {accelerator.num_processes} process(es), device {accelerator.device}, "
@@ -154,7 +147,7 @@ def _train(
     )
     if accelerator.is_main_process and bench.options.get("imbalance_ratio") is not None:
         _write_selection(output_dir / "train_indices.json", bench)
-    s1_cfg, s2_cfg = stage_methods(recipe)
+    s1_cfg, s2_cfg = recipe.stage_method("stage1"), recipe.stage_method("stage2")
     ctx = _Context(recipe, output_dir, accelerator, log, bench, state)
     ctx.progress = progress
 
@@ -202,7 +195,7 @@ def _train(
 class _Context:
     """What both stages share: the recipe, the accelerator, the log, the data and the trainer state."""
 
-    def __init__(self, recipe, output_dir, accelerator, log, bench, state) -> None:
+    def __init__(self, recipe: Recipe, output_dir, accelerator, log, bench, state) -> None:
         self.recipe, self.output_dir, self.accelerator = recipe, output_dir, accelerator
         self.log, self.bench, self.state = log, bench, state
         self.device = accelerator.device
@@ -388,7 +381,7 @@ class TrainingDiverged(FloatingPointError):
 
 def _likely_causes(ctx: _Context, stage: str, diverged: bool = True) -> str:
     cfg = ctx.recipe[stage]
-    method = ctx.recipe[stage]["method"]
+    method = thawed(ctx.recipe[stage]["method"])
     lr = (
         f"a learning rate too high ({stage}.lr={cfg['lr']:g})" if diverged
         else f"the learning rate ({stage}.lr={cfg['lr']:g}: too high, or too low)"
@@ -420,7 +413,8 @@ def _check_finite(ctx: _Context, stage: str, total: torch.Tensor, where: str) ->
 def _check_learning(ctx: _Context, stage: str, cfg: dict[str, Any], epoch: int, sampler: str) -> None:
     """Stop a stage whose training accuracy stayed at chance (no better than always answering the commonest
     class of what the sampler draws, plus 1 point) for ``patience`` epochs after warm-up: nothing is learnt.
-    ``patience`` = max(5, epochs // 10) consecutive epochs, all after the warm-up."""
+    ``patience`` = max(5, epochs // 10) consecutive epochs, all after the warm-up. Not checked when the
+    commonest class is over 90% of what is drawn."""
     history = [r for r in ctx.state["history"] if r.get("stage") == stage and "train_top1" in r]
     patience = max(5, cfg["epochs"] // 10)
     recent = [r for r in history if r["epoch"] > int(cfg.get("warmup_epochs") or 0)][-patience:]
@@ -428,6 +422,8 @@ def _check_learning(ctx: _Context, stage: str, cfg: dict[str, Any], epoch: int, 
         return
     counts = ctx.bench.class_counts
     chance = 100.0 / len(counts) if sampler == "class_balanced" else 100.0 * max(counts) / sum(counts)
+    if chance > 90.0:  # one class is nearly all the data: accuracy cannot tell learning from answering it
+        return
     if all(r["train_top1"] <= chance + 1.0 for r in recent):
         raise TrainingDiverged(
             f"{stage} is not learning: training top-1 stayed at chance ({recent[-1]['train_top1']:.1f}% at epoch "
@@ -516,7 +512,7 @@ def _save_stage(ctx: _Context, stage: str, net, method_cfg: dict[str, Any], fold
                 shot_rule=ctx.recipe["data"]["shot_rule"],
                 stage=stage,
                 method=method_cfg,
-                recipe=ctx.recipe,
+                recipe=ctx.recipe.to_dict(),
                 metrics=metrics,
                 dataset=_dataset_id(ctx.recipe),
                 data_fingerprint=bench.fingerprint,
@@ -556,9 +552,9 @@ def _prototypes_and_threshold(ctx: _Context, net) -> tuple[torch.Tensor | None, 
 # ---------------------------------------------------------------------------------------------- helpers
 
 
-def _check_same_recipe(recipe: dict[str, Any], other: dict[str, Any], where: str) -> None:
+def _check_same_recipe(recipe: Recipe, other: dict[str, Any], where: str) -> None:
     """A resumed run keeps its recipe: refuse one that differs from ``other`` (recipe.yaml, a checkpoint's)."""
-    diffs = recipe_differences(other, recipe)
+    diffs = recipe_differences(other, recipe.to_dict())
     if diffs:
         shown = "; ".join(diffs[:4]) + (f"; ... ({len(diffs)} keys)" if len(diffs) > 4 else "")
         raise RecipeError(
@@ -613,11 +609,11 @@ def _check_validation_split(bench, val_per_class: int) -> None:
     )
 
 
-def _build_data(recipe: dict[str, Any]):
-    d = recipe["data"]
+def _build_data(recipe: Recipe):
+    d = recipe.data
     return build_benchmark(
         d["name"],
-        source=_resolve_source(d["source"]),
+        source=_resolve_source(thawed(d["source"])),
         imbalance_ratio=d["imbalance_ratio"],
         selection=d["selection"],
         seed=d["seed"],
@@ -788,7 +784,7 @@ def _write_selection(path: Path, bench) -> None:
     path.write_text(json.dumps(record))
 
 
-def _dataset_id(recipe: dict[str, Any]) -> str:
+def _dataset_id(recipe: Recipe) -> str:
     d = recipe["data"]
     return f"{d['name']}" + (f" IR{d['imbalance_ratio']}" if d["imbalance_ratio"] else "")
 
