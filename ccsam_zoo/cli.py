@@ -564,8 +564,12 @@ def build_parser(with_sharpness: bool = True) -> argparse.ArgumentParser:
     p.add_argument("images", nargs="+", help="image files and/or folders (searched recursively)")
     p.add_argument("--top-k", type=_positive, default=5)
     p.add_argument("--open-set", action="store_true", help="reject unknown images (label 'unknown')")
-    p.add_argument("--score", choices=_SCORES, default=None, help="open-set score (default: the calibrated one)")
-    p.add_argument("--threshold", type=_finite, default=None, help="open-set threshold (default: the calibrated one)")
+    p.add_argument(
+        "--score", choices=_SCORES, default=None, help="open-set score (default: the checkpoint's, by the zoo's rule)"
+    )
+    p.add_argument(
+        "--threshold", type=_finite, default=None, help="open-set threshold (default: the score's calibrated one)"
+    )
     p.add_argument("--skip-bad", action="store_true", help="report unreadable images and continue")
     p.add_argument("--json", action="store_true", help="JSON output")
     p.set_defaults(func=_cmd_predict, batch_size=64)

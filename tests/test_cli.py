@@ -203,7 +203,7 @@ def test_evaluate_json_and_output(capsys, run_dir, tmp_path, ood_dir, monkeypatc
     png = out_file.with_suffix(".png")
     assert rep["open_set_plot"] == str(png) and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size
     # progress on stderr (tqdm bars of the known and the open images), the JSON alone on stdout
-    assert "known images" in err and "open-set images" in err and "30/30" in err and f"score histograms: {png}" in err
+    assert "known images" in err and "open-set images" in err and f"score histograms: {png}" in err, err
     # the same numbers as the library call, in % (the library returns fractions)
     bench = build_benchmark("parquet", str(tmp_path / "bench"), open_source=str(ood), image_size=32)
     direct = evaluate_model(from_pretrained(run_dir / "stage2"), bench.test, bench.open)
