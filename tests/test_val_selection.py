@@ -136,3 +136,43 @@ def test_val_selection_keeps_the_argmax_epoch_and_reports_both(cifar10_dir, tmp_
     labels = json.loads((out / "train_indices.json").read_text())["class_counts"]
     assert labels[0] == 120
     assert not list((out / "checkpoints").glob("*-best-epoch*"))  # the temporary best-weight files are gone
+
+
+@pytest.mark.slow
+def test_val_selection_survives_an_interruption(cifar10_dir, tmp_path, monkeypatch):
+    """A run stopped after a checkpoint and resumed selects the same epoch, with the same weights and numbers."""
+    from accelerate.state import AcceleratorState, PartialState
+
+    from ccsam_zoo.training import train
+    from ccsam_zoo.training import trainer as trainer_module
+
+    source = write_cifar10_slice(cifar10_dir, tmp_path / "cifar10", 120, 30)
+    sets = {"stage1.epochs": 3, "stage2.epochs": 1, "eval.every": 1, "eval.select_on": "val",
+            "data.val_rule": "left_out", "stage2.init_from": "best", "train.prototypes": "false"}
+    recipe = apply_overrides(load_recipe("cifar10_lt"), tiny_overrides(source, method="ce", **sets))
+    whole = train(recipe, tmp_path / "whole")
+
+    real = trainer_module._train_epoch
+
+    def stop_at_epoch_2(ctx, stage, *args):
+        if stage == "stage1" and args[-2] == 2:  # (net, method, optimizer, loader, epoch, epochs)
+            raise KeyboardInterrupt("stopped")
+        return real(ctx, stage, *args)
+
+    for state in (AcceleratorState, PartialState):
+        state._reset_state() if state is PartialState else state._reset_state(reset_partial_state=True)
+    monkeypatch.setattr(trainer_module, "_train_epoch", stop_at_epoch_2)
+    with pytest.raises(KeyboardInterrupt):
+        train(recipe, tmp_path / "cut")
+    assert list((tmp_path / "cut" / "checkpoints").glob("stage1-best-epoch*.safetensors"))  # kept for the resume
+    monkeypatch.setattr(trainer_module, "_train_epoch", real)
+    AcceleratorState._reset_state(reset_partial_state=True)
+    PartialState._reset_state()
+    resumed = train(recipe, tmp_path / "cut", resume=True)
+    for key in ("stage1", "stage1_best", "stage2", "stage2_best"):
+        assert resumed[key]["epoch"] == whole[key]["epoch"]
+        assert resumed[key]["top1"] == pytest.approx(whole[key]["top1"], abs=1e-4)
+        assert resumed[key]["val_bacc"] == pytest.approx(whole[key]["val_bacc"], abs=1e-4)
+    a = load_file(tmp_path / "whole/stage1-best/model.safetensors")
+    b = load_file(tmp_path / "cut/stage1-best/model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
