@@ -31,6 +31,10 @@ METHODS = {
     "ccsam_block1": {"name": "ccsam", "preset": "official", "mode": "block", "blocks": 1},
     "ccsam_block1_class_batches": {"name": "ccsam", "preset": "official", "mode": "block", "blocks": 1,
                                    "block_batch": "class"},
+    # issue 22's acting CC-SAM (method=ccsam_block: SAM-size radius per class over layer3 + fc), per class and
+    # per frequency group (groups=3)
+    "ccsam_block": {"name": "ccsam", "preset": "block"},
+    "ccsam_block_groups3": {"name": "ccsam", "preset": "block", "groups": 3},
 }
 
 
