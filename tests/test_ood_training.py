@@ -366,3 +366,39 @@ def test_outlier_exposure_settings_are_validated():
         build_stage1({"name": "ccsam", "mode": "block", "oe_weight": 0.5}, COUNTS)
     with pytest.raises(ValueError, match="sam: unknown cfg key 'oe_weight'"):
         build_stage1({"name": "sam", "oe_weight": 0.5}, COUNTS)
+
+
+# ------------------------------------------------------------------ LogitNorm in the classifier re-training
+
+
+def test_stage2_crt_and_ccsam_adv_with_logit_norm_equal_reference():
+    from ccsam_zoo.ccsam import build_stage2
+
+    net, (x, y) = _net(seed=10), _batch(seed=11)
+    ref_net = copy.deepcopy(net)
+    out = build_stage2({"name": "crt", "logit_norm_tau": TAU}, COUNTS).forward_backward(net, x, y, None)
+    ref_net.eval()  # crt: bn=eval
+    _, logits = ref_net(x)
+    loss = LogitNormLoss(TAU)(logits, y)
+    loss.backward()
+    torch.testing.assert_close(out["loss"], loss.detach(), rtol=1e-12, atol=0)
+    _assert_grads(_grads(net), _grads(ref_net))
+    # ccsam_adv with a zero shift (adv_lambda 0): (1 - a_t) L + a_t L = the LogitNorm loss on the clean features
+    net, ref_net = _net(seed=10), _net(seed=10)
+    m = build_stage2({"name": "ccsam_adv", "preset": "paper", "adv_lambda": 0.0, "logit_norm_tau": TAU}, COUNTS)
+    m.set_epoch(1, 4)
+    out = m.forward_backward(net, x, y, None)
+    ref_net.eval()  # paper preset: bn=eval
+    _, logits = ref_net(x)
+    loss = LogitNormLoss(TAU)(logits, y)
+    loss.backward()
+    torch.testing.assert_close(out["loss"], loss.detach(), rtol=1e-10, atol=0)
+    torch.testing.assert_close(net.head.weight.grad, ref_net.head.weight.grad, rtol=1e-8, atol=1e-12)
+    torch.testing.assert_close(net.head.bias.grad, ref_net.head.bias.grad, rtol=1e-8, atol=1e-12)
+    # with a shift, the adversarial direction follows the LogitNorm loss: a different step from plain CE's
+    a, b = _net(seed=10), _net(seed=10)
+    for model, tau in ((a, TAU), (b, None)):
+        m = build_stage2({"name": "ccsam_adv", "preset": "paper", "logit_norm_tau": tau}, COUNTS)
+        m.set_epoch(1, 4)
+        m.forward_backward(model, x, y, None)
+    assert not torch.allclose(a.head.weight.grad, b.head.weight.grad, rtol=1e-3)

@@ -236,7 +236,8 @@ class Stage2Method(_Method):
     """Stage 2 on a frozen backbone, class-balanced batches: the ``crt`` baseline (plain CE on the head).
 
     ``bn="eval"`` puts the backbone's BatchNorm layers in eval mode at every call (frozen statistics);
-    ``"train"`` leaves them as the trainer set them (the authors: running statistics drift).
+    ``"train"`` leaves them as the trainer set them (the authors: running statistics drift). ``logit_norm_tau``
+    (``crt``, ``ccsam_adv``): the classifier is re-trained with LogitNorm's CE on ``logits / (tau ||logits||)``.
     """
 
     name = "crt"
@@ -253,7 +254,7 @@ class Stage2Method(_Method):
     ) -> dict[str, torch.Tensor]:
         self._prepare(net, accelerator)
         _, logits = net(images)
-        loss = F.cross_entropy(as_float(logits), labels)
+        loss = F.cross_entropy(logit_norm(logits, self.cfg.get("logit_norm_tau")), labels)
         _dist.backward(loss, accelerator)
         return {"loss": loss.detach(), "acc": _accuracy(logits, labels)}
 

@@ -81,14 +81,15 @@ _STAGE2: dict[str, dict[str | None, dict[str, Any]]] = {
     "none": {None: {}},
     # Kang et al. (ICLR 2020): re-initialise the classifier, then class-balanced re-training (reinit=False keeps
     # the stage-1 classifier: "cRT without re-initialisation")
-    "crt": {None: {"bn": "eval", "reinit": True}},
+    "crt": {None: {"bn": "eval", "reinit": True, "logit_norm_tau": None}},
     "ccsam_adv": {
         # authors' code; up_limit None = 1.0 for <= 10 classes (CIFAR-10), else 0.3 (CIFAR-100)
         "official": {"adv_lambda": 1.0, "adv_norm": "class", "class_weight": "log", "div": 2.0,
-                     "weight_loss": True, "up_limit": None, "bn": "train", "global_stats": True},
+                     "weight_loss": True, "up_limit": None, "bn": "train", "global_stats": True,
+                     "logit_norm_tau": None},
         # Eq. 12-14 as written (unweighted, one gradient norm over the batch), frozen BatchNorm
         "paper": {"adv_lambda": 1.0, "adv_norm": "batch", "class_weight": "none", "div": 2.0,
-                  "weight_loss": False, "up_limit": 1.0, "bn": "eval", "global_stats": True},
+                  "weight_loss": False, "up_limit": 1.0, "bn": "eval", "global_stats": True, "logit_norm_tau": None},
     },
 }
 _DEFAULT_PRESET = {"ccsam": "official", "ccsam_adv": "official"}

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from . import _dist
 from .adversarial import adversarial_class_weights, adversarial_features, progressive_weight
 from .baselines import Stage2Method, _accuracy
-from .losses import as_float
+from .losses import logit_norm
 
 __all__ = ["CCSAMAdv", "progressive_mix"]
 
@@ -45,22 +45,23 @@ class CCSAMAdv(Stage2Method):
     ) -> dict[str, torch.Tensor]:
         cfg = self.cfg
         base = self._prepare(net, accelerator)
+        tau = cfg["logit_norm_tau"]  # LogitNorm: every CE below (the adversarial direction's too) on normalised logits
         z, logits = net(images)
-        clean = F.cross_entropy(as_float(logits), labels)
+        clean = F.cross_entropy(logit_norm(logits, tau), labels)
         a_t = progressive_weight(self.epoch, self.total_epochs, cfg["up_limit"])
         out = {"adv_weight": torch.tensor(a_t)}
         loss = clean
         if a_t > 0:
             head = base.head
             zl = z.detach().requires_grad_(True)
-            g = torch.autograd.grad(F.cross_entropy(as_float(head(zl)), labels, reduction="sum"), zl)[0]
+            g = torch.autograd.grad(F.cross_entropy(logit_norm(head(zl), tau), labels, reduction="sum"), zl)[0]
             cw = self.class_weights.to(z.device) if cfg["class_weight"] == "log" else None
             reduce = None
             if cfg["global_stats"] and _dist.world_size(accelerator) > 1:
                 reduce = lambda t: _dist.all_reduce_sum(t, accelerator)  # noqa: E731
             z_adv = adversarial_features(z, g, labels, lam=cfg["adv_lambda"], norm=cfg["adv_norm"], class_weights=cw,
                                          num_classes=self.num_classes, all_reduce=reduce)
-            adv = F.cross_entropy(as_float(head(z_adv)), labels, reduction="none")
+            adv = F.cross_entropy(logit_norm(head(z_adv), tau), labels, reduction="none")
             if cfg["weight_loss"]:
                 adv = adv * cw.to(adv)[labels]
             adv = adv.mean()
