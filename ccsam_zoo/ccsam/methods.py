@@ -6,9 +6,10 @@ mixup, SAM, cRT) and the method contract in the ``baselines`` docstring.
 
 cfg keys (``stage1_defaults`` / ``stage2_defaults`` list them with their defaults):
 
-* ``ce``: logit_norm_tau (LogitNorm, Wei et al. 2022: CE on ``logits / (tau ||logits||)``, None = off); ``sam``:
-  rho, adaptive (ASAM), global_stats; ``balanced_softmax``: tau (1 = Balanced Softmax); ``ldam_drw``: max_m, s,
-  drw_epoch (0-based first DRW epoch, None = 80% of the stage), beta; ``mixup``: alpha, logit_norm_tau.
+* ``ce``: logit_norm_tau (LogitNorm, Wei et al. 2022: CE on ``logits / (tau ||logits||)``, None = off), oe_weight
+  / oe_fraction / oe_grid (outlier exposure on patch-shuffled images of the batch, 0 = off); ``sam``: rho,
+  adaptive (ASAM), global_stats; ``balanced_softmax``: tau (1 = Balanced Softmax); ``ldam_drw``: max_m, s,
+  drw_epoch (0-based first DRW epoch, None = 80% of the stage), beta; ``mixup``: alpha, logit_norm_tau, oe_*.
 * ``ccsam`` (presets "official" (default) / "paper"): scale (s of Eq. 8), norm ("per_tensor" | "global"),
   flat_ratio (None = 0.3 for <= 10 classes else 0.5), class_weighting ("instance" | "class"), mixup_alpha
   (0 = off), grad_targets (the loss whose class gradient is g_c: "mixed" = the mixup loss, authors;
@@ -17,8 +18,10 @@ cfg keys (``stage1_defaults`` / ``stage2_defaults`` list them with their default
   groups instead of classes, block mode), max_ratio (cap on ||eps_c|| / ||w||, None = none), perturbation
   ("ccsam" | "direction" | "magnitude"), tau (logit adjustment of both terms, 0 = plain CE), global_stats
   (class statistics from the global batch under data parallelism), eps (gradient-norm floor), logit_norm_tau
-  (LogitNorm in every loss of the step, g_c included; None = off; not with tau).
-* stage 2: ``crt``: bn ("eval" | "train"), reinit (re-initialise the classifier first: Kang et al.); ``none``;
+  (LogitNorm in every loss of the step, g_c included; None = off; not with tau), oe_weight / oe_fraction /
+  oe_grid (head mode).
+* stage 2: ``crt``: bn ("eval" | "train"), reinit (re-initialise the classifier first: Kang et al.),
+  logit_norm_tau (also in ``ccsam_adv``); ``none``;
   ``ccsam_adv`` (presets "official" (default) / "paper"):
   adv_lambda, adv_norm ("class" | "batch" | "sample"), class_weight ("log" | "none"), div, weight_loss,
   up_limit (None = 1.0 for <= 10 classes else 0.3), bn, global_stats.
