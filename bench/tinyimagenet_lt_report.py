@@ -103,6 +103,7 @@ def _to_fp16(src: Path, dst: Path) -> None:
     state = load_file(str(src))
     half = {k: (v.half() if v.is_floating_point() else v) for k, v in state.items()}
     save_file(half, str(dst), metadata={"format": "pt"})
+    dst.chmod(0o644)  # readable like the other files of the folder (it is meant to be copied to other machines)
 
 
 def _pct(x: float | None) -> str:
