@@ -102,7 +102,8 @@ def _train(
     with accelerator.main_process_first():  # rank 0 decodes into the cache, the others read it
         bench = _build_data(recipe)
     _check_classes(bench)
-    _check_validation_split(bench, recipe["data"]["val_per_class"])
+    if recipe["data"]["val_rule"] == "fill":  # left_out never takes images from the subset (build_benchmark checks it)
+        _check_validation_split(bench, recipe["data"]["val_per_class"])
     if state.get("data_fingerprint") not in (None, bench.fingerprint):
         raise ValueError(
             f"--resume {output_dir}: the data differs from the checkpoint's (fingerprint {bench.fingerprint[:12]}, "
@@ -581,8 +582,8 @@ def _check_classes(bench) -> None:
 
 def _check_validation_split(bench, val_per_class: int) -> None:
     """``data.val_per_class``: the validation images come from the images the long-tailed subset leaves out,
-    then from the subset itself; refuse a split that takes more than half of a class's subset (or that
-    cannot be filled), and say the largest value that works."""
+    then from the subset itself (``data.val_rule=fill``); refuse a split that takes more than half of a class's
+    subset (or that cannot be filled), and say the largest value that works."""
     if not val_per_class or bench.val is None:
         return
     from ..data.counts import long_tailed_counts
