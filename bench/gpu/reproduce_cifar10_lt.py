@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -41,13 +40,8 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "bench"))
 from compare import GROUPS, RUNS  # noqa: E402  (bench/compare.py: run name -> recipe overrides)
 
-
-def _device() -> str:
-    import torch
-
-    if torch.cuda.is_available():
-        return f"{torch.cuda.get_device_name(0)} (torch {torch.__version__}, CUDA {torch.version.cuda})"
-    return f"cpu (torch {torch.__version__}, {os.cpu_count()} cores)"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _launch import collect, device, launch  # noqa: E402  (what the GPU scripts share)
 
 
 def main() -> None:
@@ -81,42 +75,24 @@ def main() -> None:
         *schedule,
         *args.extra,
     ]
-    procs, t0 = {}, time.time()
+    commands, t0 = {}, time.time()
     for method, seed in [(n, s) for s in args.seeds for n in names]:
         run = method if seed == 42 else f"{method}-s{seed}"
         folder = args.out / run
         if (folder / "metrics.json").exists():
-            procs[run] = (None, None, time.time())
-            continue
-        cmd = [sys.executable, str(REPO / "recipes/train.py")]
-        if (folder / "recipe.yaml").exists():  # an interrupted run: continue from its newest checkpoint
-            cmd += ["--resume", str(folder)]
+            commands[run] = None  # finished earlier
+        elif (folder / "recipe.yaml").exists():  # an interrupted run: continue from its newest checkpoint
+            commands[run] = ["--resume", str(folder)]
         else:
-            cmd += ["--recipe", "cifar10_lt", "--output-dir", str(folder)]
-            cmd += ["--set", *common, *RUNS[method], f"seed={seed}"]
-        log = open(args.out / f"{run}.log", "a")  # noqa: SIM115 - closed below
-        procs[run] = (subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT), log, time.time())
+            commands[run] = ["--recipe", "cifar10_lt", "--output-dir", str(folder),
+                             "--set", *common, *RUNS[method], f"seed={seed}"]  # fmt: skip
+    procs = launch(args.out, commands, mode="a")
     result = {
-        "device": _device(),
+        "device": device(),
         "protocol": f"cifar10_lt IR 100, resnet32_cifar, {s1} + {s2} epochs",
         "overrides": common,
-        "runs": {},
+        "runs": collect(args.out, procs),
     }
-    for method, (proc, log, start) in procs.items():
-        if proc is None:  # finished earlier
-            run = {"returncode": 0, "wall_s": None, "done_before": True}
-        else:
-            proc.wait()
-            log.close()
-            run = {"returncode": proc.returncode, "wall_s": round(time.time() - start, 1)}
-        metrics_file = args.out / method / "metrics.json"
-        if metrics_file.exists():
-            metrics = json.loads(metrics_file.read_text())
-            for stage, m in metrics.items():  # stage1, stage2 (last epochs), stage*_best (validation-selected)
-                run[stage] = {k: m[k] for k in ("top1", "many", "medium", "few", "epoch", "val_bacc") if k in m}
-        else:
-            run["log_tail"] = (args.out / f"{method}.log").read_text()[-2000:]
-        result["runs"][method] = run
     result["total_wall_s"] = round(time.time() - t0, 1)
     (args.out / "gpu_results.json").write_text(json.dumps(result, indent=1))
     print(json.dumps(result, indent=1))

@@ -32,13 +32,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 RUNS = {"ccsam": ["method=ccsam", "stage2.method.preset=paper"], "ce": ["method=ce"]}
 
-
-def _device() -> str:
-    import torch
-
-    if torch.cuda.is_available():
-        return f"{torch.cuda.get_device_name(0)} (torch {torch.__version__}, CUDA {torch.version.cuda})"
-    return f"cpu (torch {torch.__version__}, {os.cpu_count()} cores)"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _launch import collect, device, launch  # noqa: E402  (what the GPU scripts share)
 
 
 def main() -> None:
@@ -71,31 +66,15 @@ def main() -> None:
         f"train.checkpoint_every={max(1, s1 // 9)}",
         *args.extra,
     ]
-    procs, t0 = {}, time.time()
-    for run in args.runs:
-        folder = args.out / run
-        cmd = [sys.executable, str(REPO / "recipes/train.py"), "--recipe", "tinyimagenet_lt"]
-        cmd += ["--output-dir", str(folder), "--overwrite", "--set", *common, *RUNS[run]]
-        log = open(args.out / f"{run}.log", "w")  # noqa: SIM115 - closed below
-        procs[run] = (subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT), log, time.time())
+    t0 = time.time()
+    procs = launch(args.out, {run: ["--recipe", "tinyimagenet_lt", "--output-dir", str(args.out / run), "--overwrite",
+                                    "--set", *common, *RUNS[run]] for run in args.runs})  # fmt: skip
     result = {
-        "device": _device(),
+        "device": device(),
         "protocol": f"tinyimagenet_lt, {s1} + {s2} epochs",
         "overrides": common,
-        "runs": {},
+        "runs": collect(args.out, procs),
     }
-    for run, (proc, log, start) in procs.items():
-        proc.wait()
-        log.close()
-        entry = {"returncode": proc.returncode, "wall_s": round(time.time() - start, 1)}
-        metrics_file = args.out / run / "metrics.json"
-        if metrics_file.exists():
-            metrics = json.loads(metrics_file.read_text())
-            for stage, m in metrics.items():
-                entry[stage] = {k: m[k] for k in ("top1", "many", "medium", "few")}
-        else:
-            entry["log_tail"] = (args.out / f"{run}.log").read_text()[-2000:]
-        result["runs"][run] = entry
     finished = [str(args.out / r) for r in args.runs if result["runs"][r]["returncode"] == 0]
     if finished:
         cmd = [sys.executable, str(REPO / "bench/tinyimagenet_lt_report.py"), "--model", *finished,
