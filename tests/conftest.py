@@ -66,3 +66,25 @@ def fresh_accelerate_state():
     PartialState._reset_state()
     yield
     AcceleratorState._reset_state(reset_partial_state=True)
+
+
+# The shipped CPU model: what the loading / hostile-input tests load, and copy to damage. Test modules that
+# need another model define their own `clf` / `ckpt`, which take precedence over these.
+@pytest.fixture(scope="module")
+def clf():
+    from ccsam_zoo.hub import from_pretrained
+    from ccsam_zoo.hub.registry import ASSETS_DIR
+
+    return from_pretrained(ASSETS_DIR / "ccsam-cifar10-lt-cpu")
+
+
+@pytest.fixture
+def ckpt(tmp_path) -> Path:
+    """A copy of the shipped CPU checkpoint folder (with prototypes and an open-set threshold) to damage."""
+    import shutil
+
+    from ccsam_zoo.hub.registry import ASSETS_DIR
+
+    folder = tmp_path / "stage2"
+    shutil.copytree(ASSETS_DIR / "ccsam-cifar10-lt-cpu", folder)
+    return folder

@@ -30,19 +30,6 @@ SHIPPED = ASSETS_DIR / "ccsam-cifar10-lt-cpu"
 
 
 @pytest.fixture(scope="module")
-def clf():
-    return from_pretrained(SHIPPED)
-
-
-@pytest.fixture
-def ckpt(tmp_path) -> Path:
-    """A copy of the shipped checkpoint folder (with prototypes and an open-set threshold) to damage."""
-    folder = tmp_path / "stage2"
-    shutil.copytree(SHIPPED, folder)
-    return folder
-
-
-@pytest.fixture(scope="module")
 def files(tmp_path_factory) -> dict[str, str]:
     d = tmp_path_factory.mktemp("imgs")
     rng = np.random.default_rng(0)

@@ -29,21 +29,6 @@ SHIPPED = ASSETS_DIR / "ccsam-cifar10-lt-cpu"
 PACKAGE = Path(ccsam_zoo.__file__).parent
 
 
-@pytest.fixture(scope="module")
-def clf():
-    return from_pretrained(SHIPPED)
-
-
-@pytest.fixture
-def ckpt(tmp_path) -> Path:
-    """A copy of the shipped checkpoint folder to damage."""
-    import shutil
-
-    folder = tmp_path / "stage2"
-    shutil.copytree(SHIPPED, folder)
-    return folder
-
-
 def _edit_weights(folder: Path, key: str, fn) -> None:
     state = load_file(str(folder / "model.safetensors"))
     state[key] = fn(state[key])
