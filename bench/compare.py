@@ -68,6 +68,11 @@ RUNS: dict[str, list[str]] = {
     # a perturbation that acts, and plain SAM at the same radius with the same (paper) stage 2
     "ccsam_block_strong": ["method=ccsam_block", f"stage1.method.scale={RADIUS:g}", *STRONG],
     "sam_strong": ["method=sam", f"stage1.method.rho={RADIUS:g}", *PAPER_STAGE2, *STRONG],
+    # issue 24: LogitNorm (Wei et al. 2022, tau 0.04 = their CIFAR-10 value) through both stages from the first
+    # epoch, against the same recipe without it (`ccsam`)
+    "ccsam_logitnorm": ["method=ccsam", "stage1.method.logit_norm_tau=0.04", "stage2.method.logit_norm_tau=0.04"],
+    # ... and outlier exposure on patch-shuffled training images (Hendrycks et al.'s uniform-target term, weight 0.5)
+    "ccsam_oe": ["method=ccsam", "stage1.method.oe_weight=0.5"],
     # the radius sweep, read on the validation split (results.json: stage1_best / stage2_best val_bacc)
     **{f"ccsam_block_r{r:g}": ["method=ccsam_block", f"stage1.method.scale={r:g}", *STRONG] for r in SWEEP},
     **{f"sam_r{r:g}": ["method=sam", f"stage1.method.rho={r:g}", *PAPER_STAGE2, *STRONG] for r in SWEEP},
@@ -76,6 +81,7 @@ RUNS: dict[str, list[str]] = {
 GROUPS: dict[str, list[str]] = {
     "paper": ["ce", "mixup_crt", "ccsam", "ccsam_rec"],
     "issue22": ["ce_strong", "mixup_crt_strong", "ccsam_strong", "ccsam_block_strong", "sam_strong"],
+    "issue24": ["ccsam_logitnorm", "ccsam_oe", "ccsam"],
     "issue22_sweep": [*(f"ccsam_block_r{r:g}" for r in SWEEP), *(f"sam_r{r:g}" for r in SWEEP)],
 }
 

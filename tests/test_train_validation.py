@@ -340,3 +340,26 @@ def test_accelerate_launch_quiet_prints_the_error_once_without_traceback(tmp_pat
     assert out.returncode == 1
     assert out.stderr.count("error: places_lt needs its data: set --set data.source=IMAGE_ROOT:SPLIT_DIR") == 1
     assert "Traceback" not in out.stderr and "CalledProcessError" not in out.stderr
+
+
+@pytest.mark.parametrize(
+    ("device", "precision", "caps", "slow"),
+    [
+        ("cpu", "bf16", {"avx512_bf16": False, "amx_bf16": False}, True),  # emulated: warn
+        ("cpu", "bf16", {"avx512_bf16": True, "amx_bf16": False}, False),
+        ("cpu", "bf16", {"avx512_bf16": False, "amx_bf16": True}, False),
+        ("cpu", "no", {"avx512_bf16": False, "amx_bf16": False}, False),
+        ("cuda", "bf16", {"avx512_bf16": False, "amx_bf16": False}, False),
+        ("cpu", "bf16", {}, False),  # capabilities unknown: no claim
+    ],
+)
+def test_bf16_on_a_cpu_without_native_bf16_is_flagged(monkeypatch, device, precision, caps, slow):
+    import types
+
+    import torch
+
+    from ccsam_zoo.training import trainer
+
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: caps, raising=False)
+    acc = types.SimpleNamespace(device=torch.device(device), mixed_precision=precision)
+    assert trainer._slow_cpu_bf16(acc) is slow

@@ -80,6 +80,14 @@ def train(
         ) from None
 
 
+def _slow_cpu_bf16(accelerator: Accelerator) -> bool:
+    """bf16 autocast requested on a CPU that computes bf16 only by emulation (no AVX512-BF16 / AMX-BF16)."""
+    if accelerator.device.type != "cpu" or accelerator.mixed_precision != "bf16":
+        return False
+    caps = getattr(torch.cpu, "get_capabilities", dict)()
+    return bool(caps) and not (caps.get("avx512_bf16") or caps.get("amx_bf16"))
+
+
 def _train(
     recipe: Recipe, output_dir: Path, resume: bool, overwrite: bool, progress: dict[str, Any]
 ) -> dict[str, Any]:
@@ -142,6 +150,12 @@ def _train(
         f"accelerate: {accelerator.num_processes} process(es), device {accelerator.device}, "
         f"mixed precision {accelerator.mixed_precision}, seed {recipe['seed']}"
     )
+    if _slow_cpu_bf16(accelerator):
+        log.info(
+            "warning: bf16 autocast on a CPU without native bf16 (no AVX512-BF16 / AMX-BF16) is emulated and "
+            "slower than float32 (ResNet-32: 3x per step, docs/RESULTS.md section 4); "
+            "train.mixed_precision=no is faster here"
+        )
     log.info(
         f"data {bench.name}: {len(bench.train)} train images, {bench.num_classes} classes, counts "
         f"{bench.class_counts[:3]}...{bench.class_counts[-3:]}, fingerprint {bench.fingerprint[:12]}"
