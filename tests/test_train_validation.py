@@ -274,9 +274,12 @@ def test_ctrl_c_is_one_line_exit_130_and_leaves_the_last_checkpoint(tmp_path):
 
     run = tmp_path / "run"
     sets = [*_SMALL, "stage1.epochs=200", "train.checkpoint_every=1"]
+    # Ctrl-C as a terminal delivers it: a test run started in the background of a non-interactive shell
+    # (`cmd &`, nohup) passes SIGINT on as ignored, and Python then never raises KeyboardInterrupt
     proc = subprocess.Popen(
         _cli("--recipe", "quickstart", "--output-dir", str(run), "--set", *sets),
         cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     deadline = time.time() + 300
     while time.time() < deadline and not (run / "checkpoints" / "stage1-epoch0002").exists():
