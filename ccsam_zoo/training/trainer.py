@@ -153,7 +153,7 @@ def _train(
     if _slow_cpu_bf16(accelerator):
         log.info(
             "warning: bf16 autocast on a CPU without native bf16 (no AVX512-BF16 / AMX-BF16) is emulated and "
-            "slower than float32 (ResNet-32: 3x per step, docs/RESULTS.md section 4); "
+            "slower than float32 (ResNet-32: 2.6x per step, docs/RESULTS.md section 4); "
             "train.mixed_precision=no is faster here"
         )
     log.info(
