@@ -282,6 +282,17 @@ def _check_val_per_class(bench: Any, requested: int) -> None:
         )
 
 
+def _val_rule(args: argparse.Namespace, recorded: dict[str, Any]) -> str:
+    """Which images a ``--split val`` holds: ``--val-rule``, else the rule of the model's own validation split, else
+    (a model that trained on its whole long-tailed subset) ``left_out``: only images its subset left out, never
+    images it trained on; ``fill`` when the model records no subset rule (nothing is known of what it saw)."""
+    if args.val_rule:
+        return args.val_rule
+    if recorded.get("val_per_class"):
+        return recorded.get("val_rule") or "fill"
+    return "left_out" if recorded else "fill"
+
+
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from ccsam_zoo.data import build_benchmark
     from ccsam_zoo.data.subset_rule import recorded_subset_rule
@@ -315,6 +326,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         kwargs["imbalance_ratio"] = int(ir) if float(ir).is_integer() else ir
     if args.val_per_class:
         kwargs["val_per_class"] = args.val_per_class
+    kwargs["val_rule"] = _val_rule(args, recorded)
     if not args.quiet:
         print(f"loading {name} {source or ''}".rstrip() + (f" and {args.open_data}" if args.open_data else "")
               + " (decoding the images once: they are cached for the next run)", file=sys.stderr)  # fmt: skip
@@ -322,7 +334,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     _check_data_matches(name, source, bench, clf)
     if args.split == "val" and getattr(bench, "val", None) is None:
         raise UsageError(f"{name} has no val split: add --val-per-class N (images per class held out of train)")
-    if args.val_per_class and getattr(bench, "val", None) is not None:
+    if args.val_per_class and getattr(bench, "val", None) is not None and kwargs["val_rule"] == "fill":
         _check_val_per_class(bench, args.val_per_class)
     if args.open_data:  # built apart: the closed-set fingerprint stays the one the card shows
         bench.open = build_benchmark(name, source, **kwargs, open_source=args.open_data).open
@@ -584,6 +596,14 @@ def build_parser(with_sharpness: bool = True) -> argparse.ArgumentParser:
     )
     p.add_argument("--split", default="test", choices=["test", "val", "train"])
     p.add_argument("--val-per-class", type=_non_negative, default=0, help="carve a validation split (with --split val)")
+    p.add_argument(
+        "--val-rule",
+        default=None,
+        choices=["fill", "left_out"],
+        help="left_out: only training images the long-tailed subset leaves out (a class may get fewer or none); "
+        "fill: then moves images out of the subset. Default: the model's own validation rule, else left_out for a "
+        "model with a recorded subset (never images it trained on), else fill",
+    )
     p.add_argument(
         "--open-data",
         default=None,

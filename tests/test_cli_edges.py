@@ -192,6 +192,35 @@ def test_evaluate_uses_the_models_recorded_subset_rule(capsys, tmp_path, copy10,
     assert recorded_subset_rule(recipe, "cifar10_lt")["selection"] == "shuffle"
 
 
+def test_evaluate_val_split_of_a_model_never_holds_images_it_trained_on(capsys, tmp_path, copy10):
+    """A model trained on its whole long-tailed subset (no validation split): ``--split val`` holds only the images
+    its subset left out (a class with none left out gets none), unless ``--val-rule fill`` is asked for."""
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    from ccsam_zoo.data.benchmarks import long_tailed_counts
+
+    rule = dict(imbalance_ratio=20, max_count=100, selection="shuffle", seed=7)
+    recipe = {"name": "cifar10_lt", "data": {"name": "cifar10_lt", "source": "PATH/TO/cifar10", **rule}}
+    folder = _save(tmp_path / "ckpt", recipe=recipe)
+    have = np.bincount(pq.read_table(copy10 / "train.parquet").column("label").to_numpy(), minlength=10)
+    trained = np.array(long_tailed_counts(10, 100, 20, "exp"))
+    left_out = np.minimum(10, have - trained)
+    assert left_out.min() == 0 and left_out.max() == 10  # the copy's truck class has nothing left out
+    argv = ["evaluate", "--model", folder, "--data", "cifar10_lt", "--source", copy10, "--split", "val",
+            "--val-per-class", 10, "--json"]  # fmt: skip
+    rc, out, err = _run(capsys, *argv)
+    assert rc == 0, err
+    rep = json.loads(out)
+    assert rep["subset_rule"]["val_rule"] == "left_out" and rep["num_samples"] == left_out.sum()
+    assert rep["per_class"][9] is None  # no image to score, not 0%
+    argv[argv.index("--val-per-class") + 1] = 4  # fill keeps one training image of truck's 5
+    rc, out, err = _run(capsys, *argv, "--val-rule", "fill")
+    assert rc == 0, err
+    rep = json.loads(out)
+    assert rep["subset_rule"]["val_rule"] == "fill" and rep["num_samples"] == 40 and rep["per_class"][9] is not None
+
+
 @pytest.mark.slow  # decodes the 60,000 CIFAR-10 images once (about 12 s)
 def test_shipped_models_record_the_rule_that_gives_their_card_fingerprint(cifar10_dir):
     """The flagship's recorded rule on the project's copy rebuilds its card's fingerprint (what evaluate does)."""

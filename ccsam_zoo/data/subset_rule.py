@@ -21,6 +21,7 @@ SUBSET_KEYS: dict[str, Any] = {
     "selection": "first",
     "seed": 0,
     "val_per_class": 0,
+    "val_rule": "fill",
     "shot_thresholds": (100, 20),
     "shot_rule": "paper",
 }
