@@ -5,7 +5,9 @@
 
 The shipped folder is a small run folder that ``from_pretrained(ALIAS)`` (stage 2) and ``ALIAS:stage1`` load:
 
-- ``stage1/`` / ``stage2/``: the stage checkpoints as trained (timm ``config.json`` + ``model.safetensors``,
+- ``stage1/`` / ``stage2/``: the stage checkpoints as trained (``--weights``: each stage's validation-selected
+  epoch, ``stageN-best/`` of an ``eval.select_on=val`` run, the default when the run has them; its last-epoch
+  numbers stay in the shipped ``metrics.json`` as ``stageN_last``) (timm ``config.json`` + ``model.safetensors``,
   ``ccsam_zoo.json``, ``prototypes.safetensors``, the per-class plot); the open-set statistics are re-fitted on
   the model's training split for ``--stats-stages`` (default: stage 2 only, so an alias with both stages stays
   under 5 MB; the other stage has the logit and prototype scores) and every available score is calibrated at
@@ -146,6 +148,35 @@ def _paper_line(extras: dict[str, Any], top1: float) -> str:
     return f"Measured gap to the paper ({paper['setting']}: {paper['top1']:.2f}): **{gap:+.2f}** points top-1."
 
 
+def augmentation_text(recipe: dict[str, Any]) -> str:
+    """What the recipe's stage-1 training images went through, in words (the card's augmentation line)."""
+    d = recipe.get("data") or {}
+    parts = ["pad-4 random crop + horizontal flip" if d.get("augment", True) else "none"]
+    aa = d.get("autoaugment")
+    if isinstance(aa, str) and aa.startswith("rand"):
+        parts.append(f"RandAugment `{aa}` per image")
+    elif aa:
+        parts.append(f"AutoAugment's {'CIFAR-10' if aa in (True, 'cifar10') else aa} policy per image")
+    cut = d.get("cutout")
+    if cut:
+        size = 16 if cut is True else int(cut)
+        parts.append(f"Cutout (one {size}x{size} hole)")
+    alpha = ((recipe.get("stage1") or {}).get("method") or {}).get("mixup_alpha")
+    parts.append(f"mixup alpha {alpha}" if alpha else "no mixup")
+    return ", ".join(parts)
+
+
+def _epoch_text(m: dict[str, Any], recipe: dict[str, Any]) -> str:
+    """Which epoch's weights these are: the last, or the one the validation split selected."""
+    if m.get("selection") != "val":
+        return "last epoch, no checkpoint selection"
+    d = recipe.get("data") or {}
+    rule = "the training images the long-tailed subset leaves out" if d.get("val_rule") == "left_out" else (
+        "held out of the training images")  # fmt: skip
+    return (f"the validation-selected epoch {m.get('epoch')} (balanced accuracy {float(m['val_bacc']):.2f}% on the "
+            f"validation split: at most {d.get('val_per_class')} images per class, {rule})")  # fmt: skip
+
+
 def _notes(
     alias: str, stage: int, extras: dict[str, Any], compare: dict | None, hardware: str | None,
     selection: str | None = None,
@@ -165,8 +196,9 @@ def _notes(
         f"`method={recipe.get('method')}`: ResNet-32, IR {recipe.get('data', {}).get('imbalance_ratio')}, "
         f"stage 1 {s1.get('epochs')} epochs (batch {s1.get('batch_size')}, lr {s1.get('lr')}, "
         f"{s1.get('warmup_epochs')} warm-up epochs, x{s1.get('gamma') or 0.1} at {s1.get('milestones')}), "
-        f"stage 2 {s2.get('epochs')} epochs (lr {s2.get('lr')}, {s2.get('schedule')}); last epoch, no checkpoint "
-        "selection" + ("." if selection else ", the test split used for nothing but the numbers below."),
+        f"stage 2 {s2.get('epochs')} epochs (lr {s2.get('lr')}, {s2.get('schedule')}); {_epoch_text(m, recipe)}"
+        + ("." if selection else ", the test split used for nothing but the numbers below."),
+        f"- **Augmentation**: {augmentation_text(recipe)}.",
         f"- **Data copy**: {DATA_COPY}; training subset: the authors' rule (per-class seeded shuffle, seed "
         f"{recipe.get('data', {}).get('seed')}), fingerprint `{extras.get('data_fingerprint')}`.",
         f"- **Seeds**: 1 (seed {seed}); the seed-to-seed spread of this code on the short CPU schedule is "
@@ -263,12 +295,21 @@ def ship(
     run: Path, alias: str, stages: list[int], heldout: int, data_source: str, compare: dict | None = None,
     hardware: str | None = None, overwrite: bool = False, stats_stages: tuple[int, ...] = (2,),
     selection: str | None = None, stage1_from: Path | None = None, data_copy_text: str | None = None,
+    weights: str | None = None,
 ) -> dict[str, Any]:  # fmt: skip
+    """Ship ``run`` as ``alias``. ``weights``: ``"selected"`` (each stage's validation-selected epoch,
+    ``stageN-best/`` of an ``eval.select_on=val`` run), ``"last"``, or None: selected when the run has them."""
     entry = registry._REGISTRY.get(alias)
     if entry is None or not entry.shipped or entry.local_dir is None:
         raise SystemExit(f"register {alias!r} as a shipped alias in ccsam_zoo/hub/registry.py (_SHIPPED) first")
     if not (run / "metrics.json").is_file():
         raise SystemExit(f"{run}: no metrics.json: the run has not finished")
+    run_metrics = json.loads((run / "metrics.json").read_text())
+    has_best = all(f"stage{s}_best" in run_metrics and (run / f"stage{s}-best").is_dir() for s in stages)
+    if weights == "selected" and not has_best:
+        raise SystemExit(f"{run}: no validation-selected weights (stageN-best/): the run did not select on a "
+                         "validation split (eval.select_on=val); ship --weights last")  # fmt: skip
+    selected = has_best if weights is None else weights == "selected"
     dest = entry.local_dir
     if dest.exists():
         if not overwrite:
@@ -278,9 +319,15 @@ def ship(
     for name in RUN_FILES:
         if (run / name).is_file():
             shutil.copyfile(run / name, dest / name)
-    out: dict[str, Any] = {"alias": alias, "folder": str(dest), "stages": {}}
+    if selected:  # the shipped metrics.json's stageN is the shipped (selected) weights; the last epoch -> stageN_last
+        for s_ in stages:
+            run_metrics[f"stage{s_}_last"] = run_metrics[f"stage{s_}"]
+            run_metrics[f"stage{s_}"] = run_metrics.pop(f"stage{s_}_best")
+        (dest / "metrics.json").write_text(json.dumps(run_metrics, indent=1) + "\n")
+    out: dict[str, Any] = {"alias": alias, "folder": str(dest), "weights": "selected" if selected else "last",
+                           "stages": {}}  # fmt: skip
     for stage in stages:
-        src, dst = run / f"stage{stage}", dest / f"stage{stage}"
+        src, dst = run / f"stage{stage}{'-best' if selected else ''}", dest / f"stage{stage}"
         if stage == 1 and stage1_from is not None:  # stage 2 was trained from these weights (stage2.init)
             src = stage1_from / "stage1"
         dst.mkdir()
@@ -338,6 +385,9 @@ def main() -> None:
                    help="the run whose stage1/ the shipped stage 2 was trained from (RUN_FOLDER's stage2.init)")
     p.add_argument("--data-copy", default=None,
                    help="how the cards name the data copy (default: folder name and train.parquet hash)")
+    p.add_argument("--weights", choices=["selected", "last"], default=None,
+                   help="each stage's validation-selected epoch (stageN-best/ of an eval.select_on=val run) or its "
+                        "last epoch (default: selected when the run has it)")  # fmt: skip
     p.add_argument("--overwrite", action="store_true")
     a = p.parse_args()
     compare = json.loads(a.compare.read_text()) if a.compare else None
@@ -360,6 +410,7 @@ def main() -> None:
         a.selection,
         a.stage1_from,
         a.data_copy,
+        a.weights,
     )
     print(json.dumps(out, indent=1))
 

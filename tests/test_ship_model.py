@@ -93,6 +93,7 @@ def test_ship_a_tiny_run_into_a_registered_folder(cifar10_dir, ood_dir, tmp_path
     monkeypatch.setenv("CCSAM_DATA", str(data))
     ship = _bench_module("ship_model")
     out = ship.ship(run, "tiny-ce", [1, 2], heldout=10, data_source=str(source), hardware="a test machine")
+    assert out["weights"] == "last"  # no validation split: the last epoch of each stage
 
     folder = tmp_path / "assets" / "tiny-ce"
     assert out["total_bytes"] == sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
@@ -136,6 +137,59 @@ def test_ship_a_tiny_run_into_a_registered_folder(cifar10_dir, ood_dir, tmp_path
     eligible = [m for m, r in chosen["models"].items() if r["eligible"]]
     best = max(eligible, key=lambda m: chosen["models"][m]["heldout_mean"]) if eligible else None
     assert chosen["selected"] == best
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("fresh_accelerate_state")
+def test_ship_the_validation_selected_epochs_of_a_strong_augmentation_run(cifar10_dir, ood_dir, tmp_path, monkeypatch):
+    """An eval.select_on=val run ships each stage's validation-selected weights, says which epoch and which
+    augmentation in its notes, and keeps the last epoch's numbers beside them in metrics.json."""
+    import dataclasses
+    import json
+
+    import ccsam_zoo
+    from ccsam_zoo.hub import registry
+    from ccsam_zoo.training import apply_overrides, load_recipe, train
+    from tests.training_utils import tiny_overrides
+
+    source = write_cifar10_slice(cifar10_dir, tmp_path / "c10", 60, 20)
+    run = tmp_path / "run"
+    sets = {"stage1.epochs": 3, "stage2.epochs": 2, "eval.every": 1, "eval.select_on": "val", "data.val_rule":
+            "left_out", "stage2.init_from": "best", "data.autoaugment": "cifar10", "data.cutout": 16}  # fmt: skip
+    metrics = train(apply_overrides(load_recipe("cifar10_lt"), tiny_overrides(source, "ce", **sets)), run)
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+    cpu = registry._REGISTRY["ccsam-cifar10-lt-cpu"]
+    registry._REGISTRY["tiny-sel"] = dataclasses.replace(cpu, alias="tiny-sel",
+                                                         local_dir=tmp_path / "assets" / "tiny-sel")  # fmt: skip
+    data = tmp_path / "data"
+    (data / "tinyimagenet_ood").mkdir(parents=True)
+    pq.write_table(pq.read_table(ood_dir / "test.parquet").slice(0, 500), data / "tinyimagenet_ood" / "test.parquet")
+    monkeypatch.setenv("CCSAM_DATA", str(data))
+    ship = _bench_module("ship_model")
+    out = ship.ship(run, "tiny-sel", [1, 2], heldout=0, data_source=str(source))
+
+    folder = tmp_path / "assets" / "tiny-sel"
+    assert out["weights"] == "selected"
+    shipped = json.loads((folder / "metrics.json").read_text())
+    for n in (1, 2):
+        best, last = metrics[f"stage{n}_best"], metrics[f"stage{n}"]
+        assert (folder / f"stage{n}" / "model.safetensors").read_bytes() == (
+            run / f"stage{n}-best" / "model.safetensors").read_bytes()  # fmt: skip
+        assert shipped[f"stage{n}"]["epoch"] == best["epoch"] and shipped[f"stage{n}"]["selection"] == "val"
+        assert shipped[f"stage{n}_last"]["epoch"] == last["epoch"] and f"stage{n}_best" not in shipped
+        text = (folder / f"stage{n}" / "README.md").read_text()
+        assert (f"the validation-selected epoch {best['epoch']} (balanced accuracy {best['val_bacc']:.2f}% on the "
+                "validation split: at most 5 images per class, the training images the long-tailed subset leaves "
+                "out)") in text  # fmt: skip
+        assert ("**Augmentation**: pad-4 random crop + horizontal flip, AutoAugment's CIFAR-10 policy per image, "
+                "Cutout (one 16x16 hole), no mixup.") in text  # fmt: skip
+        assert "last epoch, no checkpoint selection" not in text
+    clf = ccsam_zoo.from_pretrained("tiny-sel")
+    assert clf.open_set["threshold"] is not None and "known validation images" in clf.open_set["calibration"]
+    (tmp_path / "no-best").mkdir()  # a finished run that did not select on a validation split
+    (tmp_path / "no-best" / "metrics.json").write_text(json.dumps({"stage1": last, "stage2": last}))
+    with pytest.raises(SystemExit, match="no validation-selected weights .* ship --weights last"):
+        ship.ship(tmp_path / "no-best", "tiny-sel", [1, 2], 0, str(source), weights="selected")
 
 
 def test_refresh_notes_rewrites_the_cards_and_keeps_the_weights(tmp_path, monkeypatch):
