@@ -203,7 +203,7 @@ def test_recipe_trains_one_tiny_epoch_on_real_data(tin_dir, tmp_path, one_thread
     recipe = apply_overrides(
         load_recipe("tinyimagenet_lt_cpu"),
         [f"data.source={tin_dir / 'images'}:{splits}", "stage1.batch_size=50", "stage2.batch_size=50",
-         "eval.batch_size=100"],
+         "eval.batch_size=100", "stage1.epochs=1", "stage2.epochs=1", "stage1.warmup_epochs=0", "eval.every=0"],
     )  # fmt: skip
     AcceleratorState._reset_state(reset_partial_state=True)
     PartialState._reset_state()
