@@ -248,10 +248,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     plain = {n: r for n, r in rows.items() if r["thresholds"] == "global" and n in scores}
     default, rule_met = select_default_score(_selection(plain))
+    per_class = torch.bincount(bench.val.labels, minlength=bench.num_classes).tolist()
     calibration = f"{len(bench.val)} known validation images" + (
-        " (training images outside the model's subset, at most "
-        f"{args.heldout_per_class} per class: {torch.bincount(bench.val.labels, minlength=bench.num_classes).tolist()})"
-        if bench.val_indices is None else ""
+        f" (training images outside the model's subset, at most {args.heldout_per_class} per class: {per_class})"
+        if bench.val_indices is None
+        else f" (the model's own validation split, images it never trained on: {per_class})"
     )  # fmt: skip
     if args.write_stats:
         _write(clf, stats, {n: plain[n]["threshold"] for n in plain}, default, args.tpr, calibration, _selection(plain))

@@ -210,19 +210,34 @@ def _notes(
     if hardware:
         lines.append(f"- **Hardware**: {hardware}.")
     if compare:
+        summary = compare.get("summary", {})
+        selected = any(row.get("stage2_best.top1") for row in summary.values())  # eval.select_on=val runs
+
+        def cell(row: dict, key: str) -> str:
+            v = row.get(key)
+            return f"{v['mean']:.2f}" if v else "–"
+
         lines += ["", "Side by side (same recipe, data copy and seed; CIFAR-10 test split, top-1 % of each run's "
-                  "saved float32 weights; train time summed over the epochs, across resumes):", ""]  # fmt: skip
-        lines += ["| Run | Stage 1 | Stage 2 | Many | Medium | Train (min) |", "|---|---|---|---|---|---|"]
-        for name, row in compare.get("summary", {}).items():
-
-            def cell(key: str, row: dict = row) -> str:
-                v = row.get(key)
-                return f"{v['mean']:.2f}" if v else "–"
-
+                  "saved float32 weights; train time summed over the epochs, across resumes"
+                  + ("; last epoch / validation-selected epoch, many and medium of the selected stage 2, val = "
+                     "balanced accuracy on the validation split" if selected else "") + "):", ""]  # fmt: skip
+        if selected:
+            lines += ["| Run | Stage 1 | Stage 2 | Many | Medium | Val (stage 2) | Train (min) |",
+                      "|---|---|---|---|---|---|---|"]  # fmt: skip
+        else:
+            lines += ["| Run | Stage 1 | Stage 2 | Many | Medium | Train (min) |", "|---|---|---|---|---|---|"]
+        for name, row in summary.items():
             train = f"{row['train_s']['mean'] / 60:.1f}" if row.get("train_s") else "–"
-            lines.append(f"| {name} | {cell('stage1.top1')} | {cell('stage2.top1')} | {cell('stage2.many')} | "
-                         f"{cell('stage2.medium')} | {train} |")  # fmt: skip
-    lines += ["", "Full tables and commands: docs/RESULTS.md, section 0."]
+            if selected:
+                b = "stage2_best" if row.get("stage2_best.top1") else "stage2"
+                s1, s2 = (f"{cell(row, f'stage{n}.top1')} / {cell(row, f'stage{n}_best.top1')}" for n in (1, 2))
+                lines.append(f"| {name} | {s1} | {s2} | {cell(row, b + '.many')} | {cell(row, b + '.medium')} | "
+                             f"{cell(row, b + '.val_bacc')} | {train} |")  # fmt: skip
+            else:
+                lines.append(f"| {name} | {cell(row, 'stage1.top1')} | {cell(row, 'stage2.top1')} | "
+                             f"{cell(row, 'stage2.many')} | {cell(row, 'stage2.medium')} | {train} |")  # fmt: skip
+    section = "sections 0 and 0b" if (recipe.get("data") or {}).get("autoaugment") else "section 0"
+    lines += ["", f"Full tables and commands: docs/RESULTS.md, {section}."]
     return "\n".join([NOTES_BEGIN, *lines, NOTES_END])
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import io
+import re
 import sys
 
 import numpy as np
@@ -185,7 +186,11 @@ def test_ship_the_validation_selected_epochs_of_a_strong_augmentation_run(cifar1
                 "Cutout (one 16x16 hole), no mixup.") in text  # fmt: skip
         assert "last epoch, no checkpoint selection" not in text
     clf = ccsam_zoo.from_pretrained("tiny-sel")
-    assert clf.open_set["threshold"] is not None and "known validation images" in clf.open_set["calibration"]
+    calibration = clf.open_set["calibration"]  # calibrated on the run's own validation split, named as such
+    n, per_class = re.fullmatch(
+        r"(\d+) known validation images \(the model's own validation split, images it never trained on: \[(.*)\]\)",
+        calibration).groups()  # fmt: skip
+    assert clf.open_set["threshold"] is not None and int(n) == sum(int(c) for c in per_class.split(", ")) > 0
     (tmp_path / "no-best").mkdir()  # a finished run that did not select on a validation split
     (tmp_path / "no-best" / "metrics.json").write_text(json.dumps({"stage1": last, "stage2": last}))
     with pytest.raises(SystemExit, match="no validation-selected weights .* ship --weights last"):
@@ -226,5 +231,16 @@ def test_refresh_notes_rewrites_the_cards_and_keeps_the_weights(tmp_path, monkey
         assert (gap in text) == (stage == "stage1")
         assert f'ccsam_zoo.from_pretrained("copy-ce{":stage1" if stage == "stage1" else ""}")' in text
     assert {p: p.read_bytes() for p in kept} == kept
+    # runs that selected epochs on a validation split: last / selected columns and the selection score
+    summary["strong"] = {"stage1.top1": {"mean": 71.84}, "stage1_best.top1": {"mean": 72.04},
+                         "stage2.top1": {"mean": 79.38}, "stage2_best.top1": {"mean": 79.82},
+                         "stage2_best.many": {"mean": 79.25}, "stage2_best.medium": {"mean": 82.1},
+                         "stage2_best.val_bacc": {"mean": 80.22}, "train_s": {"mean": 15042.0}}  # fmt: skip
+    ship.refresh_notes("copy-ce", {"summary": summary}, "a second machine", "picked on held-out images")
+    text = (folder / "stage2" / "README.md").read_text()
+    assert "| Run | Stage 1 | Stage 2 | Many | Medium | Val (stage 2) | Train (min) |" in text
+    assert "| strong | 71.84 / 72.04 | 79.38 / 79.82 | 79.25 | 82.10 | 80.22 | 250.7 |" in text
+    assert "| ce | 66.90 / – | 69.80 / – | 75.20 | 47.90 | – | 139.7 |" in text  # no selection: its last epoch
+    assert "Full tables and commands: docs/RESULTS.md, section 0." in text  # the crop + flip recipe of section 0
     with pytest.raises(SystemExit, match="not a shipped alias"):
         ship.refresh_notes("ccsam-imagenet-lt", None, None)

@@ -77,23 +77,30 @@ def test_shipped_cards_name_the_data_copy_and_a_command_a_wheel_has(alias):
         assert extras["recipe"]["data"]["source"] == "PATH/TO/cifar10"
 
 
-def test_flagship_card_gives_both_runs_that_built_it():
-    """ccsam-cifar10-lt: stage 2 was trained in a second run from the saved stage 1 (train.log says so)."""
+def test_flagship_card_gives_the_one_command_that_rebuilds_its_recipe():
+    """ccsam-cifar10-lt (issue 22: strong augmentation, validation selection) was one run; the card's command,
+    applied to the packaged recipe, gives the shipped recipe key for key."""
+    from ccsam_zoo.training.config import apply_overrides, load_recipe, resolve_recipe
+
     folder = _REGISTRY["ccsam-cifar10-lt"].local_dir
-    log = (folder / "train.log").read_text()
-    assert "stage 1 skipped: weights from PATH/TO/ccsam-s42/stage1" in log
-    assert yaml.safe_load((folder / "recipe.yaml").read_text())["stage2"]["init"] == "PATH/TO/ccsam-s42/stage1"
+    assert "stage 1 skipped" not in (folder / "train.log").read_text()
+    shipped = yaml.safe_load((folder / "recipe.yaml").read_text())
+    assert shipped["stage2"].get("init") is None and shipped["stage2"]["init_from"] == "best"
+    stage1 = json.loads((folder / "stage1" / "ccsam_zoo.json").read_text())["metrics"]
     for stage in ("stage1", "stage2"):
         text = (folder / stage / "README.md").read_text()
-        assert "Reproduce: two runs, because stage 2 was trained separately from the saved stage-1 weights" in text
-        block = text[text.index("```bash", text.index("Reproduce: two runs")):]
-        first, second = block.splitlines()[1:3]
-        assert first.startswith("ccsam-zoo train --recipe cifar10_lt --output-dir RUN1 --set ")
-        assert "stage2." not in first.split("#")[0] and "data.source=PATH/TO/cifar10" in first
-        assert second.startswith("ccsam-zoo train --recipe cifar10_lt --output-dir RUN2 --set stage2.init=RUN1/stage1 ")
-        assert "stage2.method.preset=paper" in second
-        # the stage-1 row still names stage 1's method and schedule (not "loaded from ...")
-        assert "| CC-SAM (official preset) | 200 | 64 | 0.1, step | 66.11 |" in text
+        assert "Reproduce: two runs" not in text and "recipe.yaml  # the run folder's" not in text
+        command = re.search(r"Reproduce: `(ccsam-zoo train --recipe cifar10_lt --set [^`]*)`", text).group(1)
+        sets = command.split(" --set ")[1].split()
+        strong = ["data.autoaugment=cifar10", "data.cutout=16", "stage1.method.mixup_alpha=0.0", "eval.select_on=val",
+                  "data.val_rule=left_out", "data.val_per_class=100", "stage2.method.preset=paper"]  # fmt: skip
+        assert set(strong) <= set(sets) and "data.source=PATH/TO/cifar10" in sets
+        rebuilt = resolve_recipe(apply_overrides(load_recipe("cifar10_lt"), sets))
+        assert {k: v for k, v in rebuilt.items() if k != "description"} == {
+            k: v for k, v in resolve_recipe(shipped).items() if k != "description"}  # fmt: skip
+        # the stage-1 row: stage 1's method and schedule, and its validation-selected weights' test accuracy
+        row = f"| CC-SAM (official preset) | 200 | 64 | 0.1, step | {stage1['top1']:.2f} |"
+        assert f"| 1{' (this model)' if stage == 'stage1' else ''} {row}" in text
         assert render_model_card(folder / stage) == text  # the shipped card is what the renderer writes
 
 
@@ -180,7 +187,11 @@ def test_ship_script_makes_a_run_folder_portable_and_refuses_leaks(tmp_path):
     assert "Command: `train --set data.source=PATH/TO/cifar10`" in card  # the run's own command, made portable
     (run / "metrics.json").unlink()
     card = render_model_card(run / "stage2", repo_id="me/tiny")  # without it: the commands that rebuild the model
-    assert "ccsam-zoo train --recipe cifar10_lt --output-dir RUN2 --set stage2.init=RUN1/stage1" in card
+    assert "Reproduce: two runs, because stage 2 was trained separately from the saved stage-1 weights" in card
+    first, second = card[card.index("```bash", card.index("Reproduce: two runs")) :].splitlines()[1:3]
+    assert first.startswith("ccsam-zoo train --recipe cifar10_lt --output-dir RUN1 --set ")
+    assert "stage2." not in first.split("#")[0] and "data.source=PATH/TO/cifar10" in first
+    assert second.startswith("ccsam-zoo train --recipe cifar10_lt --output-dir RUN2 --set stage2.init=RUN1/stage1")
     assert ship_model.make_portable(run) == []  # idempotent
 
 

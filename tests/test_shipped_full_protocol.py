@@ -1,4 +1,4 @@
-"""The full-protocol CIFAR-10-LT models shipped in the package (issue 13) against independent references."""
+"""The full-protocol CIFAR-10-LT models shipped in the package (issues 13, 22) against independent references."""
 
 from __future__ import annotations
 
@@ -18,6 +18,9 @@ from tests.conftest import REPO
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 # alias -> (assets folder, stage folder, the recipe's method, the paper's row for it or None)
+# The flagship is issue 22's strong-augmentation run (AutoAugment + Cutout, mixup off, validation-selected epochs);
+# the baselines are section 0's runs (crop + flip, last epoch, no validation split).
+STRONG = {"ccsam-cifar10-lt", "ccsam-cifar10-lt:stage1"}
 MODELS = {
     "ccsam-cifar10-lt": ("ccsam-cifar10-lt", "stage2", "ccsam", 83.92),  # the paper stage 2 (Eq. 12-14)
     "ccsam-cifar10-lt:stage1": ("ccsam-cifar10-lt", "stage1", "ccsam", 83.92),
@@ -51,9 +54,21 @@ def test_folder_is_complete_small_and_from_the_paper_protocol(alias):
     assert recipe["name"] == "cifar10_lt" and recipe["method"] == MODELS[alias][2] and recipe["seed"] == 42
     assert (recipe["stage1"]["epochs"], recipe["stage2"]["epochs"]) == (200, 30)
     assert recipe["stage1"]["milestones"] == [160, 180] and recipe["stage1"]["batch_size"] == 64
-    assert recipe["data"]["imbalance_ratio"] == 100 and recipe["data"]["val_per_class"] == 0
+    assert recipe["data"]["imbalance_ratio"] == 100
     assert extras["class_counts"] == [5000, 2997, 1796, 1077, 645, 387, 232, 139, 83, 50]
-    assert extras["metrics"]["selection"] == "last" and extras["metrics"]["split"] == "test"
+    m = extras["metrics"]
+    assert m["split"] == "test"
+    if alias in STRONG:  # 900 left-out images (airplane has none left), each stage's epoch chosen on them
+        d = recipe["data"]
+        assert (d["val_per_class"], d["val_rule"], d["autoaugment"], d["cutout"]) == (100, "left_out", "cifar10", 16)
+        assert recipe["stage1"]["method"]["mixup_alpha"] == 0 and recipe["eval"]["select_on"] == "val"
+        assert m["selection"] == "val" and 1 <= m["epoch"] <= recipe[folder.name]["epochs"]
+        assert 0 < m["val_bacc"] <= 100
+        run = json.loads((folder.parent / "metrics.json").read_text())  # the last epoch stays beside it
+        assert run[folder.name]["top1"] == m["top1"] and f"{folder.name}_last" in run
+    else:
+        assert recipe["data"]["val_per_class"] == 0 and not recipe["data"]["autoaugment"]
+        assert m["selection"] == "last"
     if folder.name == "stage2":  # CC-SAM: the paper's unweighted stage 2 (Eq. 12-14); the baselines: cRT
         ccsam = MODELS[alias][2] == "ccsam"
         assert extras["method"] == ({"name": "ccsam_adv", "preset": "paper"} if ccsam else {"name": "crt"})
@@ -69,6 +84,13 @@ def test_card_is_current_and_states_protocol_data_seeds_and_gap(alias):
     assert render_model_card(folder) == text
     assert f'ccsam_zoo.from_pretrained("{alias}")' in text and "hf-hub:" not in text
     assert "**Protocol**: the paper's full CIFAR-10-LT protocol" in text and "Shortened schedule" not in text
+    m = _extras(alias)["metrics"]
+    if alias in STRONG:
+        assert f"the validation-selected epoch {m['epoch']} (balanced accuracy {m['val_bacc']:.2f}%" in text
+        assert "AutoAugment's CIFAR-10 policy per image, Cutout (one 16x16 hole), no mixup" in text
+        assert "The reported model was selected on the `val` split, never on the test split." in text
+    else:
+        assert "; last epoch, no " in text and "AutoAugment" not in text  # section 0's notes: no selection
     assert "**Data copy**" in text and "quality 75" in text and "**Seeds**: 1 (seed 42)" in text
     paper = MODELS[alias][3]
     top1 = _extras(alias)["metrics"]["top1"]
@@ -104,7 +126,8 @@ def test_alias_loads_offline_and_matches_plain_timm(alias):
 @pytest.mark.parametrize("alias", MODELS)
 def test_open_set_threshold_calibrated_on_held_out_training_images(alias):
     clf = ccsam_zoo.from_pretrained(alias)
-    assert clf.open_set["tpr"] == 0.95 and "outside the model's subset" in clf.open_set["calibration"]
+    where = "validation split, images it never trained on" if alias in STRONG else "outside the model's subset"
+    assert clf.open_set["tpr"] == 0.95 and where in clf.open_set["calibration"]
     assert set(clf.open_set["thresholds"]) == set(clf.available_scores())
     assert clf.default_score() == clf.open_set["score"] in clf.available_scores()
     if _folder(alias).name == "stage1":

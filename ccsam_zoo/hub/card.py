@@ -567,6 +567,9 @@ def _recipe_changes(base: Any, recipe: Any, prefix: str = "") -> list[tuple[str,
     return out
 
 
+_MAX_SETS = 16  # longer --set lists point to the run folder's recipe.yaml instead
+
+
 def _reproduce(recipe: dict[str, Any], run: Path | None) -> tuple[list[str], list[str]]:
     """The training commands that rebuild this recipe (``ccsam-zoo train``, which a wheel has), and the ``--set``
     overrides of the published recipe. A stage 2 trained in a separate run from saved stage-1 weights
@@ -583,7 +586,7 @@ def _reproduce(recipe: dict[str, Any], run: Path | None) -> tuple[list[str], lis
         if name in list_recipes():
             changes = _recipe_changes(resolve_recipe(load_recipe(name)), resolve_recipe(recipe))
             sets = [f"{k}={_yaml_value(v)}" for k, v in changes if k != "stage2.init"]
-            if len(sets) <= 8:
+            if len(sets) <= _MAX_SETS:
                 base = f"{TRAIN_COMMAND} --recipe {name}"
                 if not init:
                     return [base + (" --set " + " ".join(sets) if sets else "")], sets

@@ -109,7 +109,8 @@ _BUILTIN_HUB = (
 # only) or a small run folder with stage1/ and stage2/ (ALIAS:stage1). None of them is on the Hub.
 _SHIPPED = (
     # alias, dataset, recipe, method (the recipe's `method` flag), architecture
-    ("ccsam-cifar10-lt", "cifar10_lt", "cifar10_lt", "ccsam", "resnet32_cifar"),  # with stage2.method.preset=paper
+    # stage2.method.preset=paper + AutoAugment + Cutout, mixup off, validation-selected epochs (issue 22)
+    ("ccsam-cifar10-lt", "cifar10_lt", "cifar10_lt", "ccsam", "resnet32_cifar"),
     ("ce-crt-cifar10-lt", "cifar10_lt", "cifar10_lt", "ce", "resnet32_cifar"),
     ("mixup-crt-cifar10-lt", "cifar10_lt", "cifar10_lt", "mixup_crt", "resnet32_cifar"),
     ("ccsam-cifar10-lt-cpu", "cifar10_lt", "cifar10_lt_cpu", "ccsam", "resnet32_cifar"),
