@@ -30,6 +30,7 @@ from ccsam_zoo.hub import from_pretrained
 from ccsam_zoo.hub.registry import optional_assets_dir, resolve_checkpoint
 from ccsam_zoo.inference import evaluate_model
 from ccsam_zoo.inference.open_set import OLTR_MSP_THRESHOLD
+from ccsam_zoo.training.run_log import stage_seconds
 
 DATA = Path(os.environ.get("CCSAM_DATA", "../shared/data")) / "tinyimagenet_lt"
 PORTABLE_DATA = "../shared/data/tinyimagenet_lt"  # the recipes' default, relative to the repository root
@@ -40,18 +41,25 @@ def _bench(source: Path, size: int):
 
 
 def _run_stats(run: Path) -> dict[str, Any]:
-    """Training img/s per stage (median over epochs) and wall time, from a run folder's logs."""
+    """Training img/s per stage (median over epochs), summed epoch time (across resumes) and, for a run that was
+    never resumed, its wall time, from a run folder's logs."""
     rows = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines() if line.strip()]
+    epochs = {(r.get("stage"), r.get("epoch")): r for r in rows}  # an epoch redone after a resume: its last record
     out: dict[str, Any] = {}
     for stage in ("stage1", "stage2"):
-        speeds = sorted(r["img_per_s"] for r in rows if r.get("stage") == stage and "img_per_s" in r)
-        secs = [r["seconds"] for r in rows if r.get("stage") == stage and "seconds" in r]
+        speeds = sorted(r["img_per_s"] for (s, _), r in epochs.items() if s == stage and "img_per_s" in r)
         if speeds:
             out[f"{stage}_img_per_s"] = round(speeds[len(speeds) // 2], 2)
-            out[f"{stage}_train_s"] = round(sum(secs), 1)
-    start = (run / "recipe.yaml").stat().st_mtime
-    end = max(p.stat().st_mtime for p in run.glob("stage*/ccsam_zoo.json"))
-    out["wall_s"] = round(end - start, 1)  # training + the evaluations and statistics after each stage
+    seconds, _ = stage_seconds(run)  # an epoch redone after a resume counts once
+    for stage, s in seconds.items():
+        out[f"{stage}_train_s"] = round(s, 1)
+    out["train_s"] = round(sum(seconds.values()), 1)
+    log = run / "train.log"
+    out["resumes"] = log.read_text(encoding="utf-8").count("resuming from") if log.is_file() else 0
+    if out["resumes"] == 0:  # a resumed run's recipe.yaml is rewritten and its span holds the pause
+        start = (run / "recipe.yaml").stat().st_mtime
+        end = max(p.stat().st_mtime for p in run.glob("stage*/ccsam_zoo.json"))
+        out["wall_s"] = round(end - start, 1)  # training + the evaluations and statistics after each stage
     return out
 
 
@@ -139,9 +147,11 @@ def _notes(alias: str, stage: str, rep: dict[str, Any], fp16: dict[str, Any], re
         "10 MB budget of the packaged models, so this alias is an optional asset outside the package "
         f"(`$CCSAM_ASSETS/{alias}`, default `~/.cache/ccsam_zoo/assets/{alias}`).",
     ]
-    if rep.get("wall_s"):
+    if rep.get("train_s"):
+        wall = f", {rep['wall_s'] / 60:.0f} min wall with the evaluations" if rep.get("wall_s") else (
+            f", resumed {rep.get('resumes')}x")  # fmt: skip
         lines.append(
-            f"- Training: {rep['wall_s'] / 60:.0f} min wall (both stages with their evaluations) at "
+            f"- Training: {rep['train_s'] / 60:.0f} min of summed epoch time (both stages{wall}) at "
             f"{rep.get('stage1_img_per_s')} / {rep.get('stage2_img_per_s')} img/s (stage 1 / stage 2), one CPU thread "
             "on a shared 2-core machine."
         )
@@ -214,10 +224,12 @@ def export(
 def _markdown(rows: list[dict[str, Any]]) -> str:
     pct = _pct
     head = ("| model | top-1 | many | medium | few | F (MSP @ 0.1) | AUROC (MSP) | F (default score) | AUROC (default) "
-            "| train img/s (stage 1 / 2) | wall |\n|---|---|---|---|---|---|---|---|---|---|---|")  # fmt: skip
+            "| train img/s (stage 1 / 2) | train time (summed epochs; wall) |\n"
+            "|---|---|---|---|---|---|---|---|---|---|---|")  # fmt: skip
     lines = [head]
     for r in rows:
-        wall = f"{r['wall_s'] / 60:.0f} min" if r.get("wall_s") else "-"
+        wall = f"{r['wall_s'] / 60:.0f} min wall" if r.get("wall_s") else f"resumed {r.get('resumes', 0)}x"
+        wall = f"{r['train_s'] / 60:.0f} min; {wall}" if r.get("train_s") else "-"
         speed = f"{r.get('stage1_img_per_s', '-')} / {r.get('stage2_img_per_s', '-')}"
         lines.append(
             f"| {r['model']} | {pct(r['top1'])} | {pct(r['many'])} | {pct(r['medium'])} | {pct(r['few'])} "

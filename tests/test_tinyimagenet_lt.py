@@ -330,3 +330,34 @@ def test_gpu_script_dry_run_on_cpu(tin_dir, tmp_path):
         assert report["num_test"] == 100 and report["num_open"] == 10
         assert 0.0 <= report["f_measure_msp_0.1"] <= 1.0 and 0.0 <= report["auroc_default"] <= 1.0
         assert report["top1"] == pytest.approx(metrics["stage2"]["top1"], abs=0.01)  # the same test split, in %
+
+
+def test_report_times_of_a_resumed_run_count_each_epoch_once(tmp_path):
+    """bench/tinyimagenet_lt_report.py: summed epoch seconds (an epoch redone after a resume counts once); a wall
+    time only for a run that never resumed (a resume rewrites recipe.yaml and its span holds the pause)."""
+    import importlib.util
+
+    from tests.conftest import REPO
+
+    spec = importlib.util.spec_from_file_location("tin_report", REPO / "bench" / "tinyimagenet_lt_report.py")
+    report = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(report)
+    run = tmp_path / "run"
+    (run / "stage2").mkdir(parents=True)
+    rows = [("stage1", 1, 300.0, 30.0), ("stage1", 2, 320.0, 28.0), ("stage1", 2, 310.0, 29.0),  # redone
+            ("stage1", 3, 305.0, 31.0), ("stage2", 1, 90.0, 120.0)]  # fmt: skip
+    t = 1000.0
+    lines = []
+    for stage, epoch, seconds, speed in rows:
+        t += seconds
+        lines.append(json.dumps({"time": t, "stage": stage, "epoch": epoch, "seconds": seconds, "img_per_s": speed}))
+    (run / "log.jsonl").write_text("\n".join(lines) + "\n")
+    (run / "recipe.yaml").write_text("name: tinyimagenet_lt_cpu\n")
+    (run / "stage2" / "ccsam_zoo.json").write_text("{}")
+    (run / "train.log").write_text("10:00:00 stage1 epoch 2/3\n10:30:00 resuming from stage1-epoch0001\n")
+    got = report._run_stats(run)
+    assert got["stage1_train_s"] == 300.0 + 310.0 + 305.0 and got["stage2_train_s"] == 90.0
+    assert got["train_s"] == 1005.0 and got["resumes"] == 1 and "wall_s" not in got
+    assert got["stage1_img_per_s"] == 30.0 and got["stage2_img_per_s"] == 120.0  # medians of 30/29/31 and 120
+    (run / "train.log").write_text("10:00:00 stage1 epoch 1/3\n")
+    assert report._run_stats(run)["resumes"] == 0 and report._run_stats(run)["wall_s"] >= 0
