@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -246,13 +247,20 @@ def _markdown(summary: dict, runs: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _sweep_scale(name: str) -> float | None:
+    """The perturbation scale of a ``ccsam_s<scale>`` sweep run (``ccsam_s0.01`` -> 0.01); None for any other run
+    (``ccsam_strong`` included)."""
+    m = re.fullmatch(r"ccsam_s(\d[\d.]*(?:e[+-]?\d+)?)", name)
+    return float(m.group(1)) if m else None
+
+
 def _plots(out: Path, summary: dict, runs: dict) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    scales = sorted((float(n.removeprefix("ccsam_s")), n) for n in summary if n.startswith("ccsam_s"))
+    scales = sorted((_sweep_scale(n), n) for n in summary if _sweep_scale(n) is not None)
     if scales and "ccsam" in summary:
         scales = sorted([*scales, (1e-6, "ccsam")])  # the official preset is s = 1e-6
     if scales:

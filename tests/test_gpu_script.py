@@ -84,3 +84,15 @@ def test_every_run_of_the_gpu_groups_is_a_valid_recipe():
     block = stage_methods(apply_overrides(load_recipe("cifar10_lt"), RUNS["ccsam_block_strong"]))
     sam = stage_methods(apply_overrides(load_recipe("cifar10_lt"), RUNS["sam_strong"]))
     assert block[0]["scale"] == sam[0]["rho"] and block[1] == sam[1] == {"name": "ccsam_adv", "preset": "paper"}
+
+
+def test_compare_report_reads_sweep_scales_only_from_sweep_runs():
+    """bench/compare.py: the scale plot takes ccsam_s0.01 etc.; ccsam_strong is not a sweep run (it crashed the
+    report once)."""
+    sys.path.insert(0, str(REPO / "bench"))
+    from compare import RUNS, _sweep_scale
+
+    sweep = {n: _sweep_scale(n) for n in RUNS if n.startswith("ccsam_s")}
+    assert sweep == {"ccsam_s0.001": 0.001, "ccsam_s0.01": 0.01, "ccsam_s0.1": 0.1, "ccsam_s1": 1.0,
+                     "ccsam_strong": None}  # fmt: skip
+    assert _sweep_scale("ccsam_s1e-06") == 1e-6 and _sweep_scale("ccsam") is None
