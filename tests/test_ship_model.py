@@ -11,6 +11,7 @@ import sys
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+import yaml
 from PIL import Image
 
 from ccsam_zoo.data import build_benchmark
@@ -211,6 +212,8 @@ def test_refresh_notes_rewrites_the_cards_and_keeps_the_weights(tmp_path, monkey
     registry._REGISTRY["copy-ce"] = dataclasses.replace(registry._REGISTRY["ce-crt-cifar10-lt"], alias="copy-ce",
                                                         local_dir=folder)  # fmt: skip
     kept = {p: p.read_bytes() for p in folder.rglob("*") if p.is_file() and p.name != "README.md"}
+    cards = {s: (folder / s / "README.md").read_text().splitlines() for s in ("stage1", "stage2")}
+    protocol = {s: next(ln for ln in lines if ln.startswith("- **Protocol**")) for s, lines in cards.items()}
     summary = {
         "ce": {"stage1.top1": {"mean": 66.9}, "stage2.top1": {"mean": 69.8}, "stage2.many": {"mean": 75.2},
                "stage2.medium": {"mean": 47.9}, "train_s": {"mean": 8382.0}},
@@ -225,7 +228,7 @@ def test_refresh_notes_rewrites_the_cards_and_keeps_the_weights(tmp_path, monkey
         assert "| ce | 66.90 | 69.80 | 75.20 | 47.90 | 139.7 |" in text
         assert "| mixup_crt | 70.10 | 73.40 | – | – | – |" in text
         assert "**Hardware**: a second machine." in text
-        assert "- **Selection**: picked on held-out images." in text and "last epoch, no checkpoint selection." in text
+        assert "- **Selection**: picked on held-out images." in text and protocol[stage] in text  # the model's own
         assert "the test split used for nothing but" not in text  # not claimed once a selection is stated
         gap = "Measured gap to the paper (CE, CIFAR-10-LT IR 100, ResNet-32: 70.70)"  # the paper has no CE + cRT row
         assert (gap in text) == (stage == "stage1")
@@ -241,6 +244,8 @@ def test_refresh_notes_rewrites_the_cards_and_keeps_the_weights(tmp_path, monkey
     assert "| Run | Stage 1 | Stage 2 | Many | Medium | Val (stage 2) | Train (min) |" in text
     assert "| strong | 71.84 / 72.04 | 79.38 / 79.82 | 79.25 | 82.10 | 80.22 | 250.7 |" in text
     assert "| ce | 66.90 / – | 69.80 / – | 75.20 | 47.90 | – | 139.7 |" in text  # no selection: its last epoch
-    assert "Full tables and commands: docs/RESULTS.md, section 0." in text  # the crop + flip recipe of section 0
+    strong = bool(yaml.safe_load((folder / "recipe.yaml").read_text())["data"].get("autoaugment"))
+    section = "sections 0 and 0b" if strong else "section 0"  # issue 22's strong augmentation: section 0b too
+    assert f"Full tables and commands: docs/RESULTS.md, {section}." in text
     with pytest.raises(SystemExit, match="not a shipped alias"):
         ship.refresh_notes("ccsam-imagenet-lt", None, None)

@@ -120,7 +120,11 @@ def test_portable_recipe_and_text():
 
 
 def _tiny_info(tmp_path: Path) -> dict:
-    recipe = yaml.safe_load((ASSETS_DIR / "ce-crt-cifar10-lt" / "recipe.yaml").read_text())
+    from ccsam_zoo.training.config import load_recipe, resolve_recipe
+
+    recipe = resolve_recipe(load_recipe("cifar10_lt"))  # a section-0 CE + cRT run: method and speed keys set
+    recipe["method"], recipe["train"]["mixed_precision"] = "ce", "bf16"
+    recipe["model"]["channels_last"] = recipe["model"]["compile"] = True
     recipe["data"]["source"] = str(tmp_path / "data" / "cifar10")  # an absolute path of "this machine"
     recipe["stage2"]["init"] = str(tmp_path / "runs" / "first" / "stage1")
     recipe["stage1"]["epochs"], recipe["stage2"]["epochs"] = 2, 1

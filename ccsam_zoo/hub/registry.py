@@ -111,7 +111,9 @@ _SHIPPED = (
     # alias, dataset, recipe, method (the recipe's `method` flag), architecture
     # stage2.method.preset=paper + AutoAugment + Cutout, mixup off, validation-selected epochs (issue 22)
     ("ccsam-cifar10-lt", "cifar10_lt", "cifar10_lt", "ccsam", "resnet32_cifar"),
+    # the same augmentation and selection (issue 22)
     ("ce-crt-cifar10-lt", "cifar10_lt", "cifar10_lt", "ce", "resnet32_cifar"),
+    # section 0: crop + flip, last epoch, stage 2 only
     ("mixup-crt-cifar10-lt", "cifar10_lt", "cifar10_lt", "mixup_crt", "resnet32_cifar"),
     ("ccsam-cifar10-lt-cpu", "cifar10_lt", "cifar10_lt_cpu", "ccsam", "resnet32_cifar"),
 )
