@@ -480,6 +480,22 @@ def test_card_of_a_local_run(tmp_path):
     assert 'from_pretrained("' + str(run / "stage1") + '")' in text1
 
 
+def test_card_of_a_resumed_run_gives_summed_epoch_times_and_no_wall_time(tmp_path):
+    """The first-to-last-epoch span of a run continued with --resume holds the pauses between sessions."""
+    run = _run_folder(tmp_path)
+    with open(run / "train.log", "a") as f:
+        f.write("15:49:04 resuming from stage1-epoch0001\n17:16:35 stage1 epoch 2/2 loss 1.0\n")
+        f.write("17:20:00 note: not resuming from anything\n")  # only the trainer's own line counts
+    text = render_model_card(run / "stage2")
+    assert "Wall time" not in text
+    assert ("Continued 1x with `--resume`: no wall time (the span of its epochs holds the pauses), the stage times "
+            "above are the summed epoch times; hardware: 2 processes, device cuda:0, mixed precision bf16.") in text
+    assert "| 1 | CC-SAM (official preset) | 2 | 128 | 0.1, step | 44.12 | 49.12 | 34.12 | – | 2.0 min |" in text
+    metrics = json.loads((run / "metrics.json").read_text())
+    (run / "metrics.json").write_text(json.dumps({**metrics, "wall_time_s": 1800.0}))  # measured by the run itself
+    assert "Wall time: 30.0 min (first to last epoch, metrics.json)" in render_model_card(run / "stage2")
+
+
 def test_card_leaves_out_what_the_run_did_not_record(tmp_path):
     run = _run_folder(tmp_path, logs=False, threshold=True)
     (run / "metrics.json").unlink()

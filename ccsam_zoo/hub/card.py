@@ -525,6 +525,15 @@ def _minutes(seconds: float | None) -> str | None:
     return f"{seconds / 60:.1f} min" if seconds >= 60 else f"{seconds:.0f} s"
 
 
+def _resumes(run: Path) -> int:
+    """How many times the run was continued with ``--resume`` (the trainer's "resuming from" lines in ``train.log``)."""
+    try:
+        lines = (run / "train.log").read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError:
+        return 0
+    return sum(1 for line in lines if line.partition(" ")[2].startswith("resuming from "))
+
+
 def _hardware(run: Path) -> str | None:
     """"1 process, device cpu, mixed precision no" from the trainer's first line in ``train.log``."""
     import re
@@ -666,6 +675,9 @@ def _training_context(location: Path, extras: dict[str, Any], local: bool) -> di
     reproduce, sets = _reproduce(recipe, run) if recipe else ([], [])
     wall_s = run_metrics.get("wall_time_s")
     wall_s = float(wall_s) if isinstance(wall_s, (int, float)) and not isinstance(wall_s, bool) else wall
+    resumed = _resumes(run) if run else 0
+    if resumed and wall_s == wall:  # the epochs' span of a resumed run holds its pauses: no wall time
+        wall_s = None
     hardware = run_metrics.get("hardware") if isinstance(run_metrics.get("hardware"), str) else None
     return {
         "stage_rows": rows,
@@ -678,6 +690,7 @@ def _training_context(location: Path, extras: dict[str, Any], local: bool) -> di
         "train_command": TRAIN_COMMAND,
         "wall_time": _minutes(wall_s),
         "wall_time_source": "metrics.json" if wall_s is not None and wall_s != wall else "log.jsonl",
+        "resumed": resumed,
         "hardware": hardware or (_hardware(run) if run else None),
         "run_recipe_link": local and run is not None and (run / "recipe.yaml").is_file(),
     }
