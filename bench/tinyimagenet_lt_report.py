@@ -30,7 +30,7 @@ from ccsam_zoo.hub import from_pretrained
 from ccsam_zoo.hub.registry import optional_assets_dir, resolve_checkpoint
 from ccsam_zoo.inference import evaluate_model
 from ccsam_zoo.inference.open_set import OLTR_MSP_THRESHOLD
-from ccsam_zoo.training.run_log import stage_seconds
+from ccsam_zoo.training.run_log import resume_count, stage_seconds
 
 DATA = Path(os.environ.get("CCSAM_DATA", "../shared/data")) / "tinyimagenet_lt"
 PORTABLE_DATA = "../shared/data/tinyimagenet_lt"  # the recipes' default, relative to the repository root
@@ -54,8 +54,7 @@ def _run_stats(run: Path) -> dict[str, Any]:
     for stage, s in seconds.items():
         out[f"{stage}_train_s"] = round(s, 1)
     out["train_s"] = round(sum(seconds.values()), 1)
-    log = run / "train.log"
-    out["resumes"] = log.read_text(encoding="utf-8").count("resuming from") if log.is_file() else 0
+    out["resumes"] = resume_count(run)
     if out["resumes"] == 0:  # a resumed run's recipe.yaml is rewritten and its span holds the pause
         start = (run / "recipe.yaml").stat().st_mtime
         end = max(p.stat().st_mtime for p in run.glob("stage*/ccsam_zoo.json"))

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from ..jsonio import loads as loads_json
-from ..training.run_log import stage_seconds
+from ..training.run_log import resume_count, stage_seconds
 from ._format import CONFIG_NAME, read_extras, read_json
 from .registry import pretty_dataset
 
@@ -525,15 +525,6 @@ def _minutes(seconds: float | None) -> str | None:
     return f"{seconds / 60:.1f} min" if seconds >= 60 else f"{seconds:.0f} s"
 
 
-def _resumes(run: Path) -> int:
-    """How many times the run was continued with ``--resume`` (the trainer's "resuming from" lines in ``train.log``)."""
-    try:
-        lines = (run / "train.log").read_text(encoding="utf-8", errors="replace").splitlines()
-    except OSError:
-        return 0
-    return sum(1 for line in lines if line.partition(" ")[2].startswith("resuming from "))
-
-
 def _hardware(run: Path) -> str | None:
     """"1 process, device cpu, mixed precision no" from the trainer's first line in ``train.log``."""
     import re
@@ -675,7 +666,7 @@ def _training_context(location: Path, extras: dict[str, Any], local: bool) -> di
     reproduce, sets = _reproduce(recipe, run) if recipe else ([], [])
     wall_s = run_metrics.get("wall_time_s")
     wall_s = float(wall_s) if isinstance(wall_s, (int, float)) and not isinstance(wall_s, bool) else wall
-    resumed = _resumes(run) if run else 0
+    resumed = resume_count(run) if run else 0
     if resumed and wall_s == wall:  # the epochs' span of a resumed run holds its pauses: no wall time
         wall_s = None
     hardware = run_metrics.get("hardware") if isinstance(run_metrics.get("hardware"), str) else None

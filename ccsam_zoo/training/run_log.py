@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from accelerate import Accelerator
 
-__all__ = ["RunLog", "drop_records_after", "epochs_from_one", "readable_metrics", "stage_seconds"]
+__all__ = ["RunLog", "drop_records_after", "epochs_from_one", "readable_metrics", "resume_count", "stage_seconds"]
 
 _STAGES = {"stage1": 0, "stage2": 1}
 
@@ -83,6 +83,15 @@ def stage_seconds(run: Path) -> tuple[dict[str, float], float | None]:
             ends.append(float(t))
     wall = max(ends) - min(starts) if starts else None
     return stages, wall
+
+
+def resume_count(run: Path) -> int:
+    """How many times the run was continued with ``--resume``: the trainer's "resuming from" lines in ``train.log``."""
+    try:
+        lines = (run / "train.log").read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError:
+        return 0
+    return sum(1 for line in lines if line.partition(" ")[2].startswith("resuming from "))
 
 
 def _round(value: Any, digits: int) -> Any:
