@@ -12,9 +12,18 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from accelerate import Accelerator
 
-__all__ = ["RunLog", "drop_records_after", "epochs_from_one", "readable_metrics", "resume_count", "stage_seconds"]
+__all__ = [
+    "RESUMING",
+    "RunLog",
+    "drop_records_after",
+    "epochs_from_one",
+    "readable_metrics",
+    "resume_count",
+    "stage_seconds",
+]
 
 _STAGES = {"stage1": 0, "stage2": 1}
+RESUMING = "resuming from "  # how the trainer's train.log line for each --resume starts; resume_count counts them
 
 
 def epochs_from_one(records: list[Any]) -> bool:
@@ -91,7 +100,7 @@ def resume_count(run: Path) -> int:
         lines = (run / "train.log").read_text(encoding="utf-8", errors="replace").splitlines()
     except OSError:
         return 0
-    return sum(1 for line in lines if line.partition(" ")[2].startswith("resuming from "))
+    return sum(1 for line in lines if line.partition(" ")[2].startswith(RESUMING))
 
 
 def _round(value: Any, digits: int) -> Any:

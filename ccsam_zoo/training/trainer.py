@@ -30,7 +30,7 @@ from .checkpointing import choose_checkpoint, load_training_state, save_training
 from .config import Recipe, RecipeError, load_recipe, recipe_differences, save_recipe, thawed
 from .evaluation import balanced_accuracy, evaluate
 from .run_dir import check_run_dir, prepare_run_dir
-from .run_log import RunLog, drop_records_after, readable_metrics
+from .run_log import RESUMING, RunLog, drop_records_after, readable_metrics
 from .schedule import lr_at
 
 __all__ = ["train"]
@@ -135,9 +135,9 @@ def _train(
         if resume:
             drop_records_after(output_dir / "log.jsonl", state.get("stage"), state.get("epoch", 0))
     if checkpoint is not None:
-        log.info(f"resuming from {checkpoint.name}" + (" (the previous complete checkpoint)" if broken else ""))
+        log.info(f"{RESUMING}{checkpoint.name}" + (" (the previous complete checkpoint)" if broken else ""))
     elif saved_state is not None:
-        log.info(f"resuming from the end of stage 1 ({output_dir / 'stage1'}): stage 2 starts again")
+        log.info(f"{RESUMING}the end of stage 1 ({output_dir / 'stage1'}): stage 2 starts again")
     elif resume:
         log.info(f"--resume: no checkpoint in {output_dir / 'checkpoints'}; starting from scratch")
     state.update(recipe=recipe.to_dict(), data_fingerprint=bench.fingerprint)
