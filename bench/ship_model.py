@@ -55,6 +55,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/open_set_repor
 import open_set_report  # noqa: E402
 import torch  # noqa: E402
 
+from ccsam_zoo.ccsam.presets import stage1_defaults  # noqa: E402
 from ccsam_zoo.hub import registry  # noqa: E402
 from ccsam_zoo.hub.card import (  # noqa: E402
     NOTES_BEGIN,
@@ -68,6 +69,7 @@ from ccsam_zoo.hub.card import (  # noqa: E402
     pretty_dataset,
     render_model_card,
 )
+from ccsam_zoo.training.config import stage_methods  # noqa: E402
 
 RUN_FILES = ("metrics.json", "recipe.yaml", "log.jsonl", "train.log")
 STAGE_FILES = ("config.json", "model.safetensors", "ccsam_zoo.json", "prototypes.safetensors",
@@ -161,8 +163,10 @@ def augmentation_text(recipe: dict[str, Any]) -> str:
     if cut:
         size = 16 if cut is True else int(cut)
         parts.append(f"Cutout (one {size}x{size} hole)")
-    alpha = ((recipe.get("stage1") or {}).get("method") or {}).get("mixup_alpha")
-    parts.append(f"mixup alpha {alpha}" if alpha else "no mixup")
+    method, _ = stage_methods(recipe)  # the resolved stage-1 method: `mixup` mixes by default (alpha 1.0)
+    method = stage1_defaults(method["name"], method.get("preset")) | method
+    alpha = method.get("alpha" if method["name"] == "mixup" else "mixup_alpha")
+    parts.append(f"mixup alpha {alpha:g}" if alpha else "no mixup")
     return ", ".join(parts)
 
 

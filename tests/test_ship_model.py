@@ -141,6 +141,27 @@ def test_ship_a_tiny_run_into_a_registered_folder(cifar10_dir, ood_dir, tmp_path
     assert chosen["selected"] == best
 
 
+@pytest.mark.parametrize(
+    ("sets", "mixup"),
+    [
+        (["method=mixup_crt"], "mixup alpha 1"),  # mixup's own alpha key, default 1.0 (Zhang et al.)
+        (["method=mixup_crt", "stage1.method.alpha=0.2"], "mixup alpha 0.2"),
+        (["method=ccsam"], "mixup alpha 1"),  # the authors' stage 1 mixes by default
+        (["method=ccsam", "stage1.method.mixup_alpha=0.0"], "no mixup"),  # issue 22's ccsam_strong
+        (["method=ce"], "no mixup"),
+    ],
+)
+def test_card_augmentation_line_names_the_mixup_the_stage1_method_resolves_to(sets, mixup):
+    """The card's augmentation line reads mixup from the resolved stage-1 method, not only a recipe key: a
+    mixup run whose recipe leaves alpha at its default still mixes."""
+    from ccsam_zoo.training import apply_overrides, load_recipe
+
+    ship = _bench_module("ship_model")
+    recipe = apply_overrides(load_recipe("cifar10_lt"), [*sets, "data.autoaugment=cifar10", "data.cutout=16"])
+    strong = "pad-4 random crop + horizontal flip, AutoAugment's CIFAR-10 policy per image, Cutout (one 16x16 hole)"
+    assert ship.augmentation_text(recipe) == f"{strong}, {mixup}"
+
+
 @pytest.mark.slow
 @pytest.mark.usefixtures("fresh_accelerate_state")
 def test_ship_the_validation_selected_epochs_of_a_strong_augmentation_run(cifar10_dir, ood_dir, tmp_path, monkeypatch):
