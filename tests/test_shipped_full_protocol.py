@@ -18,9 +18,8 @@ from tests.conftest import REPO
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 # alias -> (assets folder, stage folder, the recipe's method, the paper's row for it or None)
-# The flagship and CE + cRT are issue 22's strong-augmentation runs (AutoAugment + Cutout, mixup off,
-# validation-selected epochs); CE + mixup + cRT is still section 0's run (crop + flip, last epoch, no validation split).
-STRONG = {"ccsam-cifar10-lt", "ccsam-cifar10-lt:stage1", "ce-crt-cifar10-lt", "ce-crt-cifar10-lt:stage1"}
+# All are issue 22's strong-augmentation runs (AutoAugment + Cutout, validation-selected epochs; mixup off but in
+# CE + mixup + cRT); the section-0 runs (crop + flip, last epoch, no validation split) no longer ship.
 MODELS = {
     "ccsam-cifar10-lt": ("ccsam-cifar10-lt", "stage2", "ccsam", 83.92),  # the paper stage 2 (Eq. 12-14)
     "ccsam-cifar10-lt:stage1": ("ccsam-cifar10-lt", "stage1", "ccsam", 83.92),
@@ -58,17 +57,15 @@ def test_folder_is_complete_small_and_from_the_paper_protocol(alias):
     assert extras["class_counts"] == [5000, 2997, 1796, 1077, 645, 387, 232, 139, 83, 50]
     m = extras["metrics"]
     assert m["split"] == "test"
-    if alias in STRONG:  # 900 left-out images (airplane has none left), each stage's epoch chosen on them
-        d = recipe["data"]
-        assert (d["val_per_class"], d["val_rule"], d["autoaugment"], d["cutout"]) == (100, "left_out", "cifar10", 16)
-        assert recipe["stage1"]["method"].get("mixup_alpha", 0) == 0 and recipe["eval"]["select_on"] == "val"
-        assert m["selection"] == "val" and 1 <= m["epoch"] <= recipe[folder.name]["epochs"]
-        assert 0 < m["val_bacc"] <= 100
-        run = json.loads((folder.parent / "metrics.json").read_text())  # the last epoch stays beside it
-        assert run[folder.name]["top1"] == m["top1"] and f"{folder.name}_last" in run
-    else:
-        assert recipe["data"]["val_per_class"] == 0 and not recipe["data"]["autoaugment"]
-        assert m["selection"] == "last"
+    # 900 left-out images (airplane has none left), each stage's epoch chosen on them
+    d = recipe["data"]
+    assert (d["val_per_class"], d["val_rule"], d["autoaugment"], d["cutout"]) == (100, "left_out", "cifar10", 16)
+    assert recipe["stage1"]["method"].get("mixup_alpha", 0) == 0 and recipe["eval"]["select_on"] == "val"
+    assert "alpha" not in recipe["stage1"]["method"]  # CE + mixup + cRT: mixup's own default alpha, 1.0
+    assert m["selection"] == "val" and 1 <= m["epoch"] <= recipe[folder.name]["epochs"]
+    assert 0 < m["val_bacc"] <= 100
+    run = json.loads((folder.parent / "metrics.json").read_text())  # the last epoch stays beside it
+    assert run[folder.name]["top1"] == m["top1"] and f"{folder.name}_last" in run
     if folder.name == "stage2":  # CC-SAM: the paper's unweighted stage 2 (Eq. 12-14); the baselines: cRT
         ccsam = MODELS[alias][2] == "ccsam"
         assert extras["method"] == ({"name": "ccsam_adv", "preset": "paper"} if ccsam else {"name": "crt"})
@@ -85,12 +82,10 @@ def test_card_is_current_and_states_protocol_data_seeds_and_gap(alias):
     assert f'ccsam_zoo.from_pretrained("{alias}")' in text and "hf-hub:" not in text
     assert "**Protocol**: the paper's full CIFAR-10-LT protocol" in text and "Shortened schedule" not in text
     m = _extras(alias)["metrics"]
-    if alias in STRONG:
-        assert f"the validation-selected epoch {m['epoch']} (balanced accuracy {m['val_bacc']:.2f}%" in text
-        assert "AutoAugment's CIFAR-10 policy per image, Cutout (one 16x16 hole), no mixup" in text
-        assert "The reported model was selected on the `val` split, never on the test split." in text
-    else:
-        assert "; last epoch, no " in text and "AutoAugment" not in text  # section 0's notes: no selection
+    assert f"the validation-selected epoch {m['epoch']} (balanced accuracy {m['val_bacc']:.2f}%" in text
+    mixup = "mixup alpha 1" if MODELS[alias][2] == "mixup_crt" else "no mixup"
+    assert f"AutoAugment's CIFAR-10 policy per image, Cutout (one 16x16 hole), {mixup}." in text
+    assert "The reported model was selected on the `val` split, never on the test split." in text
     assert "**Data copy**" in text and "quality 75" in text and "**Seeds**: 1 (seed 42)" in text
     paper = MODELS[alias][3]
     top1 = _extras(alias)["metrics"]["top1"]
@@ -104,12 +99,10 @@ def test_card_is_current_and_states_protocol_data_seeds_and_gap(alias):
         assert "**Selection**: this configuration" in text and "first chosen on the test split" in text
         assert "bench/heldout_selection.py makes the same choice without test images" in text
         assert "the test split used for nothing but" not in text
-    elif alias in STRONG:  # a baseline of issue 22: chosen on the validation split alone
+    else:  # a baseline of issue 22: chosen on the validation split alone
         assert "**Selection**: the same-augmentation baseline of issue 22" in text and "test split" not in text.split(
             "**Selection**")[1].split("\n")[0]  # fmt: skip
         assert "because it scores higher on the validation split" in text
-    else:
-        assert "**Selection**" not in text and "the test split used for nothing but the numbers below" in text
 
 
 @pytest.mark.parametrize("alias", MODELS)
@@ -130,8 +123,7 @@ def test_alias_loads_offline_and_matches_plain_timm(alias):
 @pytest.mark.parametrize("alias", MODELS)
 def test_open_set_threshold_calibrated_on_held_out_training_images(alias):
     clf = ccsam_zoo.from_pretrained(alias)
-    where = "validation split, images it never trained on" if alias in STRONG else "outside the model's subset"
-    assert clf.open_set["tpr"] == 0.95 and where in clf.open_set["calibration"]
+    assert clf.open_set["tpr"] == 0.95 and "validation split, images it never trained on" in clf.open_set["calibration"]
     assert set(clf.open_set["thresholds"]) == set(clf.available_scores())
     assert clf.default_score() == clf.open_set["score"] in clf.available_scores()
     if _folder(alias).name == "stage1":

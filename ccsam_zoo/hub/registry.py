@@ -113,7 +113,7 @@ _SHIPPED = (
     ("ccsam-cifar10-lt", "cifar10_lt", "cifar10_lt", "ccsam", "resnet32_cifar"),
     # the same augmentation and selection (issue 22)
     ("ce-crt-cifar10-lt", "cifar10_lt", "cifar10_lt", "ce", "resnet32_cifar"),
-    # section 0: crop + flip, last epoch, stage 2 only
+    # the same augmentation and selection (issue 22), mixup on (alpha 1.0), stage 2 only
     ("mixup-crt-cifar10-lt", "cifar10_lt", "cifar10_lt", "mixup_crt", "resnet32_cifar"),
     ("ccsam-cifar10-lt-cpu", "cifar10_lt", "cifar10_lt_cpu", "ccsam", "resnet32_cifar"),
 )
