@@ -117,6 +117,15 @@ def _run_one(recipe: str, name: str, seed: int, out: Path, threads: int, extra: 
     return proc
 
 
+def _last_line(log: Path, tail: int = 4096) -> str:
+    """The last line of a run's output that is not a progress bar: the error or exception of a failed run."""
+    with open(log, "rb") as fh:
+        fh.seek(max(0, log.stat().st_size - tail))
+        lines = fh.read().decode("utf-8", "replace").replace("\r", "\n").splitlines()
+    text = [ln.strip() for ln in lines if ln.strip() and not re.search(r"it/s\]|s/it\]|\d+%\|", ln)]
+    return text[-1][:300] if text else "no output"
+
+
 def _poll(procs: list[subprocess.Popen]) -> list[subprocess.Popen]:
     alive = []
     for p in procs:
@@ -135,7 +144,10 @@ def _poll(procs: list[subprocess.Popen]) -> list[subprocess.Popen]:
             "resumed": p.resumed,  # type: ignore[attr-defined]  # wall_s then covers the resumed part only
         }
         (p.folder / "timing.json").write_text(json.dumps(timing))  # type: ignore[attr-defined]
-        print(f"{p.folder.name}: exit {p.returncode}, {timing['wall_s']} s", file=sys.stderr)  # type: ignore[attr-defined]
+        line = f"{p.folder.name}: exit {p.returncode}, {timing['wall_s']} s"  # type: ignore[attr-defined]
+        if p.returncode:  # a failed run says why, not only that it stopped
+            line += f": FAILED, {_last_line(Path(p.logfile.name))} (whole output: {p.logfile.name})"  # type: ignore[attr-defined]
+        print(line, file=sys.stderr)
     return alive
 
 

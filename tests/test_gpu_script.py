@@ -96,3 +96,16 @@ def test_compare_report_reads_sweep_scales_only_from_sweep_runs():
     assert sweep == {"ccsam_s0.001": 0.001, "ccsam_s0.01": 0.01, "ccsam_s0.1": 0.1, "ccsam_s1": 1.0,
                      "ccsam_strong": None}  # fmt: skip
     assert _sweep_scale("ccsam_s1e-06") == 1e-6 and _sweep_scale("ccsam") is None
+
+
+def test_compare_names_why_a_run_failed(tmp_path):
+    """bench/compare.py: a failed run's line carries its last error, not the progress bars written after it."""
+    sys.path.insert(0, str(REPO / "bench"))
+    from compare import _last_line
+
+    log = tmp_path / "run.stdout.log"
+    bars = "".join(f"\rstage1 epoch 1/200:  {p}%|##    | {p}/194 [00:10<01:00,  2.50it/s]" for p in range(0, 30, 3))
+    log.write_text(f"Traceback (most recent call last):\n  File x\nRuntimeError: the real cause\n{bars}\n  \n")
+    assert _last_line(log) == "RuntimeError: the real cause"
+    log.write_text("")
+    assert _last_line(log) == "no output"

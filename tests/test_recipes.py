@@ -135,3 +135,22 @@ def test_recipe_is_checked_and_resolved_once_into_a_frozen_object(tmp_path, monk
     monkeypatch.setattr(ccsam_zoo.training.trainer, "train", lambda r, out, **kw: seen.append(r) or {})
     assert main(["--recipe", "quickstart", "--output-dir", str(tmp_path / "run")]) == 0
     assert isinstance(seen[0], Recipe) and seen[0] == Recipe.build(load_recipe("quickstart"))
+
+
+@pytest.mark.parametrize("overrides", [["method=ccsam_block"], ["method=ccsam", "stage1.method.mode=block"]])
+def test_compile_with_block_mode_is_refused_before_training(overrides):
+    """Block mode differentiates the clean pass once per class; torch.compile's backward refuses that mid-epoch
+    (a RuntimeError from inside torch after minutes of compilation): the recipe check names the fix instead."""
+    from ccsam_zoo.training import Recipe
+
+    refused = r"model.compile=true cannot train stage1.method.mode=block.*set model.compile=false"
+    with pytest.raises(RecipeError, match=refused):
+        Recipe.build(apply_overrides(load_recipe("quickstart"), [*overrides, "model.compile=true"]))
+    assert Recipe.build(apply_overrides(load_recipe("quickstart"), [*overrides, "model.compile=false"]))
+    assert Recipe.build(apply_overrides(load_recipe("quickstart"), ["method=sam", "model.compile=true"]))
+    # a run folder saved with the refused pair resumes with the fix: compile changes speed, not the recipe's numbers
+    from ccsam_zoo.training.config import recipe_differences, resolve_recipe
+
+    saved = resolve_recipe(apply_overrides(load_recipe("quickstart"), [*overrides, "model.compile=true"]))
+    fixed = resolve_recipe(apply_overrides(load_recipe("quickstart"), [*overrides, "model.compile=false"]))
+    assert recipe_differences(saved, fixed) == []

@@ -632,12 +632,21 @@ def _check_stage_methods(recipe: dict[str, Any]) -> None:
     """``stage1.method.*`` / ``stage2.method.*`` keys and values, checked by the method tables (no torch)."""
     from ..ccsam.presets import _STAGE1, _STAGE2, resolve_method
 
+    resolved = []
     for (table, stage), cfg in zip(((_STAGE1, "stage-1"), (_STAGE2, "stage-2")), stage_methods(recipe)):
         try:
-            resolve_method(table, stage, cfg, None)
+            resolved.append(resolve_method(table, stage, cfg, None))
         except ValueError as err:
             key = "stage1.method" if stage == "stage-1" else "stage2.method"
             raise RecipeError(f"{key}: {err}") from None
+    if recipe["model"]["compile"] and resolved[0].get("mode") == "block":
+        # block mode differentiates the clean graph once per class (autograd.grad, retain_graph=True), which a
+        # compiled backward with donated buffers refuses; forced to allow it, it ran 2x slower than eager
+        raise RecipeError(
+            f"model.compile=true cannot train stage1.method.mode=block (method={recipe['method']}): its per-class "
+            "gradients differentiate the clean pass once per class, which torch.compile's backward refuses; "
+            "set model.compile=false (eager is the faster one for this step)"
+        )
 
 
 def stage_methods(recipe: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -707,6 +716,7 @@ RESUMABLE_KEYS = (
     "data.source",
     "data.num_workers",
     "data.device_resident",
+    "model.compile",
     "eval.batch_size",
     "train.log_every",
     "train.tracker",
